@@ -1,0 +1,38 @@
+# Every target sets up what it needs: a fresh clone needs only `make serve` or `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEFAULT_BUNDLE := models/minilm-zero-shot-bi
+
+.PHONY: venv serve test bench lint default-bundle clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build on local disk, never an unpinned multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,distill,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+$(DEFAULT_BUNDLE)/bundle.json: | $(STAMP)
+	$(BIN)/relevance build-default-bundle --out $(DEFAULT_BUNDLE)
+
+default-bundle: $(DEFAULT_BUNDLE)/bundle.json
+
+serve: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
+	$(BIN)/relevance serve
+
+test: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
+	$(BIN)/relevance bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check service distill loadtest tests
+
+clean:
+	rm -rf $(VENV) $(DEFAULT_BUNDLE)
