@@ -1,0 +1,46 @@
+"""``relevance data``: inspect a dataset file and maintain the bundled splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distill.data.reading import DataError
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Datasets: load and check files, bundled splits.", no_args_is_help=True)
+    app.add_typer(data_app, name="data")
+
+    @data_app.command("inspect")
+    def inspect(
+        path: Annotated[Path, typer.Argument(help="dataset file or folder")],
+        format: Annotated[str | None, typer.Option(help="format (default: detect)")] = None,
+        strict: Annotated[bool, typer.Option(help="stop at the first unusable row")] = False,
+    ) -> None:
+        """Load a dataset and print what was read, what was skipped and why, and the split sizes."""
+        from collections import Counter
+
+        from distill.data.loaders import load_pairs
+        from distill.data.splits import split_by_query
+
+        try:
+            result = load_pairs(path, format, on_error="raise" if strict else "skip")
+        except DataError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(result.report.summary())
+        labels = Counter(p.label for p in result.pairs)
+        typer.echo(f"labels: {dict(labels)}; queries: {len({p.query_id for p in result.pairs})}")
+        for name, part in split_by_query(result.pairs).items():
+            typer.echo(f"{name}: {len(part)} pairs, {len({p.query_id for p in part})} queries")
+
+    @data_app.command("bundle-splits")
+    def bundle_splits() -> None:
+        """Recompute the bundled data's by-query split and rewrite distill/data/bundled/splits.json."""
+        from distill.data.bundled import SPLITS_FILE, write_splits_manifest
+
+        manifest = write_splits_manifest()
+        typer.echo(f"wrote {SPLITS_FILE}: {manifest['counts']}")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, bootstrap confidence intervals, slices, system scoring and reports."""

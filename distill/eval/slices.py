@@ -1,0 +1,52 @@
+"""The long-tail slice: queries made of words that are rare in the catalogue.
+
+A query's rarity is the mean IDF of its distinct words, IDF = ln((N + 1) / (df + 1)) + 1, where
+df counts the catalogue items whose rendered text (``TextTemplate.item_text``) contains the word
+and N is the number of distinct items. The catalogue is the whole dataset the evaluated split
+comes from (for the bundled data: train + dev), so the threshold does not depend on the split.
+A query is long-tail when its mean IDF is above the 75th percentile of all the dataset's queries.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from distill.data.schema import LabelledPair
+from service.text_template import DEFAULT_TEMPLATE, TextTemplate
+
+LONG_TAIL_QUANTILE = 0.75
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def query_rarity(catalogue: Iterable[LabelledPair], template: TextTemplate = DEFAULT_TEMPLATE) -> dict[str, float]:
+    """Mean IDF of each query of ``catalogue`` (query_id → value) over the catalogue's distinct items."""
+    items: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    for pair in catalogue:
+        items.setdefault(pair.item.id, template.item_text(pair.item.as_mapping()))
+        queries.setdefault(pair.query_id, pair.query)
+    df: Counter[str] = Counter()
+    for text in items.values():
+        df.update(words(text))
+    n = len(items)
+    rarity = {}
+    for qid, query in queries.items():
+        terms = words(template.query_text(query))
+        idf = [math.log((n + 1) / (df[t] + 1)) + 1 for t in terms]
+        rarity[qid] = float(np.mean(idf)) if idf else 0.0
+    return rarity
+
+
+def long_tail_queries(catalogue: Iterable[LabelledPair], quantile: float = LONG_TAIL_QUANTILE) -> set[str]:
+    rarity = query_rarity(catalogue)
+    threshold = float(np.quantile(list(rarity.values()), quantile))
+    return {q for q, r in rarity.items() if r > threshold}

@@ -1,0 +1,121 @@
+"""`relevance eval` end to end on a tiny generated set: BM25 and teacher annotations → report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.data.loaders import load_pairs
+from distill.data.schema import GRADE_LEVELS
+from distill.teacher.cot import CoTRecord
+from service.text_template import DEFAULT_TEMPLATE
+
+COLOURS = ["red", "blue", "green", "black", "white", "grey", "pink", "brown"]
+THINGS = ["sofa", "lamp", "rug", "chair", "table", "desk", "bed", "shelf"]
+
+
+def _write_set(path: Path) -> None:
+    rows = []
+    for c in COLOURS:
+        for t in THINGS:
+            q = f"{c} {t}" + (" handmade" if c == "brown" else "")  # a word no item has: long-tail queries
+            other_c = COLOURS[(COLOURS.index(c) + 1) % len(COLOURS)]
+            other_t = THINGS[(THINGS.index(t) + 1) % len(THINGS)]
+            rows += [
+                {"query": q, "item_id": f"{c}-{t}", "title": f"{c.title()} {t} deluxe", "label": "Exact"},
+                {"query": q, "item_id": f"{other_c}-{t}", "title": f"{other_c.title()} {t} deluxe", "label": "Partial"},
+                {"query": q, "item_id": f"{other_c}-{other_t}", "title": f"{other_c.title()} {other_t} deluxe",
+                 "label": "Irrelevant"},
+            ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+
+
+def _write_annotations(data: Path, path: Path, skip: int) -> None:
+    """A teacher whose grade distributions put 0.8 on the human label (one pair left unannotated)."""
+    lines = []
+    for n, pair in enumerate(load_pairs(data).pairs):
+        if n == skip:
+            continue
+        dist = {g: (0.8 if g == pair.label else 0.1) for g in GRADE_LEVELS}
+        record = CoTRecord(teacher_id="test", prompt_version="v1", pair_id=pair.pair_id, query=pair.query,
+                           item_id=pair.item.id, item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
+                           grade=pair.label, grade_levels=list(GRADE_LEVELS), grade_distribution=dist,
+                           distribution_source="logits")
+        lines.append(record.model_dump_json())
+    path.write_text("\n".join(lines) + "\nnot json\n", encoding="utf-8")
+
+
+def test_eval_writes_report_folder(tmp_path):
+    data, ann, out = tmp_path / "pairs.jsonl", tmp_path / "teacher.jsonl", tmp_path / "report"
+    _write_set(data)
+    _write_annotations(data, ann, skip=0)
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(data), "--split", "all", "--system", "bm25", "--system", f"annotations:{ann}",
+        "--out", str(out), "--slice", "long-tail", "--resamples", "50",
+    ])
+    assert result.exit_code == 0, result.output
+    for name in ("metrics.json", "report.md", "per_query_ndcg10.png", "calibration.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["pairs_dropped_unscored"] == 1
+    assert metrics["data"]["unscored_per_system"] == {"bm25": 0, "annotations:teacher": 1}
+    section = metrics["sections"]["All queries"]
+    assert section["pairs"] == 3 * 64 - 1 and section["queries"] == 64
+    teacher = section["systems"]["annotations:teacher"]
+    assert teacher["info"]["unreadable_lines"] == 1
+    # The teacher's distributions encode the labels: perfect ranking and grades.
+    assert teacher["metrics"]["auc_relevant"]["value"] == pytest.approx(1.0)
+    assert teacher["metrics"]["macro_f1"]["value"] == pytest.approx(1.0)
+    assert teacher["metrics"]["ndcg@10"]["value"] == pytest.approx(1.0)
+    bm25 = section["systems"]["bm25"]["metrics"]
+    assert 0.5 < bm25["auc_relevant"]["value"] <= 1.0  # the exact item shares both words with the query
+    assert bm25["macro_f1"]["value"] is None  # scores only and no calibration split with --split all
+    assert section["comparisons"][0]["a"] == "annotations:teacher"
+    assert metrics["sections"]["Long-tail queries"]["queries"] == len(THINGS)
+    report = (out / "report.md").read_text()
+    assert "| system | NDCG@10 | NDCG@all | MAP |" in report and "![calibration](calibration.png)" in report
+
+
+def test_eval_dev_split_calibrates_score_only_systems(tmp_path):
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
+    _write_set(data)
+    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "dev", "--system", "bm25",
+                                      "--out", str(out), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    bm25 = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]["bm25"]
+    assert "calibration pairs" in bm25["predictions"]
+    assert bm25["metrics"]["macro_f1"]["value"] is not None and bm25["metrics"]["ece"]["value"] is not None
+
+
+def test_eval_reports_bad_input_clearly(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.jsonl"), "--system", "bm25",
+                                  "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and "nope.jsonl: no such file or folder" in missing.output
+    data = tmp_path / "pairs.jsonl"
+    _write_set(data)
+    bad = runner.invoke(app, ["eval", "--data", str(data), "--system", "magic", "--out", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "system 'magic' is not one of" in bad.output
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text('{"query": "sofa", "item_id": "1", "title": "Sofa"}\n', encoding="utf-8")
+    nolabel = runner.invoke(app, ["eval", "--data", str(unlabelled), "--system", "bm25", "--out", str(tmp_path / "r")])
+    assert nolabel.exit_code == 2 and "1 pairs have no label (e.g. generic:" in nolabel.output
+
+
+def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
+    bundle = Path(__file__).resolve().parents[1] / "models" / "minilm-zero-shot-bi"
+    if not (bundle / "bundle.json").is_file():
+        pytest.skip(f"{bundle} not built (make test builds it with `relevance build-default-bundle`)")
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
+    _write_set(data)
+    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "all", "--system", "bm25",
+                                      "--system", f"bundle:{bundle}", "--out", str(out), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
+    minilm = systems["bundle:minilm-zero-shot-bi"]
+    assert minilm["info"]["kind"] == "bi"
+    assert minilm["metrics"]["auc_exact"]["value"] > 0.6  # colour + thing match is easy for MiniLM
