@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test bench lint default-bundle clean
+.PHONY: venv serve test bench infinity-venv lint default-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ serve: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 test: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
-	$(BIN)/relevance bench
+# Infinity (the side-by-side baseline of `make bench`) pins old dependencies: its own venv, never .venv.
+INFINITY_VENV := .venv-infinity
+$(INFINITY_VENV)/bin/infinity_emb:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q torch==2.13.0
+	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,optimum,torch]==0.0.78"
+
+infinity-venv: $(INFINITY_VENV)/bin/infinity_emb
+
+bench: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json $(INFINITY_VENV)/bin/infinity_emb
+	$(BIN)/relevance bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service distill loadtest tests

@@ -19,6 +19,14 @@ app = typer.Typer(
 
 # Modules that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "loadtest.cli",
+    "service.explain.cli",
+    "distill.data.cli",
+    "distill.teacher.cli",
+    "distill.eval.cli",
+    "service.cli",
+    "distill.export.default_bundle",
+    "distill.students.cli",
 )
 
 for _module in COMMAND_MODULES:

@@ -1,0 +1,148 @@
+"""HTTP routes: POST /score, GET /healthz, /readyz, /metrics (contract in docs/API.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+
+from service.errors import ApiError
+from service.middleware import REQUEST_ID_HEADER, clean_request_id
+from service.schemas import ErrorBody, Limits, ScoreRequest, ScoreResponse, parse_score_request
+from service.scorer import Scorer
+from service.settings import Settings
+
+router = APIRouter()
+T = TypeVar("T")
+
+# Status used (and logged) when the client went away before its answer was ready, as nginx does.
+CLIENT_CLOSED = 499
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = ApiError(413, "payload_too_large",
+                         f"request body is larger than {limit} bytes (RELEVANCE_MAX_BODY_BYTES)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it (its queued inputs are then dropped)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # server shutting down
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    raise ClientGone
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        400: "Body is not UTF-8 or not JSON", 401: "Missing or wrong API key (when keys are configured)",
+        413: "Body or item count over the limit", 422: "A field is missing, of the wrong type, blank or too long",
+        503: "Queue full (Retry-After) or model not ready", 504: "Not scored within the request deadline",
+    }.items()
+}
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=_ERRORS,
+    summary="Score items for a query",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+    }}},
+)
+async def score(request: Request) -> Response:
+    start = time.perf_counter()
+    settings: Settings = request.app.state.settings
+    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
+    await request.app.state.score_auth(request)  # open unless RELEVANCE_SCORE_API_KEYS is set
+    if scorer is None or not scorer.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+    except ClientDisconnect:
+        return Response(status_code=CLIENT_CLOSED)
+    limits = Limits(settings.max_items, settings.max_field_chars, settings.max_body_bytes)
+    parsed = parse_score_request(body, limits)
+    if parsed.request_id and REQUEST_ID_HEADER.lower() not in request.headers:
+        request.state.request_id = clean_request_id(parsed.request_id) or request.state.request_id
+    request.state.log_fields = {"items": len(parsed.items)}
+    try:
+        results = await _unless_disconnected(request, scorer.score(parsed))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    request.app.state.explain.remember_items(parsed.items)  # for GET /explain?item_id=; never blocks
+    m = scorer.manifest
+    return _json({
+        "model": {"name": m.name, "version": m.version},
+        "scores": results,
+        "took_ms": round((time.perf_counter() - start) * 1000, 3),
+    })
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: bundle loaded and warmed up")
+async def readyz(request: Request) -> Response:
+    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
+    if scorer is None or not scorer.ready:
+        return _json({"status": "not_ready"}, status=503)
+    m = scorer.manifest
+    return _json({
+        "status": "ready",
+        "bundle": {"name": m.name, "version": m.version, "kind": m.kind, "path": str(scorer.bundle_dir),
+                   "score_method": m.score.method, "precision": m.provenance.precision},
+        "provider": scorer.model.provider,
+        "providers": scorer.model.providers_in_use,
+    })
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

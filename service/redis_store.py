@@ -1,0 +1,190 @@
+"""Redis access for the service: a guard that degrades cleanly, and the item store.
+
+``RedisGuard`` runs every Redis operation. When Redis is unreachable it counts the failure
+(``relevance_redis_unavailable_total``), logs once per outage, and for ``retry_after_s`` skips Redis
+entirely so that requests do not each pay a connect timeout. Callers get ``RedisUnavailable`` and
+carry on without Redis (no cache, no rate limit, no item-store write).
+
+``ItemStore`` keeps the items seen by ``POST /score`` by id, so ``GET /explain?item_id=`` can find
+their fields. Writes are write-behind and off the hot path: ``offer()`` only puts items on a bounded
+in-process queue (never blocks; drops are counted when it is full) and a background task drains it
+into Redis with pipelined ``SET key value EX ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from service.explain.metrics import ExplainMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be used for this operation (down, unreachable or erroring)."""
+
+
+def connect(url: str, *, connect_timeout_s: float = 1.0, op_timeout_s: float = 1.0) -> Redis:
+    """An asyncio Redis client with short timeouts and no retries: the guard handles outages."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=op_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+class RedisGuard:
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str = "relevance:",
+        *,
+        metrics: ExplainMetrics | None = None,
+        retry_after_s: float = 2.0,
+    ) -> None:
+        self.client = client
+        self.metrics = metrics or ExplainMetrics()
+        self.prefix = prefix
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._down_logged = False
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def run(self, operation: str, fn: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``fn(client)``; raise RedisUnavailable (counted, logged once per outage) if Redis fails
+        or is known to be down."""
+        if not self.available:
+            self.metrics.redis_unavailable.labels(operation).inc()
+            raise RedisUnavailable(f"redis marked down; {operation} skipped")
+        try:
+            result = await fn(self.client)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_unavailable.labels(operation).inc()
+            self._down_until = time.monotonic() + self.retry_after_s
+            if not self._down_logged:
+                log.warning("redis unavailable (%s during %s); continuing without it", exc, operation)
+                self._down_logged = True
+            raise RedisUnavailable(f"{operation}: {exc}") from exc
+        if self._down_logged:
+            log.info("redis available again")
+            self._down_logged = False
+        return result
+
+    async def delete_prefix(self) -> int:
+        """Delete every key under this guard's prefix (tests and admin cleanup)."""
+        deleted = 0
+        async for key in self.client.scan_iter(match=self.prefix + "*", count=500):
+            deleted += await self.client.delete(key)
+        return deleted
+
+
+class ItemStore:
+    def __init__(
+        self, guard: RedisGuard, *, ttl_s: int = 86_400, queue_size: int = 10_000, batch_size: int = 256
+    ) -> None:
+        self.guard = guard
+        self.metrics = guard.metrics
+        self.ttl_s = ttl_s
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+
+    def _key(self, item_id: str) -> str:
+        return self.guard.key("item", item_id)
+
+    def offer(self, items: Iterable[Mapping[str, Any] | BaseModel]) -> int:
+        """Queue items (mappings or pydantic models with an ``id``) for writing; never blocks, and
+        leaves serialisation to the writer task. Returns how many were queued."""
+        queued = 0
+        for item in items:
+            item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
+            if item_id in (None, ""):
+                self.metrics.item_store_dropped.labels("no_id").inc()
+                continue
+            try:
+                self._queue.put_nowait((str(item_id), item))
+            except asyncio.QueueFull:
+                self.metrics.item_store_dropped.labels("queue_full").inc()
+                continue
+            queued += 1
+        self.metrics.item_store_queue.set(self._queue.qsize())
+        return queued
+
+    async def get(self, item_id: str) -> dict[str, Any] | None:
+        """The stored item, or None if unknown. Raises RedisUnavailable."""
+        raw = await self.guard.run("item_get", lambda r: r.get(self._key(item_id)))
+        return None if raw is None else orjson.loads(raw)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain_forever(), name="item-store-writer")
+
+    async def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Flush what is queued (within the timeout), then stop the writer."""
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), flush_timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until every queued item has been written (or has failed)."""
+        await asyncio.wait_for(self._queue.join(), timeout_s)
+
+    async def _drain_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self.metrics.item_store_queue.set(self._queue.qsize())
+
+    async def _write(self, batch: list[tuple[str, Any]]) -> None:
+        latest = dict(batch)  # the same id twice in a batch: the later version wins
+
+        async def pipelined(r: Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for item_id, item in latest.items():
+                    fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
+                    pipe.set(self._key(item_id), orjson.dumps(fields), ex=self.ttl_s)
+                await pipe.execute()
+
+        try:
+            await self.guard.run("item_store_write", pipelined)
+        except RedisUnavailable:
+            # Best effort: the next /score that sees these items writes them again.
+            self.metrics.item_store_failures.inc(len(latest))
+            return
+        self.metrics.item_store_writes.inc(len(latest))

@@ -1,0 +1,163 @@
+"""POST /score request and response: the models and the parsing of a raw body into a request.
+
+Parsing is explicit (bytes → UTF-8 → JSON → model → limits) so that every bad input gets its own
+status and a message naming the field, e.g. ``items[3].title`` (see docs/API.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ApiError
+
+_SCALARS = (str, int, float, bool)
+
+
+class ScoreItem(BaseModel):
+    """One item to score. Fields beyond ``id``, ``title`` and ``attributes`` are kept; the bundle's
+    text template decides which are rendered (by default brand, color, material, category)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, description="Caller's item id; echoed back. Duplicates are allowed.")
+    title: str = Field(description="Item title; must not be blank.")
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="Structured attributes {name: value}; values are strings, numbers or booleans."
+    )
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("title must not be blank")
+        return value
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="The search query; must not be blank.")
+    items: list[ScoreItem] = Field(description="Items to score, at least one; results keep this order.")
+    request_id: str | None = Field(default=None, max_length=128, description="Echoed as X-Request-ID.")
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be blank")
+        return value
+
+    @field_validator("items")
+    @classmethod
+    def _items_not_empty(cls, value: list[ScoreItem]) -> list[ScoreItem]:
+        if not value:
+            raise ValueError("items must contain at least one item")
+        return value
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
+class ItemScore(BaseModel):
+    id: str
+    score: float = Field(description="Relevance in [0, 1].")
+    grades: dict[str, float] | None = Field(
+        default=None, description="Probability per grade level (bundles with a grade head only)."
+    )
+
+
+class ScoreResponse(BaseModel):
+    model: ModelInfo
+    scores: list[ItemScore]
+    took_ms: float
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_items: int
+    max_field_chars: int
+    max_body_bytes: int
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """('items', 3, 'title') → 'items[3].title'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
+    """Turn a raw body into a request, or raise ApiError (400 encoding/JSON, 413 too many items, 422 fields)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_encoding", f"request body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation_error", "request body must be a JSON object")
+    items = data.get("items")
+    if isinstance(items, list) and len(items) > limits.max_items:
+        raise ApiError(413, "too_many_items",
+                       f"items has {len(items)} entries; the limit is {limits.max_items} (RELEVANCE_MAX_ITEMS)",
+                       field="items")
+    try:
+        request = ScoreRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = field_path(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        extra = exc.error_count() - 1
+        suffix = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
+        raise ApiError(422, "validation_error", f"{path or 'body'}: {message}{suffix}", field=path or None) from exc
+    _check_values(request, limits.max_field_chars)
+    return request
+
+
+def _check_values(request: ScoreRequest, max_chars: int) -> None:
+    """Field types the model cannot express (scalar extras) and the per-field character limit."""
+    _check_length("query", request.query, max_chars)
+    for i, item in enumerate(request.items):
+        _check_length(f"items[{i}].id", item.id, max_chars)
+        _check_length(f"items[{i}].title", item.title, max_chars)
+        for key, value in (item.model_extra or {}).items():
+            _check_scalar(f"items[{i}].{key}", value, max_chars)
+        for key, value in (item.attributes or {}).items():
+            _check_length(f"items[{i}].attributes (name {key[:40]!r})", key, max_chars)
+            _check_scalar(f"items[{i}].attributes.{key}", value, max_chars)
+
+
+def _check_scalar(path: str, value: Any, max_chars: int) -> None:
+    if value is not None and not isinstance(value, _SCALARS):
+        raise ApiError(422, "validation_error", f"{path}: must be a string, number, boolean or null", field=path)
+    if isinstance(value, str):
+        _check_length(path, value, max_chars)
+
+
+def _check_length(path: str, value: str, max_chars: int) -> None:
+    if len(value) > max_chars:
+        raise ApiError(422, "field_too_long",
+                       f"{path} has {len(value)} characters; the limit is {max_chars} (RELEVANCE_MAX_FIELD_CHARS)",
+                       field=path)

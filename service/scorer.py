@@ -1,0 +1,144 @@
+"""Scores one request: render texts with the bundle's template, tokenise, run through the batcher, map.
+
+cross bundles: one model input per (query, item) pair; score from the grade logits.
+bi bundles: one input for the query plus one per item not in the embedding cache; score from the
+cosine of the (L2-normalised) embeddings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import score_mapping
+from service.batcher import RUN_OVERHEAD_TOKENS, Batcher, BatchPolicy
+from service.bundle import TOKENIZER_FILE, BundleManifest, read_manifest
+from service.embedding_cache import EmbeddingCache, cache_key
+from service.metrics import Metrics
+from service.onnx_model import OnnxModel
+from service.schemas import ScoreItem, ScoreRequest
+from service.settings import Settings
+from service.tokenization import BundleTokenizer, Encoded
+
+log = logging.getLogger(__name__)
+
+# Warm-up texts of different lengths, so the first real request does not pay for graph initialisation.
+_WARMUP_QUERY = "red leather sofa"
+_WARMUP_ITEMS = ["sofa", "Three-seat red leather sofa with solid oak legs | color: red | material: leather"]
+
+
+class Scorer:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        # One tokeniser thread per request batch is the service's parallelism; tokenizers' own thread pool
+        # would only compete with onnxruntime for the cores.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.bundle_dir = Path(settings.bundle)
+        self.manifest: BundleManifest = read_manifest(self.bundle_dir)
+        m = self.manifest
+        self.template = m.template
+        self.tokenizer = BundleTokenizer(self.bundle_dir / TOKENIZER_FILE, max_pair_tokens=m.max_pair_tokens,
+                                         max_query_tokens=m.max_query_tokens, max_item_tokens=m.max_item_tokens)
+        self.model = OnnxModel(self.bundle_dir, m, provider=settings.provider, strict=settings.provider_strict,
+                               intra_op_threads=settings.ort_intra_op_threads)
+        policy = BatchPolicy(
+            max_pairs=settings.batch_max_pairs,
+            max_tokens=settings.batch_max_tokens,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            capacity=settings.queue_capacity_pairs,
+            run_overhead_tokens=RUN_OVERHEAD_TOKENS["cpu" if self.model.provider == "CPUExecutionProvider"
+                                                    else "cuda"],
+        )
+        self.batcher = Batcher(self.model.run, policy, metrics, pad_id=self.tokenizer.pad_id)
+        self.cache = EmbeddingCache(settings.embedding_cache_size)
+        self.deadline_ms = settings.request_deadline_ms
+        self._metrics = metrics
+        self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="relevance-tokenize")
+        self.ready = False
+
+    async def start(self) -> None:
+        self.batcher.start()
+        await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self._warm_up)
+        self.ready = True
+        log.info("bundle %s %s (%s) ready on %s", self.manifest.name, self.manifest.version, self.manifest.kind,
+                 self.model.provider)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self._tokenize_pool.shutdown(wait=True)
+
+    def _warm_up(self) -> None:
+        if self.manifest.kind == "cross":
+            encoded = self.tokenizer.encode_pairs([_WARMUP_QUERY] * len(_WARMUP_ITEMS), _WARMUP_ITEMS)
+        else:
+            encoded = self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
+        self.model.check_output(self.batcher.compute_now(encoded), len(encoded))
+
+    async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
+        """One result per item, in request order: {id, score, grades?}."""
+        query = self.template.query_text(request.query)
+        texts = [self.template.item_text(_item_fields(item)) for item in request.items]
+        if self.manifest.kind == "cross":
+            logits = await self._run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts))
+            scores, probs = score_mapping.from_logits(self.manifest, logits)
+        else:
+            scores, probs = await self._score_bi(query, request.items, texts)
+        self._metrics.scored_pairs.inc(len(texts))
+        levels = self.manifest.grade_levels
+        results: list[dict[str, Any]] = []
+        for i, item in enumerate(request.items):
+            result: dict[str, Any] = {"id": item.id, "score": float(scores[i])}
+            if probs is not None:
+                result["grades"] = {level: float(p) for level, p in zip(levels, probs[i], strict=True)}
+            results.append(result)
+        return results
+
+    async def _score_bi(self, query: str, items: list[ScoreItem], texts: list[str]
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        version = f"{self.manifest.name}@{self.manifest.version}"
+        keys = [cache_key(version, item.id, text) for item, text in zip(items, texts, strict=True)]
+        embeddings: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
+        missing: dict[tuple, int] = {}  # key → position of its first occurrence (duplicates embedded once)
+        for i, (key, emb) in enumerate(zip(keys, embeddings, strict=True)):
+            if emb is None and key not in missing:
+                missing[key] = i
+        self._metrics.cache_hits.inc(len(items) - len(missing))
+        self._metrics.cache_misses.inc(len(missing))
+        to_embed = [texts[i] for i in missing.values()]
+        out = await self._run(1 + len(to_embed), lambda: self.tokenizer.encode_queries([query])
+                              + self.tokenizer.encode_items(to_embed))
+        for row, key in enumerate(missing, start=1):
+            self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
+        fresh = dict(zip(missing, out[1:], strict=True))
+        matrix = np.stack([emb if emb is not None else fresh[key] for key, emb in zip(keys, embeddings, strict=True)])
+        # float64 so the same item scores identically whatever its row (float32 BLAS blocking varies)
+        return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
+
+    async def _run(self, n: int, encode) -> np.ndarray:
+        """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, await their rows."""
+        ticket = self.batcher.admit(n, self.deadline_ms)
+        try:
+            start = time.perf_counter()
+            encoded: list[Encoded] = await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, encode)
+            self._metrics.tokenize_seconds.observe(time.perf_counter() - start)
+            self.batcher.enqueue(ticket, encoded)
+            return await self.batcher.result(ticket)
+        except asyncio.CancelledError:
+            self.batcher.release(ticket, "disconnected")
+            raise
+        finally:
+            self.batcher.release(ticket)  # no-op once finished; frees the room otherwise
+
+
+def _item_fields(item: ScoreItem) -> dict[str, Any]:
+    fields = dict(item.model_extra or {})
+    fields["title"] = item.title
+    fields["attributes"] = item.attributes
+    return fields

@@ -1,0 +1,77 @@
+"""Service settings, read from environment variables prefixed ``RELEVANCE_`` (documented in README.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.bundle import MANIFEST_FILE, BundleError, read_manifest
+
+STUDENT_BUNDLE = Path("models/student")
+DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
+
+
+def default_bundle_path() -> Path:
+    """``models/student`` when it holds a valid bundle (a trained student), else the zero-shot default."""
+    if (STUDENT_BUNDLE / MANIFEST_FILE).is_file():
+        try:
+            read_manifest(STUDENT_BUNDLE)
+            return STUDENT_BUNDLE
+        except BundleError:
+            pass
+    return DEFAULT_BUNDLE
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELEVANCE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    bundle: Path = Field(default_factory=default_bundle_path)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Request limits: user input beyond these gets a 413/422 naming the limit, never a 500.
+    max_items: int = Field(default=500, ge=1)
+    max_field_chars: int = Field(default=2000, ge=1)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+
+    # Dynamic batching (service/batcher.py). A pair is one model input row: a (query, item) pair for
+    # cross bundles, one text (the query or an item) for bi bundles.
+    batch_max_pairs: int = Field(default=256, ge=1)
+    batch_max_tokens: int = Field(default=16384, ge=16)  # padded tokens = rows x longest row
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    queue_capacity_pairs: int = Field(default=4096, ge=1)  # admitted and not yet finished
+    request_deadline_ms: float = Field(default=5000.0, gt=0)
+    tokenizer_threads: int = Field(default=1, ge=1)
+
+    # onnxruntime
+    provider: Literal["cpu", "cuda", "auto"] = "auto"
+    provider_strict: bool = False  # refuse to start when the requested provider is missing
+    ort_intra_op_threads: int = Field(default_factory=_cpu_count, ge=1)
+
+    embedding_cache_size: int = Field(default=20000, ge=0)  # bi bundles; 0 disables the cache
+
+    # Comma-separated keys (service/auth.py); when set, POST /score needs `Authorization: Bearer KEY` or
+    # `X-API-Key: KEY`.
+    score_api_keys: str = ""
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        # A request is admitted whole, so the queue must hold the largest one (bi: items + the query).
+        if self.queue_capacity_pairs < self.max_items + 1:
+            raise ValueError(
+                f"RELEVANCE_QUEUE_CAPACITY_PAIRS ({self.queue_capacity_pairs}) must be at least "
+                f"RELEVANCE_MAX_ITEMS + 1 ({self.max_items + 1})"
+            )
+        return self

