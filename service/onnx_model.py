@@ -24,13 +24,14 @@ class OnnxModel:
     """
 
     def __init__(self, bundle_dir: str | Path, manifest: BundleManifest, *, provider: str = "auto",
-                 strict: bool = False, intra_op_threads: int = 1) -> None:
+                 strict: bool = False, intra_op_threads: int = 1, allow_spinning: bool = True) -> None:
         self.manifest = manifest
         self.choice: ProviderChoice = choose_provider(provider, ort.get_available_providers(), strict=strict)
         if self.choice.warning:
             log.warning(self.choice.warning)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -101,36 +101,36 @@ class RedisGuard:
 
 
 class ItemStore:
+    """Items by id in Redis, written behind: ``offer()`` costs the request O(1) (one queue entry per
+    request, no serialisation); the writer task does the rest in pipelined chunks."""
+
     def __init__(
         self, guard: RedisGuard, *, ttl_s: int = 86_400, queue_size: int = 10_000, batch_size: int = 256
     ) -> None:
         self.guard = guard
         self.metrics = guard.metrics
         self.ttl_s = ttl_s
+        self.queue_size = queue_size  # in items
         self.batch_size = batch_size
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Sequence[Mapping[str, Any] | BaseModel]] = asyncio.Queue()
+        self._pending = 0  # items queued and not yet written: the bound is on this, not on queue entries
         self._task: asyncio.Task[None] | None = None
 
     def _key(self, item_id: str) -> str:
         return self.guard.key("item", item_id)
 
-    def offer(self, items: Iterable[Mapping[str, Any] | BaseModel]) -> int:
-        """Queue items (mappings or pydantic models with an ``id``) for writing; never blocks, and
-        leaves serialisation to the writer task. Returns how many were queued."""
-        queued = 0
-        for item in items:
-            item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
-            if item_id in (None, ""):
-                self.metrics.item_store_dropped.labels("no_id").inc()
-                continue
-            try:
-                self._queue.put_nowait((str(item_id), item))
-            except asyncio.QueueFull:
-                self.metrics.item_store_dropped.labels("queue_full").inc()
-                continue
-            queued += 1
-        self.metrics.item_store_queue.set(self._queue.qsize())
-        return queued
+    def offer(self, items: Sequence[Mapping[str, Any] | BaseModel]) -> int:
+        """Queue one request's items (mappings or pydantic models with an ``id``; not copied, so the
+        caller must not mutate them) unless that would exceed ``queue_size``; never blocks.
+        Returns how many were queued (all or none)."""
+        n = len(items)
+        if self._pending + n > self.queue_size:
+            self.metrics.item_store_dropped.labels("queue_full").inc(n)
+            return 0
+        self._pending += n
+        self._queue.put_nowait(items)
+        self.metrics.item_store_queue.set(self._pending)
+        return n
 
     async def get(self, item_id: str) -> dict[str, Any] | None:
         """The stored item, or None if unknown. Raises RedisUnavailable."""
@@ -158,33 +158,43 @@ class ItemStore:
 
     async def _drain_forever(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            entries = [await self._queue.get()]
+            size = len(entries[0])
+            while size < self.batch_size and not self._queue.empty():
+                entries.append(self._queue.get_nowait())
+                size += len(entries[-1])
             try:
-                await self._write(batch)
+                await self._write([item for entry in entries for item in entry])
             finally:
-                for _ in batch:
+                for _ in entries:
                     self._queue.task_done()
-                self.metrics.item_store_queue.set(self._queue.qsize())
+                self._pending -= size
+                self.metrics.item_store_queue.set(self._pending)
 
-    async def _write(self, batch: list[tuple[str, Any]]) -> None:
-        latest = dict(batch)  # the same id twice in a batch: the later version wins
+    async def _write(self, items: list[Mapping[str, Any] | BaseModel]) -> None:
+        latest: dict[str, Mapping[str, Any] | BaseModel] = {}  # the same id twice: the later version wins
+        for item in items:
+            item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
+            if item_id in (None, ""):
+                self.metrics.item_store_dropped.labels("no_id").inc()
+                continue
+            latest[str(item_id)] = item
+        ids = list(latest)
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
 
-        async def pipelined(r: Redis) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                for item_id, item in latest.items():
-                    fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
-                    pipe.set(self._key(item_id), orjson.dumps(fields), ex=self.ttl_s)
-                await pipe.execute()
+            async def pipelined(r: Redis, chunk: list[str] = chunk) -> None:
+                async with r.pipeline(transaction=False) as pipe:
+                    for item_id in chunk:
+                        item = latest[item_id]
+                        fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
+                        pipe.set(self._key(item_id), orjson.dumps(fields), ex=self.ttl_s)
+                    await pipe.execute()
 
-        try:
-            await self.guard.run("item_store_write", pipelined)
-        except RedisUnavailable:
-            # Best effort: the next /score that sees these items writes them again.
-            self.metrics.item_store_failures.inc(len(latest))
-            return
-        self.metrics.item_store_writes.inc(len(latest))
+            try:
+                await self.guard.run("item_store_write", pipelined)
+            except RedisUnavailable:
+                # Best effort: the next /score that sees these items writes them again.
+                self.metrics.item_store_failures.inc(len(chunk))
+                continue
+            self.metrics.item_store_writes.inc(len(chunk))

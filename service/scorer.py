@@ -46,7 +46,8 @@ class Scorer:
         self.tokenizer = BundleTokenizer(self.bundle_dir / TOKENIZER_FILE, max_pair_tokens=m.max_pair_tokens,
                                          max_query_tokens=m.max_query_tokens, max_item_tokens=m.max_item_tokens)
         self.model = OnnxModel(self.bundle_dir, m, provider=settings.provider, strict=settings.provider_strict,
-                               intra_op_threads=settings.ort_intra_op_threads)
+                               intra_op_threads=settings.ort_intra_op_threads,
+                               allow_spinning=settings.ort_allow_spinning)
         policy = BatchPolicy(
             max_pairs=settings.batch_max_pairs,
             max_tokens=settings.batch_max_tokens,

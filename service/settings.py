@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     provider: Literal["cpu", "cuda", "auto"] = "auto"
     provider_strict: bool = False  # refuse to start when the requested provider is missing
     ort_intra_op_threads: int = Field(default_factory=_cpu_count, ge=1)
+    # Idle onnxruntime threads spin for work by default; on CPUs shared with other processes (or under a
+    # container CPU quota) that spinning steals the cores it waits for: set false there (docs/BENCHMARKS.md).
+    ort_allow_spinning: bool = True
 
     embedding_cache_size: int = Field(default=20000, ge=0)  # bi bundles; 0 disables the cache
 

@@ -1,0 +1,1 @@
+"""The /explain slow path: teacher explanations on demand, cached in Redis, behind API keys."""

@@ -1,0 +1,154 @@
+"""HTTP routes of the slow path: ``GET /explain?query=&item_id=`` and ``POST /explain``.
+
+Both need an API key and pass the per-key rate limit. GET looks the item up in the Redis item store
+(filled by ``POST /score``); POST carries the item. The student's score and the teacher's
+explanation are computed concurrently; the response says what came from the cache and how long each
+part took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.errors import ApiError
+from service.explain.components import ExplainComponents
+from service.explain.engine import ExplainError
+from service.explain.models import ExplainItem, ExplainRequest, ExplainResponse, StudentScore, Timings
+from service.redis_store import RedisUnavailable
+
+router = APIRouter(tags=["explain"])
+
+
+def components(request: Request) -> ExplainComponents:
+    return request.app.state.explain
+
+
+def _fail(
+    parts: ExplainComponents, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> ApiError:
+    parts.metrics.explain_requests.labels(str(status)).inc()
+    return ApiError(status, code, message, headers=headers)
+
+
+async def require_api_key(request: Request) -> str:
+    """Dependency for /explain and admin routes: the caller's key id, or 401."""
+    parts = components(request)
+    try:
+        return await parts.auth(request)
+    except ApiError as exc:
+        parts.metrics.explain_requests.labels(str(exc.status)).inc()
+        raise
+
+
+async def rate_limited_key(request: Request, key_id: str = Depends(require_api_key)) -> str:
+    parts = components(request)
+    decision = await parts.limiter.acquire(key_id)
+    if not decision.allowed:
+        parts.metrics.rate_limited.inc()
+        raise _fail(
+            parts,
+            429,
+            "rate_limited",
+            f"rate limit exceeded for this API key; retry in {decision.retry_after_s}s",
+            {"Retry-After": str(decision.retry_after_s)},
+        )
+    return key_id
+
+
+@router.get("/explain", response_model=ExplainResponse)
+async def explain_by_id(
+    request: Request,
+    query: str = Query(min_length=1, max_length=1000),
+    item_id: str = Query(min_length=1),
+    _key: str = Depends(rate_limited_key),
+) -> ExplainResponse:
+    started = time.perf_counter()
+    parts = components(request)
+    if parts.item_store is None:
+        raise _fail(
+            parts,
+            404,
+            "item_store_disabled",
+            "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); POST /explain with the item",
+        )
+    try:
+        stored = await parts.item_store.get(item_id)
+    except RedisUnavailable as exc:
+        raise _fail(
+            parts,
+            503,
+            "item_store_unavailable",
+            "the item store (Redis) is unavailable; POST /explain with the full item instead",
+        ) from exc
+    if stored is None:
+        raise _fail(
+            parts,
+            404,
+            "item_not_found",
+            f"item_id {item_id!r} is not in the item store: items are kept for "
+            f"{parts.settings.item_store_ttl_s}s after POST /score sees them; "
+            "POST /explain with the full item instead",
+        )
+    store_ms = (time.perf_counter() - started) * 1000
+    item = ExplainItem.model_validate(stored)
+    return await _explain(parts, query, item, started, store_ms)
+
+
+@router.post("/explain", response_model=ExplainResponse)
+async def explain_item(
+    request: Request, body: ExplainRequest, _key: str = Depends(rate_limited_key)
+) -> ExplainResponse:
+    return await _explain(components(request), body.query, body.item, time.perf_counter(), None)
+
+
+async def _explain(
+    parts: ExplainComponents, query: str, item: ExplainItem, started: float, store_ms: float | None
+) -> ExplainResponse:
+    item_map = item.model_dump()
+    student_task = asyncio.create_task(_student(parts, query, item_map))
+    teacher_started = time.perf_counter()
+    try:
+        outcome = await parts.engine.explain(query, item_map)
+    except ExplainError as exc:
+        student_task.cancel()
+        parts.metrics.explain_requests.labels(str(exc.status)).inc()
+        raise
+    teacher_ms = (time.perf_counter() - teacher_started) * 1000
+    student, student_error, student_ms = await student_task
+    total_ms = (time.perf_counter() - started) * 1000
+    parts.metrics.explain_requests.labels("200").inc()
+    parts.metrics.explain_seconds.observe(total_ms / 1000)
+    return ExplainResponse(
+        query=query,
+        item_id=item.id,
+        student=student,
+        student_error=student_error,
+        explanation=outcome.record,
+        cached=outcome.cached,
+        shared=outcome.shared,
+        timings_ms=Timings(
+            store_ms=store_ms, student_ms=student_ms, teacher_ms=teacher_ms, total_ms=total_ms
+        ),
+    )
+
+
+async def _student(
+    parts: ExplainComponents, query: str, item: Mapping[str, Any]
+) -> tuple[StudentScore | None, str | None, float | None]:
+    if parts.student is None:
+        return None, "no student bundle is loaded", None
+    started = time.perf_counter()
+    try:
+        score = await parts.student(query, item)
+    except Exception as exc:  # noqa: BLE001 - the explanation is still worth returning
+        return (
+            None,
+            f"student scoring failed: {type(exc).__name__}: {exc}",
+            (time.perf_counter() - started) * 1000,
+        )
+    return score, None, (time.perf_counter() - started) * 1000
