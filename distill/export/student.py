@@ -1,0 +1,133 @@
+"""A trained student (runs/<name>/) → a model bundle in fp32, int8 or fp16 ONNX.
+
+The fp32 ONNX model is always built first and checked against PyTorch; int8 (dynamic, per-channel
+QInt8 weights) and fp16 (float16 weights, float32 inputs/outputs) are derived from it and checked
+against it (distill/export/checks.py). A bundle that fails a check is not written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from distill.data.schema import LabelledPair
+from distill.export.checks import bundle_scores, check_fp32, check_reduced
+from distill.export.onnx_bert import export_bert_onnx
+from service.bundle import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    BundleManifest,
+    CosineGradeHeadScore,
+    Provenance,
+    SoftmaxScore,
+    write_manifest,
+)
+
+Precision = Literal["fp32", "int8", "fp16"]
+
+
+def _manifest(model, config, precision: str, name: str, version: str, created_by: str) -> BundleManifest:
+    from distill.students.backbone import BACKBONE_NAME
+
+    if config.kind == "cross":
+        score, dim = SoftmaxScore(), None
+    else:
+        score = CosineGradeHeadScore(weights=model.grade_weight.detach().tolist(),
+                                     bias=model.grade_bias.detach().tolist())
+        dim = model.embedding_dim
+    return BundleManifest(
+        name=name, version=version, kind=config.kind, score=score, embedding_dim=dim,
+        max_pair_tokens=config.max_tokens, max_query_tokens=config.max_query_tokens,
+        max_item_tokens=config.max_tokens, template=config.template,
+        provenance=Provenance(
+            base_model=f"{BACKBONE_NAME} (first {model.bert.config.num_hidden_layers} layers)",
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), created_by=created_by,
+            train_data=config.train_data, teacher=", ".join(config.teacher), precision=precision,
+            run=config.name, losses=config.weights.model_dump(), temperature=config.temperature,
+            layers=config.layers, epochs=config.epochs, seed=config.seed),
+    )
+
+
+def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32_path, out_path, per_channel=True, weight_type=QuantType.QInt8)
+    else:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(out_path))
+
+
+def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence[LabelledPair], *,
+                   precision: Precision = "int8", name: str | None = None, version: str | None = None,
+                   created_by: str = "relevance export") -> BundleManifest:
+    """Export, check and write the bundle; raises ExportCheckError (nothing written) when a check fails."""
+    import torch
+
+    from distill.students.data import build_examples
+    from distill.train import METRICS_FILE, load_run, make_tokenizer, predict_scores, ranking_metrics
+
+    if precision not in ("fp32", "int8", "fp16"):
+        raise ValueError(f"precision must be fp32, int8 or fp16, not {precision!r}")
+    if not any(p.label for p in dev_pairs):
+        raise ValueError("export checks need labelled dev pairs")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, config = load_run(run_dir)
+    name = name or f"student-{config.kind}-{config.name}"
+    version = version or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    manifest = _manifest(model, config, precision, name, version, created_by)
+
+    tokenizer = make_tokenizer(config, run_dir / TOKENIZER_FILE)
+    examples = build_examples(config.kind, dev_pairs, tokenizer, config.template)
+    torch.set_num_threads(config.threads)
+    torch_scores = predict_scores(model, config.kind, examples, tokenizer.pad_id)
+
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        fp32_dir = Path(tmp) / "fp32"
+        fp32_dir.mkdir()
+        if config.kind == "cross":
+            from distill.students.cross import CrossLogits
+
+            export_bert_onnx(CrossLogits(model), fp32_dir / MODEL_FILE, "logits")
+        else:
+            from distill.students.bi import BiEmbedding
+
+            export_bert_onnx(BiEmbedding(model), fp32_dir / MODEL_FILE, "embedding")
+        shutil.copyfile(run_dir / TOKENIZER_FILE, fp32_dir / TOKENIZER_FILE)
+        fp32_scores = bundle_scores(fp32_dir, manifest, dev_pairs)
+        checks = check_fp32(torch_scores, fp32_scores)
+        fp32_dev = ranking_metrics(dev_pairs, fp32_scores)
+        bundle_dir, dev = fp32_dir, fp32_dev
+        if precision != "fp32":
+            bundle_dir = Path(tmp) / precision
+            bundle_dir.mkdir()
+            _reduce(precision, fp32_dir / MODEL_FILE, bundle_dir / MODEL_FILE)
+            shutil.copyfile(run_dir / TOKENIZER_FILE, bundle_dir / TOKENIZER_FILE)
+            scores = bundle_scores(bundle_dir, manifest, dev_pairs)
+            dev = ranking_metrics(dev_pairs, scores)
+            checks |= check_reduced(precision, fp32_scores, scores, fp32_dev["ndcg@10"], dev["ndcg@10"])
+
+        run_metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")) \
+            if (run_dir / METRICS_FILE).is_file() else {}
+        manifest.metrics = {
+            "dev": {"data": config.dev_data, **dev},
+            "export_checks": checks,
+            "train": {"best_epoch": run_metrics.get("best_epoch"), "seconds": run_metrics.get("seconds"),
+                      "teacher": run_metrics.get("teacher")},
+        }
+        write_manifest(bundle_dir, manifest)
+        # Replace the target only now that every check passed.
+        staging = out_dir.with_name(out_dir.name + ".incoming")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(bundle_dir, staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return manifest
