@@ -59,6 +59,7 @@ class CoTRecord(BaseModel):
     schema_version: int = COT_SCHEMA_VERSION
     teacher_id: str
     prompt_version: str
+    mode: Literal["cot", "score"] = "cot"  # score: no reasoning, the verdict read right after the prompt
     pair_id: str
     query_id: str | None = None
     query: str

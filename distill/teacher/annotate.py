@@ -1,0 +1,190 @@
+"""Annotate labelled pairs with a teacher → JSONL of CoTRecords (the output file is its own cache).
+
+* Resume, never pay twice: records already in the output with the same (teacher id, prompt
+  version, mode, pair id) are skipped.
+* Line-atomic appends: each record is written as one whole line, flushed and fsync'ed. A torn
+  last line (the process was killed mid-write) is detected on resume, truncated and counted; a
+  corrupt line anywhere else is an error naming the file and line.
+* Bounded concurrency (asyncio semaphore); progress bar with rate and ETA; a summary at the end.
+* A pair whose judgement raised (e.g. the teacher server kept failing) is not written, so a rerun
+  retries it; it is counted in the summary with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from distill.data.schema import LabelledPair
+from distill.teacher.cot import CoTRecord
+from distill.teacher.prompt import Mode
+from distill.teacher.teacher import Teacher
+
+CacheKey = tuple[str, str, str, str]
+
+
+class AnnotationFileError(ValueError):
+    """An annotation JSONL that cannot be read; the message names the file and line."""
+
+
+class AnnotationSummary(BaseModel):
+    out: str
+    teacher_id: str
+    prompt_version: str
+    mode: str
+    input_pairs: int
+    duplicate_pairs: int = 0  # same query and item content more than once in the input: judged once
+    already_done: int = 0  # found in the output (resume)
+    annotated: int = 0
+    parse_ok: int = 0
+    parse_failed: int = 0
+    judge_errors: int = 0
+    judge_error_examples: list[str] = Field(default_factory=list)
+    distribution_sources: dict[str, int] = Field(default_factory=dict)
+    evidence_spans: int = 0
+    unverified_evidence_spans: int = 0
+    torn_lines_truncated: int = 0
+    elapsed_s: float = 0.0
+    pairs_per_s: float = 0.0
+
+
+def record_key(record: CoTRecord) -> CacheKey:
+    return (record.teacher_id, record.prompt_version, record.mode, record.pair_id)
+
+
+def read_annotations(path: Path, *, repair: bool = False) -> tuple[list[CoTRecord], int]:
+    """Records of an annotation file and the number of torn last lines (0 or 1).
+
+    With ``repair`` a torn last line is cut off the file; without, it is only counted.
+    """
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    *complete, tail = data.split(b"\n")  # tail: bytes after the last newline, empty unless torn
+    records: list[CoTRecord] = []
+    for number, line in enumerate(complete, start=1):
+        try:
+            records.append(CoTRecord.model_validate_json(line))
+        except ValidationError as exc:
+            raise AnnotationFileError(f"{path}:{number}: not a CoT record: {str(exc)[:300]}") from exc
+    if not tail:
+        return records, 0
+    # Records are written as one line ending in a newline: a tail without one was torn by a kill.
+    if repair:
+        with path.open("r+b") as f:
+            f.truncate(len(data) - len(tail))
+    return records, 1
+
+
+class _Writer:
+    """Appends whole lines and makes each durable before the next (line-atomic across kills)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+
+    def write(self, record: CoTRecord) -> None:
+        self._file.write(record.model_dump_json().encode("utf-8") + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def annotate(
+    teacher: Teacher,
+    pairs: Sequence[LabelledPair],
+    out: Path,
+    *,
+    mode: Mode = "score",
+    concurrency: int = 1,
+    progress: bool = True,
+) -> AnnotationSummary:
+    """Judge every pair not yet in ``out`` and append its record; returns the run's summary."""
+    existing, torn = read_annotations(out, repair=True)
+    done = {record_key(r) for r in existing}
+    summary = AnnotationSummary(
+        out=str(out),
+        teacher_id=teacher.teacher_id,
+        prompt_version=teacher.prompt_version,
+        mode=mode,
+        input_pairs=len(pairs),
+        torn_lines_truncated=torn,
+    )
+    pending: list[LabelledPair] = []
+    seen: set[str] = set()
+    for pair in pairs:
+        pair_id = pair.pair_id
+        if pair_id in seen:
+            summary.duplicate_pairs += 1
+            continue
+        seen.add(pair_id)
+        if (teacher.teacher_id, teacher.prompt_version, mode, pair_id) in done:
+            summary.already_done += 1
+        else:
+            pending.append(pair)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pending), unit="pair", desc=f"annotate {mode}", disable=not progress, file=sys.stderr)
+    sources: Counter[str] = Counter()
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    writer = _Writer(out)
+    started = time.perf_counter()
+
+    async def one(pair: LabelledPair) -> None:
+        async with semaphore:
+            try:
+                record = await teacher.judge(pair.query, pair.item.as_mapping(), label=pair.label, mode=mode)
+            except Exception as exc:  # counted and reported; not written, so a rerun retries it
+                summary.judge_errors += 1
+                if len(summary.judge_error_examples) < 5:
+                    summary.judge_error_examples.append(f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}")
+                bar.update(1)
+                return
+        record = record.model_copy(update={"query_id": pair.query_id})
+        writer.write(record)
+        summary.annotated += 1
+        summary.parse_ok += record.parse_ok
+        summary.parse_failed += not record.parse_ok
+        sources[record.distribution_source] += 1
+        spans = [e for d in record.dimensions for e in d.evidence]
+        summary.evidence_spans += len(spans)
+        summary.unverified_evidence_spans += sum(not e.verified for e in spans)
+        bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(p) for p in pending))
+    finally:
+        writer.close()
+        bar.close()
+        summary.elapsed_s = round(time.perf_counter() - started, 3)
+        summary.pairs_per_s = round(summary.annotated / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
+        summary.distribution_sources = dict(sources)
+    return summary
+
+
+def write_parquet(jsonl: Path, parquet: Path) -> int:
+    """Flat Parquet copy of an annotation file (nested fields as JSON strings); returns rows."""
+    import pandas as pd
+
+    records, _ = read_annotations(jsonl)
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        row = record.model_dump()
+        for key in ("dimensions", "grade_distribution", "grade_levels", "parse_errors"):
+            row[key] = json.dumps(row[key], ensure_ascii=False)
+        rows.append(row)
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(parquet, index=False)
+    return len(rows)

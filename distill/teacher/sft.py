@@ -1,0 +1,279 @@
+"""`relevance sft`: make ELLM-rele stronger by fine-tuning its verdict on human labels.
+
+What is trained, plainly: the teacher's grade distribution is a softmax over the output-layer
+rows ("unembeddings") of the grade levels' first tokens, applied to the model's final hidden
+state at the verdict position (right after ``{"grade": "`` in score mode). This command keeps the
+transformer body frozen and fine-tunes those rows only (3 × 576 numbers for SmolLM2-135M) with
+cross-entropy against the human labels of the training pairs, L2-anchored to their original
+values (the weight chosen by cross-validation on the training pairs, folds by query). It is cheap
+enough for a shared 2-core CPU: one llama.cpp forward per training pair to read the hidden state
+(cached in ``verdict_states.npz``), then full-batch L-BFGS fits in seconds.
+
+Output: a GGUF copy of the base model whose (formerly tied) output layer is written out as its
+own ``output.weight`` tensor with the fine-tuned rows, served by the llama.cpp backend
+(``llamacpp:OUT/model.gguf``) exactly like the base model; plus ``sft.json`` (config, data,
+losses, provenance). Writing a transformers checkpoint needs a 150 s+ de-quantising load on this
+CPU and is left out; llama.cpp's GGUF *converter* is not in the pip package, so the GGUF is
+written with ``gguf``'s writer by copying every tensor and adding ``output.weight``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from distill.data.schema import GRADE_LEVELS, LabelledPair
+from distill.teacher.prompt import PROMPT_VERSION, SCORE_PREFILL, build_messages
+from service.text_template import DEFAULT_TEMPLATE
+
+SFT_GGUF = "model.gguf"
+SFT_REPORT = "sft.json"
+OOF_FILE = "oof_train.jsonl"
+
+
+L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CV_FOLDS = 5
+
+
+class SFTConfig(BaseModel):
+    # Weight of ||rows - original rows||²; None: chosen by cross-validation over L2_GRID, folds by query.
+    l2: float | None = Field(default=None, ge=0.0)
+    max_iter: int = Field(default=200, ge=1)
+    max_pairs: int | None = Field(default=None, ge=1, description="fine-tune on a seeded random subset this large")
+    # Stop reading hidden states after this long and fit on the pairs read so far (a shared CPU's budget).
+    max_minutes: float | None = Field(default=None, gt=0)
+    threads: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class VerdictFeatures:
+    """Final hidden states at the score-mode verdict position.
+
+    llama.cpp returns the raw next-token logits z = W h, with W the output layer [vocab, dim]
+    (vocab ≫ dim, full column rank), so h = W⁺ z exactly up to llama.cpp's arithmetic. This
+    reuses the teacher's own fast, KV-cached evaluation path instead of a second model context.
+    """
+
+    def __init__(self, gguf_path: Path, output: np.ndarray, *, threads: int = 2) -> None:
+        from distill.teacher.backends.llamacpp import LlamaCppBackend
+
+        self.backend = LlamaCppBackend(gguf_path, n_threads=threads)
+        w = output.astype(np.float64)
+        self._pinv = np.linalg.solve(w.T @ w, w.T)  # W⁺ = (WᵀW)⁻¹Wᵀ, [dim, vocab]
+
+    def prompt_text(self, pair: LabelledPair, levels: Sequence[str]) -> str:
+        messages = build_messages(
+            DEFAULT_TEMPLATE.query_text(pair.query), DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), "score", levels
+        )
+        return self.backend.render_prompt(messages) + SCORE_PREFILL
+
+    def level_first_tokens(self, prompt_text: str, levels: Sequence[str]) -> list[int]:
+        prefix = self.backend.tokenize(prompt_text)
+        firsts = [self.backend._continuation(prefix, prompt_text, level)[0] for level in levels]
+        if len(set(firsts)) != len(firsts):
+            raise ValueError(f"grade levels {list(levels)} share a first token: the verdict head needs distinct ones")
+        return firsts
+
+    def __call__(self, prompt_text: str) -> np.ndarray:
+        return self._pinv @ self.backend.raw_logits(self.backend.tokenize(prompt_text))
+
+
+def output_matrix(gguf_path: Path) -> np.ndarray:
+    """The model's output layer [vocab, dim] (the tied token embedding when there is no output.weight)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    reader = gguf.GGUFReader(gguf_path)
+    tensors = {t.name: t for t in reader.tensors}
+    tensor = tensors.get("output.weight") or tensors["token_embd.weight"]
+    return dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+
+
+def fit_rows(
+    states: np.ndarray, labels: np.ndarray, rows0: np.ndarray, *, l2: float, max_iter: int, seed: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Rows minimising mean CE(softmax(rows · h), label) + l2 · ||rows - rows0||²."""
+    import torch
+
+    torch.manual_seed(seed)
+    h = torch.tensor(states, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.long)
+    anchor = torch.tensor(rows0, dtype=torch.float64)
+    rows = anchor.clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([rows], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(h @ rows.T, y) + l2 * ((rows - anchor) ** 2).sum()
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        before = float(torch.nn.functional.cross_entropy(h @ anchor.T, y))
+    optimiser.step(closure)
+    with torch.no_grad():
+        after = float(torch.nn.functional.cross_entropy(h @ rows.T, y))
+    return rows.detach().numpy(), {"train_ce_before": round(before, 4), "train_ce_after": round(after, 4)}
+
+
+def choose_l2(
+    states: np.ndarray, labels: np.ndarray, groups: Sequence[str], rows0: np.ndarray, config: SFTConfig
+) -> tuple[float, dict[str, float], np.ndarray]:
+    """The L2 weight of L2_GRID with the lowest cross-validated CE (folds split by query), its CV CE
+    per weight, and the chosen weight's out-of-fold grade distributions [n, levels]."""
+    import hashlib
+
+    fold = np.array([int(hashlib.sha256(g.encode()).hexdigest(), 16) % CV_FOLDS for g in groups])
+    cv: dict[str, float] = {}
+    oof: dict[float, np.ndarray] = {}
+    for l2 in L2_GRID:
+        logp = np.zeros((len(labels), rows0.shape[0]))
+        for k in range(CV_FOLDS):
+            train, held = fold != k, fold == k
+            if not held.any() or not train.any():
+                continue
+            rows, _ = fit_rows(states[train], labels[train], rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
+            logits = states[held] @ rows.T
+            logits -= logits.max(axis=1, keepdims=True)
+            logp[held] = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        cv[f"{l2:g}"] = round(-float(logp[np.arange(len(labels)), labels].mean()), 4)
+        oof[l2] = np.exp(logp)
+    best = min(L2_GRID, key=lambda l2: cv[f"{l2:g}"])
+    return best, cv, oof[best]
+
+
+def write_oof_records(
+    path: Path, pairs: Sequence[LabelledPair], probs: np.ndarray, levels: Sequence[str], *, teacher_id: str
+) -> None:
+    """Out-of-fold distributions as CoT records (score mode), readable by `relevance eval`."""
+    from datetime import UTC, datetime
+
+    from distill.teacher.cot import CoTRecord
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with path.open("w", encoding="utf-8") as f:
+        for pair, p in zip(pairs, probs, strict=True):
+            distribution = {level: float(v) for level, v in zip(levels, p / p.sum(), strict=True)}
+            record = CoTRecord(
+                teacher_id=teacher_id, prompt_version=PROMPT_VERSION, mode="score", pair_id=pair.pair_id,
+                query_id=pair.query_id, query=DEFAULT_TEMPLATE.query_text(pair.query), item_id=pair.item.id,
+                item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), grade=max(distribution, key=distribution.get),
+                grade_levels=list(levels), grade_distribution=distribution, distribution_source="logits",
+                label=pair.label, created_at=now,
+            )  # fmt: skip
+            f.write(record.model_dump_json() + "\n")
+
+
+def write_gguf_with_output(src: Path, dst: Path, output: np.ndarray, *, name_suffix: str) -> None:
+    """Copy ``src`` to ``dst`` (metadata and tensors as they are) adding an F16 ``output.weight``."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    if any(t.name == "output.weight" for t in reader.tensors):
+        raise ValueError(f"{src} already has an output.weight tensor; replacing one is not supported")
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(dst, arch=arch, endianess=reader.endianess)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        value = field.contents()
+        if field.name == gguf.Keys.General.NAME:
+            value = f"{value}-{name_suffix}"
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
+    head = output.astype(np.float16)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+    writer.add_tensor_info("output.weight", head.shape, head.dtype, head.nbytes, gguf.GGMLQuantizationType.F16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.write_tensor_data(head)
+    writer.close()
+
+
+def run_sft(
+    pairs: Sequence[LabelledPair],
+    out: Path,
+    config: SFTConfig,
+    *,
+    base_gguf: Path | None = None,
+    levels: Sequence[str] = GRADE_LEVELS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the verdict rows on ``pairs`` (unlabelled pairs are skipped and counted)."""
+    from tqdm import tqdm
+
+    from distill.teacher.backends.llamacpp import default_gguf_path
+
+    base = Path(base_gguf) if base_gguf else default_gguf_path()
+    labelled = [p for p in pairs if p.label in levels]
+    if not labelled:
+        raise ValueError(f"no pair has a label in {list(levels)}; SFT needs human labels")
+    if config.max_pairs is not None or config.max_minutes is not None:
+        # Random order, so that whatever prefix the budget allows is a random sample.
+        order = np.random.default_rng(config.seed).permutation(len(labelled))[: config.max_pairs]
+        labelled = [labelled[i] for i in order]
+    selected = len(labelled)
+    started = time.perf_counter()
+    output = output_matrix(base)
+    features = VerdictFeatures(base, output, threads=config.threads)
+    first_tokens = features.level_first_tokens(features.prompt_text(labelled[0], levels), levels)
+    read: list[np.ndarray] = []
+    for pair in tqdm(labelled, desc="verdict states", disable=not progress, file=sys.stderr):
+        if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
+            break
+        read.append(features(features.prompt_text(pair, levels)))
+    labelled = labelled[: len(read)]
+    states = np.stack(read)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "verdict_states.npz", states=states, pair_ids=[p.pair_id for p in labelled])
+    labels = np.array([list(levels).index(p.label) for p in labelled])
+    rows0 = output[first_tokens].astype(np.float64)
+    # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
+    best_l2, cv, oof = choose_l2(states, labels, [p.query_id for p in labelled], rows0, config)
+    l2 = best_l2 if config.l2 is None else config.l2
+    write_oof_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"llamacpp:{base.stem}-verdict-sft-oof")
+    rows, losses = fit_rows(states, labels, rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
+    output[first_tokens] = rows
+    write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
+    predictions = (states @ rows.T).argmax(axis=1)
+    report = {
+        "method": "verdict-row fine-tuning (frozen body, score mode)",
+        "base_model": str(base),
+        "prompt_version": PROMPT_VERSION,
+        "levels": list(levels),
+        "level_first_tokens": first_tokens,
+        "config": config.model_dump(),
+        "l2": l2,
+        "cv_ce_by_l2": cv,
+        "input_pairs": len(pairs),
+        "skipped_unlabelled": sum(p.label not in levels for p in pairs),
+        "train_pairs": len(labelled),
+        "not_read_within_max_minutes": selected - len(labelled),
+        "out_of_fold_records": str(out / OOF_FILE),
+        "label_counts": dict(Counter(p.label for p in labelled)),
+        "train_accuracy_after": round(float((predictions == labels).mean()), 4),
+        **losses,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "teacher_spec": f"llamacpp:{out / SFT_GGUF}",
+    }
+    (out / SFT_REPORT).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if not math.isfinite(losses["train_ce_after"]):
+        raise ValueError(f"SFT diverged: {losses}")
+    return report

@@ -1,0 +1,68 @@
+"""transformers backend on a real (tiny, randomly initialised) Llama checkpoint with SmolLM2's tokenizer.
+
+The weights are random, so the judgements are meaningless; what is checked is the protocol: the
+tokenizer's chat template, the verdict position, and a distribution read from the model's logits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from distill.data.schema import GRADE_LEVELS
+from distill.teacher import Teacher, load_teacher
+from distill.teacher.backends.llamacpp import default_gguf_path
+from distill.teacher.prompt import SCORE_PREFILL, build_messages
+
+ITEM = {"id": "m1", "title": "Logitech M185 Wireless Mouse", "color": "Grey"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = default_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=True,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+async def test_score_mode_reads_logits_at_the_verdict_position(checkpoint) -> None:
+    import torch
+
+    teacher = load_teacher(f"hf:{checkpoint}")
+    record = await teacher.judge("wireless mouse", ITEM, mode="score")
+    assert record.distribution_source == "logits" and record.raw_output.startswith(SCORE_PREFILL)
+    assert list(record.grade_distribution) == list(GRADE_LEVELS)
+    assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
+
+    # Same numbers as a direct forward pass over the chat-templated prompt + prefill.
+    backend = teacher.backend
+    prompt = backend.render_prompt(build_messages(record.query, record.item_text, "score", GRADE_LEVELS))
+    assert prompt.endswith("<|im_start|>assistant\n")
+    ids = backend.tokenize(prompt + SCORE_PREFILL)
+    with torch.inference_mode():
+        logits = backend.model(torch.tensor([ids])).logits[0, -1]
+    firsts = [backend.tokenize(prompt + SCORE_PREFILL + level)[len(ids)] for level in GRADE_LEVELS]
+    expected = torch.softmax(logits[firsts].double(), dim=0).tolist()
+    assert [record.grade_distribution[level] for level in GRADE_LEVELS] == pytest.approx(expected, rel=1e-5)
+
+
+async def test_cot_mode_record_is_well_formed(checkpoint) -> None:
+    teacher = Teacher(load_teacher(f"hf:{checkpoint}").backend, max_tokens=12)
+    record = await teacher.judge("wireless mouse", ITEM, mode="cot")
+    # Random weights never reach the grade key within 12 tokens: partial output kept, score-mode verdict.
+    assert record.raw_output.startswith('{"dimensions": [')
+    assert not record.parse_ok and record.distribution_source == "logits"
+    assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
