@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         train: str = typer.Option("bundled:train", help="labelled pairs to fine-tune on"),
         fmt: str | None = typer.Option(None, "--format"),
         base: Path | None = typer.Option(None, help="base GGUF (default: the embedded SmolLM2-135M-Instruct)"),
-        l2: float | None = typer.Option(None, min=0.0, help="L2 anchor to the original rows (default: by CV)"),
+        l2: float | None = typer.Option(None, min=0.0, help="L2 weight towards the mean original row (default: by CV)"),
         max_iter: int = typer.Option(200, min=1),
         max_pairs: int | None = typer.Option(None, min=1, help="fine-tune on a seeded random subset this large"),
         max_minutes: float | None = typer.Option(None, min=0.1, help="stop reading states after this long"),

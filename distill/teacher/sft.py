@@ -4,8 +4,8 @@ What is trained, plainly: the teacher's grade distribution is a softmax over the
 rows ("unembeddings") of the grade levels' first tokens, applied to the model's final hidden
 state at the verdict position (right after ``{"grade": "`` in score mode). This command keeps the
 transformer body frozen and fine-tunes those rows only (3 × 576 numbers for SmolLM2-135M) with
-cross-entropy against the human labels of the training pairs, L2-anchored to their original
-values (the weight chosen by cross-validation on the training pairs, folds by query). It is cheap
+cross-entropy against the human labels of the training pairs, L2-anchored to the mean of their
+original values (so that heavy regularisation means "uniform", not the zero-shot bias) (the weight chosen by cross-validation on the training pairs, folds by query). It is cheap
 enough for a shared 2-core CPU: one llama.cpp forward per training pair to read the hidden state
 (cached in ``verdict_states.npz``), then full-batch L-BFGS fits in seconds.
 
@@ -38,15 +38,16 @@ from service.text_template import DEFAULT_TEMPLATE
 SFT_GGUF = "model.gguf"
 SFT_REPORT = "sft.json"
 OOF_FILE = "oof_train.jsonl"
+STATES_FILE = "verdict_states.npz"  # cache of hidden states by pair id (same base model and prompt)
 
 
-L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+L2_GRID: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 CV_FOLDS = 5
 
 
 class SFTConfig(BaseModel):
     # Weight of ||rows - original rows||²; None: chosen by cross-validation over L2_GRID, folds by query.
-    l2: float | None = Field(default=None, ge=0.0)
+    l2: float | None = Field(default=None, ge=0.0)  # anchor: the mean of the levels' original rows
     max_iter: int = Field(default=200, ge=1)
     max_pairs: int | None = Field(default=None, ge=1, description="fine-tune on a seeded random subset this large")
     # Stop reading hidden states after this long and fit on the pairs read so far (a shared CPU's budget).
@@ -69,6 +70,7 @@ class VerdictFeatures:
         self.backend = LlamaCppBackend(gguf_path, n_threads=threads)
         w = output.astype(np.float64)
         self._pinv = np.linalg.solve(w.T @ w, w.T)  # W⁺ = (WᵀW)⁻¹Wᵀ, [dim, vocab]
+        self.dim = output.shape[1]
 
     def prompt_text(self, pair: LabelledPair, levels: Sequence[str]) -> str:
         messages = build_messages(
@@ -87,6 +89,15 @@ class VerdictFeatures:
         return self._pinv @ self.backend.raw_logits(self.backend.tokenize(prompt_text))
 
 
+def _load_states(path: Path, dim: int) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    data = np.load(path)
+    if data["states"].shape[1:] != (dim,):
+        raise ValueError(f"{path}: states of dimension {data['states'].shape[1:]}, the model's is {dim}; delete the file")
+    return dict(zip((str(i) for i in data["pair_ids"]), data["states"], strict=True))
+
+
 def output_matrix(gguf_path: Path) -> np.ndarray:
     """The model's output layer [vocab, dim] (the tied token embedding when there is no output.weight)."""
     import gguf
@@ -101,7 +112,7 @@ def output_matrix(gguf_path: Path) -> np.ndarray:
 def fit_rows(
     states: np.ndarray, labels: np.ndarray, rows0: np.ndarray, *, l2: float, max_iter: int, seed: int
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Rows minimising mean CE(softmax(rows · h), label) + l2 · ||rows - rows0||²."""
+    """Rows minimising mean CE(softmax(rows · h), label) + l2 · ||rows - rows0||² (rows0: the anchor)."""
     import torch
 
     torch.manual_seed(seed)
@@ -234,17 +245,24 @@ def run_sft(
     output = output_matrix(base)
     features = VerdictFeatures(base, output, threads=config.threads)
     first_tokens = features.level_first_tokens(features.prompt_text(labelled[0], levels), levels)
+    cache = _load_states(out / STATES_FILE, features.dim)
     read: list[np.ndarray] = []
     for pair in tqdm(labelled, desc="verdict states", disable=not progress, file=sys.stderr):
+        if pair.pair_id in cache:
+            read.append(cache[pair.pair_id])
+            continue
         if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
             break
         read.append(features(features.prompt_text(pair, levels)))
     labelled = labelled[: len(read)]
     states = np.stack(read)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "verdict_states.npz", states=states, pair_ids=[p.pair_id for p in labelled])
+    cache.update({p.pair_id: h for p, h in zip(labelled, states, strict=True)})
+    np.savez_compressed(out / STATES_FILE, states=np.stack(list(cache.values())), pair_ids=list(cache))
     labels = np.array([list(levels).index(p.label) for p in labelled])
-    rows0 = output[first_tokens].astype(np.float64)
+    # Anchor every level's row to the mean of the original rows: strong regularisation then means a
+    # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
+    rows0 = np.repeat(output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0)
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     best_l2, cv, oof = choose_l2(states, labels, [p.query_id for p in labelled], rows0, config)
     l2 = best_l2 if config.l2 is None else config.l2
