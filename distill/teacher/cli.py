@@ -1,4 +1,4 @@
-"""Teacher subcommands of `relevance`: annotate, collaborate, sft."""
+"""Teacher subcommands of `relevance`: annotate, collaborate, sft, bootstrap-cot."""
 
 from __future__ import annotations
 
@@ -113,3 +113,23 @@ def register(app: typer.Typer) -> None:
         config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads, seed=seed)
         report = run_sft(pairs, out, config, base_gguf=base)
         typer.echo(json.dumps(report, indent=1))
+
+    @app.command("bootstrap-cot")
+    def bootstrap_cot(
+        input: str = typer.Option("bundled:train", "--input", "-i", help="labelled pairs: bundled:train|dev|all or a file"),
+        fmt: str | None = typer.Option(None, "--format"),
+        output: Path = typer.Option(..., "--output", "-o", help="JSONL of CoT records"),
+    ) -> None:
+        """Label-conditioned bootstrap rationales (no LLM): human label + query/item word overlap as evidence."""
+        from distill.teacher.bootstrap import bootstrap_record
+
+        pairs = load_input_pairs(input, fmt)
+        records = [bootstrap_record(pair) for pair in pairs]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(record.model_dump_json() + "\n")
+        with_evidence = sum(1 for r in records if r.dimensions and r.dimensions[0].evidence)
+        unlabelled = sum(1 for r in records if not r.parse_ok)
+        typer.echo(f"wrote {len(records)} records to {output}: {with_evidence} with evidence, "
+                   f"{len(records) - with_evidence} without (no query word in the item), {unlabelled} unlabelled")
