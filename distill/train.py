@@ -65,7 +65,9 @@ class TrainConfig(BaseModel):
     template: TextTemplate = Field(default_factory=lambda: DEFAULT_TEMPLATE)
     train_data: str = "bundled:train"
     dev_data: str = "bundled:dev"
-    teacher: list[str] = Field(default_factory=list)
+    teacher: list[str] = Field(default_factory=list)  # files read for every signal they carry
+    teacher_scores: list[str] = Field(default_factory=list)  # files read for the grade distribution only
+    teacher_cot: list[str] = Field(default_factory=list)  # files read for verdicts and evidence only
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -73,9 +75,16 @@ class TrainConfig(BaseModel):
             raise ValueError("weights.verdict (verdict auxiliary heads) applies to bi students only")
         if not any(self.weights.model_dump().values()):
             raise ValueError("all loss weights are 0: nothing to train")
-        if (self.weights.score_kd or self.weights.cot or self.weights.verdict) and not self.teacher:
-            raise ValueError("score_kd / cot / verdict weights need teacher records (--teacher FILE)")
+        if self.weights.score_kd and not (self.teacher or self.teacher_scores):
+            raise ValueError("the score_kd weight needs teacher records (--teacher or --teacher-scores FILE)")
+        if (self.weights.cot or self.weights.verdict) and not (self.teacher or self.teacher_cot):
+            raise ValueError("cot / verdict weights need teacher records (--teacher or --teacher-cot FILE)")
         return self
+
+    def teacher_files(self) -> list[tuple[str, str]]:
+        """(path, use) of every teacher file, in precedence order: --teacher, --teacher-scores, --teacher-cot."""
+        return ([(p, "all") for p in self.teacher] + [(p, "scores") for p in self.teacher_scores]
+                + [(p, "cot") for p in self.teacher_cot])
 
 
 def build_student(kind: str, layers: int | None, *, bert_config: dict[str, Any] | None = None):
@@ -191,6 +200,20 @@ def _loss_terms(model, batch: dict, config: TrainConfig, losses: dict) -> dict:
     return terms
 
 
+def _check_coverage(config: TrainConfig, report) -> None:
+    """A KD term with no training row to apply to would silently train label-only: refuse instead."""
+    w = config.weights
+    missing = [(term, what) for term, weight, n, what in (
+        ("score_kd", w.score_kd, report.with_distribution, "a usable grade distribution"),
+        ("cot", w.cot, report.evidence.records_with_evidence, "usable evidence spans"),
+        ("verdict", w.verdict, report.with_verdicts, "a verdict on a known dimension"),
+    ) if weight and not n]
+    if missing:
+        files = ", ".join(f"{path} ({use})" for path, use in config.teacher_files())
+        raise ValueError("; ".join(f"the {term} weight is > 0 but no training pair got {what}" for term, what in missing)
+                         + f" from the teacher files {files}; per-file counts: {report.as_dict()['sources']}")
+
+
 class TrainResult(BaseModel):
     run_dir: str
     best_epoch: int
@@ -201,9 +224,9 @@ class TrainResult(BaseModel):
 
 
 def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: Sequence[LabelledPair],
-          run_dir: str | Path, *, records: Sequence | None = None, tokenizer_file: str | Path | None = None,
+          run_dir: str | Path, *, teacher: Sequence | None = None, tokenizer_file: str | Path | None = None,
           data_report: dict[str, Any] | None = None) -> TrainResult:
-    """Train a student on ``train_pairs`` (+ matched teacher ``records``), early-stopping on dev."""
+    """Train a student on ``train_pairs`` (+ merged ``teacher`` sources), early-stopping on dev."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -218,7 +241,7 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
         VerdictAuxLoss,
     )
     from distill.students.backbone import tokenizer_file as backbone_tokenizer
-    from distill.students.data import TeacherReport, build_examples, collate, match_records
+    from distill.students.data import TeacherReport, build_examples, collate, merge_teacher
 
     started = time.monotonic()
     run_dir = Path(run_dir)
@@ -230,9 +253,10 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
     tokenizer_file = tokenizer_file or backbone_tokenizer()
     tokenizer = make_tokenizer(config, tokenizer_file)
     teacher_report = TeacherReport()
-    matched = match_records(train_pairs, records, teacher_report) if records else {}
-    train_examples = build_examples(config.kind, train_pairs, tokenizer, config.template, matched,
+    merged = merge_teacher(train_pairs, teacher, teacher_report) if teacher else {}
+    train_examples = build_examples(config.kind, train_pairs, tokenizer, config.template, merged,
                                     teacher_report, config.cot_agree_only)
+    _check_coverage(config, teacher_report)
     dev_examples = build_examples(config.kind, dev_pairs, tokenizer, config.template)
     if not any(p.label in GRADE_GAINS for p in dev_pairs):
         raise ValueError("the dev set has no labelled pair: early stopping on NDCG@10 needs labels")
@@ -304,7 +328,7 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
     assert best is not None
     result = TrainResult(run_dir=str(run_dir), best_epoch=best["epoch"], best_dev=best["dev"], history=history,
                          seconds=round(time.monotonic() - started, 1),
-                         teacher=teacher_report.as_dict() if records else None)
+                         teacher=teacher_report.as_dict() if teacher else None)
     if accelerator.is_main_process:
         metrics = result.model_dump()
         metrics["data"] = data_report or {}

@@ -10,13 +10,14 @@ import torch
 
 from distill.data.bundled import load_bundled
 from distill.data.schema import GRADE_LEVELS
-from distill.students.data import TeacherReport, build_examples, match_records
+from distill.students.data import TeacherReport, TeacherSource, build_examples, merge_teacher
 from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
 from distill.train import LossWeights, TrainConfig, load_run, make_tokenizer, predict_scores, train
 from service.text_template import DEFAULT_TEMPLATE
 
 
-def _teacher_record(pair, *, grade: str | None = None) -> CoTRecord:
+def _teacher_record(pair, *, grade: str | None = None, distribution: dict[str, float] | None = None,
+                    with_cot: bool = True) -> CoTRecord:
     """A record as the teacher writes it: evidence = the query's first word, found in the rendered texts."""
     query = DEFAULT_TEMPLATE.query_text(pair.query)
     item_text = DEFAULT_TEMPLATE.item_text(pair.item.as_mapping())
@@ -27,8 +28,10 @@ def _teacher_record(pair, *, grade: str | None = None) -> CoTRecord:
     return CoTRecord(
         teacher_id="test-teacher", prompt_version="v1", pair_id=pair.pair_id, query=query, item_id=pair.item.id,
         item_text=item_text, grade=grade or pair.label, grade_levels=list(GRADE_LEVELS),
-        grade_distribution={"Irrelevant": 0.2, "Partial": 0.3, "Exact": 0.5}, distribution_source="logits",
-        dimensions=[DimensionJudgement(dimension="product_type", verdict="match", evidence=spans)],
+        grade_distribution=distribution if distribution is not None
+        else {"Irrelevant": 0.2, "Partial": 0.3, "Exact": 0.5},
+        distribution_source="logits" if distribution != {} else "none",
+        dimensions=[DimensionJudgement(dimension="product_type", verdict="match", evidence=spans)] if with_cot else [],
         label=pair.label)
 
 
@@ -46,8 +49,10 @@ def data():
 def test_teacher_records_are_matched_and_counted(data):
     train_pairs, _, records = data
     report = TeacherReport()
-    matched = match_records(train_pairs, records + [records[0]], report)
-    assert (report.records, report.matched, report.unmatched, report.duplicates) == (8, 6, 1, 1)
+    matched = merge_teacher(train_pairs, [TeacherSource("t.jsonl", "all", records + [records[0]])], report)
+    [source] = report.sources
+    assert (source.records, source.matched, source.unmatched, source.duplicates) == (8, 6, 1, 1)
+    assert (report.with_distribution, report.with_cot) == (6, 6)
     config = TrainConfig(name="t", weights=LossWeights(score_kd=1, cot=1), teacher=["x"], max_tokens=32)
     from distill.students.backbone import tokenizer_file
 
@@ -70,14 +75,14 @@ def test_two_step_training_run(tmp_path, data, kind, weights):
     config = TrainConfig(name=f"smoke-{kind}", kind=kind, layers=2, max_tokens=32, max_query_tokens=16,
                          epochs=1, max_steps=2, batch_size=4, weights=weights, teacher=["records.jsonl"])
     run_dir = tmp_path / config.name
-    result = train(config, train_pairs, dev_pairs, run_dir, records=records)
+    result = train(config, train_pairs, dev_pairs, run_dir, teacher=[TeacherSource("records.jsonl", "all", records)])
 
     assert result.history[0]["steps"] == 2
     losses = result.history[0]["train_loss"]
     assert set(losses) == {k for k, v in weights.model_dump().items() if v}
     assert all(np.isfinite(v) and v >= 0 for v in losses.values())
     assert losses["cot"] > 0  # evidence-carrying rows were present and the student does not match them yet
-    assert result.teacher["matched"] == 6
+    assert result.teacher["sources"][0]["matched"] == 6
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_dev"]["pairs"] == len(dev_pairs)
 
@@ -113,7 +118,7 @@ def test_train_cli_errors_name_the_problem(tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--name", "x", "--w-score-kd", "1"])
-    assert result.exit_code == 2 and "need teacher records" in result.output
+    assert result.exit_code == 2 and "needs teacher records (--teacher or --teacher-scores FILE)" in result.output
 
     missing = tmp_path / "missing.jsonl"
     result = runner.invoke(app, ["train", "--name", "x", "--teacher", str(missing), "--w-score-kd", "1"])

@@ -47,7 +47,8 @@ def _manifest(model, config, precision: str, name: str, version: str, created_by
         provenance=Provenance(
             base_model=f"{BACKBONE_NAME} (first {model.bert.config.num_hidden_layers} layers)",
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), created_by=created_by,
-            train_data=config.train_data, teacher=", ".join(config.teacher), precision=precision,
+            train_data=config.train_data, teacher=", ".join(f"{path} ({use})" for path, use in config.teacher_files()),
+            precision=precision,
             run=config.name, losses=config.weights.model_dump(), temperature=config.temperature,
             layers=config.layers, epochs=config.epochs, seed=config.seed),
     )

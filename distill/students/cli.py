@@ -62,14 +62,21 @@ def train_command(
     train_format: Annotated[str | None, typer.Option(help="loader format of --train (default: detect)")] = None,
     dev_data: Annotated[str, typer.Option("--dev", help=DATA_HELP)] = "bundled:dev",
     dev_format: Annotated[str | None, typer.Option(help="loader format of --dev (default: detect)")] = None,
-    teacher: Annotated[list[Path] | None, typer.Option(help="teacher CoT records (JSONL); repeatable")] = None,
+    teacher: Annotated[list[Path] | None, typer.Option(
+        help="teacher CoT records (JSONL), read for every signal they carry; repeatable")] = None,
+    teacher_scores: Annotated[list[Path] | None, typer.Option(
+        help="teacher records read for the grade distribution only (score KD); repeatable")] = None,
+    teacher_cot: Annotated[list[Path] | None, typer.Option(
+        help="teacher records read for verdicts and evidence only (CoT KD); repeatable. Per pair and "
+             "signal the first file that supplies it wins: --teacher files, then --teacher-scores, "
+             "then --teacher-cot, each in the order given")] = None,
     runs_dir: Path = Path("runs"),
 ) -> None:
     """Train a student (early stopping on dev NDCG@10 or AUC); the best checkpoint goes to RUNS_DIR/NAME."""
     from pydantic import ValidationError
 
     from distill.data.reading import DataError
-    from distill.students.data import TeacherFileError, read_teacher_records
+    from distill.students.data import TeacherFileError, TeacherSource, read_teacher_records
     from distill.train import train
 
     try:
@@ -79,10 +86,11 @@ def train_command(
             temperature=temperature, patience=patience, select_metric=select_metric, seed=seed, threads=threads,
             cot_agree_only=cot_agree_only,
             weights=LossWeights(hard=w_hard, score_kd=w_score_kd, cot=w_cot, verdict=w_verdict),
-            train_data=train_data, dev_data=dev_data, teacher=[str(t) for t in teacher or []])
+            train_data=train_data, dev_data=dev_data, teacher=[str(t) for t in teacher or []],
+            teacher_scores=[str(t) for t in teacher_scores or []], teacher_cot=[str(t) for t in teacher_cot or []])
         train_pairs, train_report = load_data(train_data, train_format)
         dev_pairs, dev_report = load_data(dev_data, dev_format)
-        records = [r for path in config.teacher for r in read_teacher_records(path)]
+        sources = [TeacherSource(path, use, read_teacher_records(path)) for path, use in config.teacher_files()]
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
     except (DataError, TeacherFileError, ValueError) as exc:
@@ -90,16 +98,22 @@ def train_command(
     if not train_pairs:
         _fail(f"--train {train_data}: no pairs")
     try:
-        result = train(config, train_pairs, dev_pairs, runs_dir / name, records=records or None,
+        result = train(config, train_pairs, dev_pairs, runs_dir / name, teacher=sources or None,
                        data_report={"train": train_report, "dev": dev_report})
     except ValueError as exc:
         _fail(str(exc))
     if result.teacher:
         t = result.teacher
-        typer.echo(f"teacher records: {t['records']} read, {t['matched']} matched, {t['unmatched']} unmatched, "
-                   f"{t['duplicates']} duplicates, {t['parse_failed']} parse failures, "
-                   f"{t['with_distribution']} with a grade distribution, {t['no_distribution']} without; "
-                   f"evidence: {t['evidence']}", err=True)
+        for s in t["sources"]:
+            typer.echo(f"teacher file {s['path']} ({s['use']}): {s['records']} records, {s['matched']} matched, "
+                       f"{s['unmatched']} unmatched, {s['duplicates']} duplicates, {s['parse_failed']} parse failures; "
+                       f"distribution used {s['distribution_used']} (none {s['no_distribution']}, earlier file "
+                       f"{s['distribution_superseded']}); CoT used {s['cot_used']} (none {s['no_cot']}, earlier file "
+                       f"{s['cot_superseded']})", err=True)
+        typer.echo(f"teacher coverage of {t['train_pairs']} train pairs: {t['with_distribution']} with a grade "
+                   f"distribution, {t['with_cot']} with a CoT record, {t['evidence']['records_with_evidence']} with "
+                   f"evidence ({t['evidence_skipped_disagree']} skipped: teacher grade != label), "
+                   f"{t['with_verdicts']} with verdicts; evidence spans: {t['evidence']}", err=True)
     typer.echo(f"best epoch {result.best_epoch}: dev ndcg@10 {result.best_dev['ndcg@10']:.4f} "
                f"auc {result.best_dev['auc']:.4f} ({result.seconds:.0f}s) → {result.run_dir}")
 

@@ -1,9 +1,13 @@
-"""Training examples for the students: labelled pairs + (optional) matched teacher CoT records.
+"""Training examples for the students: labelled pairs + (optional) merged teacher signals.
 
 Every text goes through service.text_template and every encoding through
 service.tokenization.BundleTokenizer — the code the service runs — so there is no train/serve skew.
-Teacher records are matched to pairs by ``pair_id``, else by (query, item id); unmatched and
-unusable records are counted in ``TeacherReport``, never silently dropped.
+A teacher file is read for one or both signals: the grade distribution (score-distribution KD)
+and the CoT (per-dimension verdicts and evidence spans). Records are matched to pairs by
+``pair_id``, else by (query, item id); per pair and signal, the first file (in the order given)
+whose record carries a usable form of that signal supplies it, so a distribution from one teacher
+and evidence from another can train the same example. Unmatched and unusable records are counted
+per file in ``TeacherReport``, never silently dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import ValidationError
@@ -47,18 +52,46 @@ def read_teacher_records(path: str | Path) -> list[CoTRecord]:
     return records
 
 
+Use = Literal["all", "scores", "cot"]
+
+
 @dataclass
-class TeacherReport:
+class TeacherSource:
+    """The records of one teacher file and which signals are taken from it."""
+
+    path: str
+    use: Use  # all: distribution and CoT; scores: distribution only; cot: verdicts and evidence only
+    records: list[CoTRecord]
+
+
+@dataclass
+class SourceReport:
+    path: str
+    use: Use
     records: int = 0
     matched: int = 0
     unmatched: int = 0  # records for pairs not in the training set (e.g. dev pairs)
-    duplicates: int = 0  # later records for an already-matched pair (the first one is kept)
+    duplicates: int = 0  # later records for a pair already matched in this file (the first is kept)
     parse_failed: int = 0  # parse_ok=False: no supervision taken from them
-    with_distribution: int = 0
     no_distribution: int = 0  # distribution_source "none", empty, or levels not on the project scale
-    with_verdicts: int = 0
-    evidence_skipped_disagree: int = 0  # teacher grade != human label (with --cot-agree-only)
+    no_cot: int = 0  # no per-dimension judgement (e.g. score-mode records)
+    distribution_used: int = 0
+    cot_used: int = 0
+    distribution_superseded: int = 0  # the pair already had a distribution from an earlier file
+    cot_superseded: int = 0  # the pair already had a CoT record from an earlier file
+
+
+@dataclass
+class TeacherReport:
+    """Coverage of each signal over the training pairs, and what each file contributed."""
+
+    train_pairs: int = 0
+    with_distribution: int = 0
+    with_cot: int = 0  # pairs with a CoT record (evidence is counted in ``evidence``)
+    with_verdicts: int = 0  # pairs with at least one verdict on a known dimension
+    evidence_skipped_disagree: int = 0  # CoT grade != human label (with --cot-agree-only)
     evidence: EvidenceStats = field(default_factory=EvidenceStats)
+    sources: list[SourceReport] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -66,25 +99,62 @@ class TeacherReport:
         return out
 
 
-def match_records(pairs: Sequence[LabelledPair], records: Sequence[CoTRecord],
-                  report: TeacherReport) -> dict[int, CoTRecord]:
-    """Pair index → its teacher record (by pair_id, else by (query, item id))."""
+@dataclass
+class PairTeacher:
+    """The merged teacher signals of one training pair."""
+
+    probs: np.ndarray | None = None
+    cot: CoTRecord | None = None
+
+
+def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource],
+                  report: TeacherReport) -> dict[int, PairTeacher]:
+    """Pair index → its teacher signals: per signal, the first source (in order) that supplies it."""
     by_id = {p.pair_id: i for i, p in enumerate(pairs)}
     by_key = {(p.query, p.item.id): i for i, p in enumerate(pairs)}
-    matched: dict[int, CoTRecord] = {}
-    for record in records:
-        report.records += 1
-        index = by_id.get(record.pair_id)
-        if index is None:
-            index = by_key.get((record.query, record.item_id))
-        if index is None:
-            report.unmatched += 1
-        elif index in matched:
-            report.duplicates += 1
-        else:
-            matched[index] = record
-    report.matched = len(matched)
-    return matched
+    merged: dict[int, PairTeacher] = {}
+    for source in sources:
+        stats = SourceReport(path=source.path, use=source.use)
+        report.sources.append(stats)
+        seen: set[int] = set()
+        for record in source.records:
+            stats.records += 1
+            index = by_id.get(record.pair_id)
+            if index is None:
+                index = by_key.get((record.query, record.item_id))
+            if index is None:
+                stats.unmatched += 1
+                continue
+            if index in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(index)
+            stats.matched += 1
+            if not record.parse_ok:
+                stats.parse_failed += 1
+                continue
+            slot = merged.setdefault(index, PairTeacher())
+            if source.use in ("all", "scores"):
+                probs = teacher_distribution(record)
+                if probs is None:
+                    stats.no_distribution += 1
+                elif slot.probs is not None:
+                    stats.distribution_superseded += 1
+                else:
+                    slot.probs = probs
+                    stats.distribution_used += 1
+            if source.use in ("all", "cot"):
+                if not record.dimensions:
+                    stats.no_cot += 1
+                elif slot.cot is not None:
+                    stats.cot_superseded += 1
+                else:
+                    slot.cot = record
+                    stats.cot_used += 1
+    report.train_pairs = len(pairs)
+    report.with_distribution = sum(t.probs is not None for t in merged.values())
+    report.with_cot = sum(t.cot is not None for t in merged.values())
+    return merged
 
 
 def teacher_distribution(record: CoTRecord) -> np.ndarray | None:
@@ -122,10 +192,10 @@ class Example:
 
 
 def build_examples(kind: str, pairs: Sequence[LabelledPair], tokenizer: BundleTokenizer,
-                   template: TextTemplate, records: dict[int, CoTRecord] | None = None,
+                   template: TextTemplate, teacher: dict[int, PairTeacher] | None = None,
                    report: TeacherReport | None = None, cot_agree_only: bool = True) -> list[Example]:
-    """Encode ``pairs`` for a ``kind`` student and attach the teacher's targets where matched."""
-    records = records or {}
+    """Encode ``pairs`` for a ``kind`` student and attach the teacher's targets where merged."""
+    teacher = teacher or {}
     report = report or TeacherReport()
     queries = [template.query_text(p.query) for p in pairs]
     items = [template.item_text(p.item.as_mapping()) for p in pairs]
@@ -142,23 +212,17 @@ def build_examples(kind: str, pairs: Sequence[LabelledPair], tokenizer: BundleTo
             ex.pair = pair_enc[i]
         else:
             ex.query, ex.item = query_enc[i], item_enc[i]
-        record = records.get(i)
-        if record is not None:
-            _attach_teacher(ex, kind, record, queries[i], items[i], pair.label, report, cot_agree_only)
+        signals = teacher.get(i)
+        if signals is not None:
+            ex.teacher_probs = signals.probs
+            if signals.cot is not None:
+                _attach_cot(ex, kind, signals.cot, queries[i], items[i], pair.label, report, cot_agree_only)
         examples.append(ex)
     return examples
 
 
-def _attach_teacher(ex: Example, kind: str, record: CoTRecord, query_text: str, item_text: str,
-                    label: str | None, report: TeacherReport, cot_agree_only: bool) -> None:
-    if not record.parse_ok:
-        report.parse_failed += 1
-        return
-    ex.teacher_probs = teacher_distribution(record)
-    if ex.teacher_probs is None:
-        report.no_distribution += 1
-    else:
-        report.with_distribution += 1
+def _attach_cot(ex: Example, kind: str, record: CoTRecord, query_text: str, item_text: str,
+                label: str | None, report: TeacherReport, cot_agree_only: bool) -> None:
     ex.verdicts = verdict_targets(record)
     report.with_verdicts += bool((ex.verdicts != IGNORE).any())
     # The paper keeps CoT only where the teacher agrees with the human label: reasoning behind a
