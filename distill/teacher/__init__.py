@@ -12,8 +12,8 @@ Teacher specs (``load_teacher``)::
 
 Any spec may end with ``?key=value&...`` setting Teacher options: temperature, seed, votes,
 max_tokens (e.g. ``llamacpp?temperature=0.7&seed=2``); openai specs also take ``api=chat`` (default)
-or ``api=completions`` (see backends/openai_http.py); llamacpp specs take ``threads`` (default 2;
-1 is faster on an oversubscribed CPU, where llama.cpp's threads wait on each other).
+or ``api=completions`` (see backends/openai_http.py); llamacpp and hf specs take ``threads`` (default 2;
+1 is faster on an oversubscribed CPU, where the threads wait on each other).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def load_teacher(spec: str, **options: Any) -> Teacher:
     teacher_options = {**spec_options, **options}
     api = teacher_options.pop("api", "chat")
     threads = teacher_options.pop("threads", 2)
-    if kind != "llamacpp" and "threads" in spec_options:
-        raise TeacherSpecError(f"teacher spec {spec!r}: option threads applies to llamacpp specs only")
+    if kind not in ("llamacpp", "hf") and "threads" in spec_options:
+        raise TeacherSpecError(f"teacher spec {spec!r}: option threads applies to llamacpp and hf specs only")
     if kind != "openai" and api != "chat":
         raise TeacherSpecError(f"teacher spec {spec!r}: option api applies to openai specs only")
     if kind == "llamacpp":
@@ -84,7 +84,7 @@ def load_teacher(spec: str, **options: Any) -> Teacher:
 
         if not target:
             raise TeacherSpecError(f"teacher spec {spec!r}: expected hf:/path/to/checkpoint")
-        return Teacher(TransformersBackend(target), **teacher_options)
+        return Teacher(TransformersBackend(target, n_threads=threads), **teacher_options)
     raise TeacherSpecError(
         f"unknown teacher spec {spec!r}: expected llamacpp, llamacpp:/path/model.gguf, "
         "openai:MODEL@http://host:port/v1 or hf:/path/to/checkpoint"

@@ -1,4 +1,4 @@
-"""Teacher subcommands of `relevance`: annotate, collaborate, sft, bootstrap-cot."""
+"""Teacher subcommands of `relevance`: annotate, collaborate, sft, sft-lora, convert-teacher-base, bootstrap-cot."""
 
 from __future__ import annotations
 
@@ -106,13 +106,83 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(2, min=1),
         seed: int = typer.Option(0),
     ) -> None:
-        """Fine-tune the teacher's verdict on human labels → a GGUF teacher (llamacpp:OUT/model.gguf)."""
+        """Verdict-row SFT: refit the grade tokens' output rows on human labels → a GGUF teacher
+        (llamacpp:OUT/model.gguf). For LoRA fine-tuning on CoT records use `relevance sft-lora`."""
         from distill.teacher.sft import SFTConfig, run_sft
 
         pairs = load_input_pairs(train, fmt)
         config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads, seed=seed)
         report = run_sft(pairs, out, config, base_gguf=base)
         typer.echo(json.dumps(report, indent=1))
+
+    @app.command("sft-lora")
+    def sft_lora(
+        records: Path = typer.Option(..., "--records", "-r", help="JSONL of CoT records (annotate, collaborate, bootstrap-cot)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder: merged checkpoint (teacher hf:OUT) + lora.json"),
+        base: Path = typer.Option(Path("models/smollm2-135m-hf"), help="transformers base checkpoint (made from the embedded GGUF when missing)"),
+        targets: str = typer.Option("both", help="assistant turns to train: cot, score or both (per record)"),
+        rank: int = typer.Option(8, min=1, help="LoRA rank r"),
+        alpha: int = typer.Option(16, min=1, help="LoRA alpha"),
+        target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated module names"),
+        lr: float = typer.Option(2e-4, min=0.0),
+        batch_size: int = typer.Option(4, min=1),
+        epochs: float = typer.Option(1.0, min=0.01),
+        max_steps: int | None = typer.Option(None, min=1),
+        max_minutes: float | None = typer.Option(None, min=0.1, help="stop training after this long (then evaluate and save)"),
+        max_length: int = typer.Option(1024, min=32, help="longer examples are skipped and counted"),
+        max_records: int | None = typer.Option(None, min=1, help="train on a seeded random subset this large"),
+        eval_fraction: float = typer.Option(0.1, min=0.0, max=0.99, help="share of queries held out for eval/early stop"),
+        max_eval_examples: int = typer.Option(32, min=1),
+        eval_every: int = typer.Option(25, min=1, help="steps between held-out evaluations"),
+        patience: int = typer.Option(3, min=1, help="evaluations without improvement before stopping"),
+        device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N"),
+        precision: str = typer.Option("auto", help="auto, fp32 or bf16 (autocast; auto: bf16 on CUDA and on CPUs with native bf16)"),
+        threads: int = typer.Option(2, min=1, help="CPU threads for torch"),
+        seed: int = typer.Option(0),
+        gguf: bool = typer.Option(True, help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-teacher-base)"),
+    ) -> None:
+        """LoRA SFT of SmolLM2-135M-Instruct on CoT records (loss on assistant tokens only) → teacher hf:OUT."""
+        from distill.teacher.annotate import read_annotations
+        from distill.teacher.lora import LoRAConfig, convert_gguf_to_hf, run_lora_sft
+
+        if targets not in ("cot", "score", "both"):
+            raise typer.BadParameter(f"{targets!r}: use cot, score or both", param_hint="--targets")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise typer.BadParameter(f"{precision!r}: use auto, fp32 or bf16", param_hint="--precision")
+        if not records.is_file():
+            raise typer.BadParameter(f"file not found: {records}", param_hint="--records")
+        loaded, torn = read_annotations(records)
+        if torn:
+            typer.echo(f"{records}: ignoring 1 torn last line", err=True)
+        config = LoRAConfig(
+            targets=targets, rank=rank, alpha=alpha, target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],  # type: ignore[arg-type]
+            lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+            max_length=max_length, max_records=max_records, eval_fraction=eval_fraction,
+            max_eval_examples=max_eval_examples, eval_every=eval_every, patience=patience, device=device,
+            precision=precision, threads=threads, seed=seed,
+        )  # fmt: skip
+        if base == Path("models/smollm2-135m-hf"):
+            convert_gguf_to_hf(base, echo=lambda m: typer.echo(m, err=True))
+        report = run_lora_sft(loaded, out, config, base=base, source=str(records))
+        if gguf:
+            from distill.teacher.lora_gguf import export_gguf
+
+            report["gguf"] = export_gguf(out, echo=lambda m: typer.echo(m, err=True))
+            (out / "lora.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        typer.echo(json.dumps(report, indent=1))
+
+    @app.command("convert-teacher-base")
+    def convert_teacher_base(
+        out: Path = typer.Option(Path("models/smollm2-135m-hf"), "--out", "-o", help="checkpoint folder to write"),
+        gguf_file: Path | None = typer.Option(None, "--gguf", help="GGUF to convert (default: the embedded SmolLM2-135M-Instruct)"),
+    ) -> None:
+        """De-quantise a GGUF into a transformers checkpoint (the base of `relevance sft-lora`), once."""
+        from distill.teacher.lora import convert_gguf_to_hf
+
+        if (out / "config.json").is_file():
+            typer.echo(f"{out} already holds a checkpoint; delete it to convert again", err=True)
+            return
+        convert_gguf_to_hf(out, gguf_file, echo=lambda m: typer.echo(m, err=True))
 
     @app.command("bootstrap-cot")
     def bootstrap_cot(

@@ -23,6 +23,7 @@ from typing import Any
 
 import json_repair
 
+from distill.teacher.bootstrap import DIMENSION as BOOTSTRAP_DIMENSION
 from distill.teacher.cot import DIMENSIONS, DimensionJudgement, EvidenceSpan
 
 _VERDICT_SYNONYMS: dict[str, str] = {
@@ -118,7 +119,8 @@ def normalise_dimension(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     key = re.sub(r"[\s\-]+", "_", value.strip().lower())
-    if key in DIMENSIONS:
+    # A model fine-tuned on bootstrap records (`relevance sft-lora`) writes their one dimension.
+    if key in DIMENSIONS or key == BOOTSTRAP_DIMENSION:
         return key
     return _DIMENSION_SYNONYMS.get(key)
 

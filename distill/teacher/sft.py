@@ -191,9 +191,29 @@ def write_gguf_with_output(src: Path, dst: Path, output: np.ndarray, *, name_suf
     """Copy ``src`` to ``dst`` (metadata and tensors as they are) adding an F16 ``output.weight``."""
     import gguf
 
-    reader = gguf.GGUFReader(src)
-    if any(t.name == "output.weight" for t in reader.tensors):
+    if any(t.name == "output.weight" for t in gguf.GGUFReader(src).tensors):
         raise ValueError(f"{src} already has an output.weight tensor; replacing one is not supported")
+    head = output.astype(np.float16)
+    write_gguf_copy(src, dst, name_suffix=name_suffix, add={"output.weight": (head, gguf.GGMLQuantizationType.F16)})
+
+
+def write_gguf_copy(
+    src: Path,
+    dst: Path,
+    *,
+    name_suffix: str,
+    replace: dict[str, np.ndarray] | None = None,
+    add: dict[str, tuple[np.ndarray, Any]] | None = None,
+) -> None:
+    """Copy ``src`` to ``dst`` (metadata and tensors as they are), writing the tensors named in
+    ``replace`` as F32 arrays instead and appending ``add``'s (array, GGML type) tensors."""
+    import gguf
+
+    replace = replace or {}
+    reader = gguf.GGUFReader(src)
+    missing = set(replace) - {t.name for t in reader.tensors}
+    if missing:
+        raise ValueError(f"{src} has no tensor(s) {sorted(missing)} to replace")
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(dst, arch=arch, endianess=reader.endianess)
     for field in reader.fields.values():
@@ -205,16 +225,23 @@ def write_gguf_with_output(src: Path, dst: Path, output: np.ndarray, *, name_suf
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
-    head = output.astype(np.float16)
+    data = []
     for tensor in reader.tensors:
-        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
-    writer.add_tensor_info("output.weight", head.shape, head.dtype, head.nbytes, gguf.GGMLQuantizationType.F16)
+        if tensor.name in replace:
+            array = replace[tensor.name].astype(np.float32)
+            writer.add_tensor_info(tensor.name, array.shape, array.dtype, array.nbytes, gguf.GGMLQuantizationType.F32)
+            data.append(array)
+        else:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+            data.append(tensor.data)
+    for name, (array, kind) in (add or {}).items():
+        writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes, kind)
+        data.append(array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
-    writer.write_tensor_data(head)
+    for array in data:
+        writer.write_tensor_data(array, tensor_endianess=reader.endianess)
     writer.close()
 
 

@@ -1,0 +1,189 @@
+"""`relevance sft-lora`: training text in the teacher's protocol, assistant-only loss, a real LoRA run.
+
+The model is a tiny randomly initialised Llama with SmolLM2's tokenizer and chat template (the
+pattern of test_teacher_transformers.py): what is checked is the protocol and the training
+mechanics, not relevance quality. The real SmolLM2 run is in docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from distill.data.bundled import load_bundled
+from distill.teacher import load_teacher
+from distill.teacher.backends.llamacpp import default_gguf_path
+from distill.teacher.bootstrap import bootstrap_record
+from distill.teacher.lora import (
+    IGNORE,
+    LoRAConfig,
+    batch_losses,
+    build_example,
+    build_examples,
+    evaluate,
+    level_first_tokens,
+    run_lora_sft,
+    split_by_query,
+)
+from distill.teacher.lora_gguf import export_gguf, permute_for_rope
+from distill.teacher.parser import parse_output
+from distill.teacher.prompt import COT_PREFILL, GRADE_KEY_PREFIX, SCORE_PREFILL, build_messages
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    gguf = default_gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="module")
+def base(tokenizer, tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=True,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-llama-base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def records():
+    pairs = load_bundled("train")[:12]
+    return [bootstrap_record(pair) for pair in pairs]
+
+
+def _evidence_record(records):
+    return next(r for r in records if r.dimensions and r.dimensions[0].evidence)
+
+
+@pytest.mark.parametrize("mode", ["cot", "score"])
+def test_labels_cover_exactly_the_assistant_turn(tokenizer, records, mode) -> None:
+    record = _evidence_record(records)
+    example = build_example(record, mode, tokenizer, record.grade_levels)
+    prompt = tokenizer.apply_chat_template(
+        build_messages(record.query, record.item_text, mode, record.grade_levels), tokenize=False, add_generation_prompt=True
+    )
+    n = example.answer_start
+    assert tokenizer.decode(example.input_ids[:n]) == prompt  # the teacher's prompt, chat template included
+    assert example.labels[:n] == [IGNORE] * n  # no loss on the prompt ...
+    assert example.labels[n:] == example.input_ids[n:]  # ... and on every assistant token
+    answer = tokenizer.decode(example.input_ids[n:])
+    assert answer.startswith(COT_PREFILL if mode == "cot" else SCORE_PREFILL)
+    assert answer.endswith(f'{GRADE_KEY_PREFIX}{record.grade}"}}{tokenizer.eos_token}')
+    # The verdict position: the prompt + answer up to `"grade": "` as the backends tokenise it,
+    # followed by the grade level's first token.
+    head = prompt + answer[: answer.rindex(GRADE_KEY_PREFIX) + len(GRADE_KEY_PREFIX)]
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    assert example.input_ids[: example.verdict_index + 1] == head_ids
+    firsts = level_first_tokens(tokenizer, record.grade_levels)
+    assert example.input_ids[example.verdict_index + 1] == firsts[record.grade_levels.index(record.grade)]
+
+
+def test_cot_target_is_what_the_parser_reads(tokenizer, records) -> None:
+    record = _evidence_record(records)
+    example = build_example(record, "cot", tokenizer, record.grade_levels)
+    answer = tokenizer.decode(example.input_ids[example.answer_start :], skip_special_tokens=True)
+    parsed = parse_output(answer, record.query, record.item_text, record.grade_levels)
+    assert parsed.ok, parsed.errors
+    assert parsed.grade == record.grade and parsed.rationale == record.rationale
+    assert [e.text for e in parsed.dimensions[0].evidence] == [e.text for e in record.dimensions[0].evidence]
+    assert all(e.verified for e in parsed.dimensions[0].evidence)
+
+
+def test_loss_is_the_mean_over_assistant_tokens_only(base, tokenizer, records) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    batch = [build_example(r, "score", tokenizer, r.grade_levels) for r in records[:2]]
+    batch.append(build_example(records[2], "cot", tokenizer, records[2].grade_levels))  # different lengths: padding
+    firsts = level_first_tokens(tokenizer, records[0].grade_levels)
+    with torch.no_grad():
+        loss, verdict_ce, _ = batch_losses(model, batch, tokenizer.eos_token_id, firsts, "cpu")
+        # Reference: full logits, every assistant token of every example, nothing else.
+        terms, verdict_terms = [], []
+        for e in batch:
+            logits = model(torch.tensor([e.input_ids])).logits[0]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            terms += [-logp[t - 1, e.input_ids[t]] for t in range(e.answer_start, len(e.input_ids))]
+            verdict_terms.append(-torch.log_softmax(logits[e.verdict_index, firsts].float(), dim=0)[e.grade])
+    assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-4)
+    assert float(verdict_ce) == pytest.approx(float(torch.stack(verdict_terms).mean()), rel=1e-4)
+
+
+def test_held_out_split_is_by_query(tokenizer, records) -> None:
+    examples, _ = build_examples(records, tokenizer, LoRAConfig())
+    train, held = split_by_query(examples, 0.5, seed=0)
+    assert train and held and len(train) + len(held) == len(examples)
+    assert not {e.group for e in train} & {e.group for e in held}
+
+
+def test_too_long_and_ungraded_records_are_counted_not_trained(tokenizer, records) -> None:
+    ungraded = records[0].model_copy(update={"grade": None})
+    examples, counts = build_examples([ungraded, *records[1:3]], tokenizer, LoRAConfig(max_length=400))
+    assert counts["skipped_no_grade"] == 1
+    assert counts["skipped_too_long_cot"] == 2 and counts["examples_score"] == 2  # the CoT prompt alone is > 400 tokens
+    assert {e.mode for e in examples} == {"score"}
+
+
+async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, records, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    config = LoRAConfig(
+        lr=5e-2, batch_size=4, epochs=2.0, max_steps=12, eval_fraction=0.0, warmup_steps=0, rank=4, alpha=8, dropout=0.0,
+        threads=1, precision="fp32", target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )  # fmt: skip
+    examples, _ = build_examples(records, tokenizer, config)
+    firsts = level_first_tokens(tokenizer, records[0].grade_levels)
+    no_autocast = torch.autocast("cpu", enabled=False)
+    before = evaluate(AutoModelForCausalLM.from_pretrained(base), examples, tokenizer.eos_token_id, firsts, "cpu", 4, no_autocast)
+
+    report = run_lora_sft(records, out, config, base=base, progress=False)
+    assert report["steps"] == 12 and report["train_examples"] == len(examples) and report["device"] == "cpu"
+
+    # The merged checkpoint differs from the base exactly in the LoRA-targeted projections.
+    tuned, original = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    changed = {name for name in tuned if not torch.equal(tuned[name], original[name])}
+    assert changed and all(name.split(".")[-2] in config.target_modules for name in changed)
+    after = evaluate(AutoModelForCausalLM.from_pretrained(out), examples, tokenizer.eos_token_id, firsts, "cpu", 4, no_autocast)
+    # It learned the training records (a tiny random model starts near ln(vocab) and moves slowly;
+    # the run is deterministic: fixed seeds, fp32, one thread).
+    assert after["token_ce"] < before["token_ce"] - 0.1, (before, after)
+    assert after["verdict_ce"] < before["verdict_ce"], (before, after)
+
+    teacher = load_teacher(f"hf:{out}?threads=1")
+    pair = load_bundled("train")[0]
+    record = await teacher.judge(pair.query, pair.item.as_mapping(), mode="score")
+    assert record.distribution_source == "logits" and record.parse_ok
+    assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
+
+    # A base not made by `relevance convert-teacher-base` has no GGUF to copy: said, not faked.
+    result = export_gguf(out, echo=lambda _: None)
+    assert result["written"] is False and "source.json" in result["reason"]
+    assert not (out / "model.gguf").exists()
+
+
+def test_rope_permutation_is_what_transformers_gguf_loader_undoes() -> None:
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    rng = np.random.default_rng(0)
+    undo = LlamaTensorProcessor(config={})._reverse_permute_weights
+    q = rng.normal(size=(9 * 64, 576))
+    k = rng.normal(size=(3 * 64, 576))
+    assert np.array_equal(undo(permute_for_rope(q, 9), 9, 9), q)
+    assert np.array_equal(undo(permute_for_rope(k, 3), 9, 3), k)
