@@ -390,9 +390,6 @@ def run_lora_sft(
     bar = tqdm(total=total_steps, desc="lora sft", disable=not progress, file=sys.stderr)
     step = 0
     while step < total_steps:
-        if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
-            stop_reason = f"max_minutes ({config.max_minutes}) reached"
-            break
         if not batches:
             batches = epoch_batches(train, config.batch_size, rng)
         batch = batches.pop()
@@ -407,7 +404,11 @@ def run_lora_sft(
         train_losses.append(round(loss.item(), 4))
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
-        if held and (step % config.eval_every == 0 or step == total_steps):
+        out_of_time = config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
+        if out_of_time:
+            stop_reason = f"max_minutes ({config.max_minutes}) reached"
+        # Evaluate at the last step too, so that the steps since the previous evaluation can win.
+        if held and (step % config.eval_every == 0 or step == total_steps or out_of_time):
             history.append({"step": step, "train_token_ce_recent": round(sum(train_losses[-config.eval_every :]) / len(train_losses[-config.eval_every :]), 4),
                             **evaluate(model, held, pad_id, firsts, device, config.batch_size, autocast)})  # fmt: skip
             bar.write(f"held-out eval: {history[-1]}", file=sys.stderr)
@@ -417,6 +418,8 @@ def run_lora_sft(
             elif (step - best["step"]) // config.eval_every >= config.patience:
                 stop_reason = f"early stop: held-out verdict CE not better than step {best['step']} for {config.patience} evaluations"
                 break
+        if out_of_time:
+            break
     bar.close()
     if held:
         model.load_state_dict(best_state, strict=False)  # the adapter with the best held-out verdict CE
