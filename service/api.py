@@ -9,19 +9,20 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from service.errors import ApiError
+from service.errors import ApiError, DeadlineExceeded
 from service.middleware import REQUEST_ID_HEADER, clean_request_id
-from service.schemas import ErrorBody, Limits, ScoreRequest, ScoreResponse, parse_score_request
+from service.schemas import Limits, ScoreResponse, error_responses, parse_score_request
 from service.scorer import Scorer
 from service.settings import Settings
 
 router = APIRouter()
 T = TypeVar("T")
 
+DEADLINE_HEADER = "X-Deadline-Ms"
 # Status used (and logged) when the client went away before its answer was ready, as nginx does.
 CLIENT_CLOSED = 499
 
@@ -76,13 +77,42 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text} for code, text in {
-        400: "Body is not UTF-8 or not JSON", 401: "Missing or wrong API key (when keys are configured)",
-        413: "Body or item count over the limit", 422: "A field is missing, of the wrong type, blank or too long",
-        503: "Queue full (Retry-After) or model not ready", 504: "Not scored within the request deadline",
-    }.items()
-}
+_ERRORS = error_responses({
+    400: "Body is not UTF-8 or not JSON", 401: "Missing or wrong API key (when keys are configured)",
+    413: "Body or item count over the limit",
+    422: "A field or header is missing, of the wrong type, blank or too long",
+    503: "Queue full, model not ready or shutting down (Retry-After)",
+    504: "Not scored within the request deadline (X-Deadline-Ms or the default)",
+})
+
+
+def request_deadline_ms(request: Request, settings: Settings) -> float:
+    """The caller's budget from ``X-Deadline-Ms`` (milliseconds from arrival), else the default."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return settings.request_deadline_ms
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= settings.max_request_deadline_ms:  # also false for nan
+        raise ApiError(422, "validation_error",
+                       f"header {DEADLINE_HEADER} must be a number of milliseconds from 1 to "
+                       f"{settings.max_request_deadline_ms:g} (RELEVANCE_MAX_REQUEST_DEADLINE_MS)",
+                       field=f"header.{DEADLINE_HEADER}")
+    return value
+
+
+def _current_scorer(request: Request) -> Scorer:
+    state = request.app.state
+    if state.lifecycle.draining:
+        state.metrics.rejected.labels("shutting_down").inc()
+        raise ApiError(503, "shutting_down", "this replica is shutting down; retry on another one",
+                       headers={"Retry-After": "1"})
+    scorer: Scorer | None = state.scorer
+    if scorer is None or not scorer.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
+    return scorer
 
 
 @router.post(
@@ -90,17 +120,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=ScoreResponse,
     responses=_ERRORS,
     summary="Score items for a query",
+    # The body is parsed by hand (service/schemas.py); its schema, with this server's limits, is
+    # added to the components by the app (create_app).
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}
     }}},
 )
 async def score(request: Request) -> Response:
     start = time.perf_counter()
     settings: Settings = request.app.state.settings
-    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
     await request.app.state.score_auth(request)  # open unless RELEVANCE_SCORE_API_KEYS is set
-    if scorer is None or not scorer.ready:
-        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
+    deadline_ms = request_deadline_ms(request, settings)
+    _current_scorer(request)  # refuse at once, before reading the body, when not ready or draining
     try:
         body = await _read_body(request, settings.max_body_bytes)
     except ClientDisconnect:
@@ -110,10 +141,19 @@ async def score(request: Request) -> Response:
     if parsed.request_id and REQUEST_ID_HEADER.lower() not in request.headers:
         request.state.request_id = clean_request_id(parsed.request_id) or request.state.request_id
     request.state.log_fields = {"items": len(parsed.items)}
+    # Picked again after the body was read (a reload may have swapped bundles meanwhile) and entered
+    # with no await in between, so the scorer cannot be retired under this request.
+    scorer = _current_scorer(request)
+    remaining_ms = deadline_ms - (time.perf_counter() - start) * 1000
+    if remaining_ms <= 0:
+        raise DeadlineExceeded(deadline_ms)
     try:
-        results = await _unless_disconnected(request, scorer.score(parsed))
+        with scorer.in_use():
+            results = await _unless_disconnected(request, scorer.score(parsed, remaining_ms))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
+    except DeadlineExceeded:  # the batcher knows the remaining time; the caller set the whole budget
+        raise DeadlineExceeded(deadline_ms) from None
     request.app.state.explain.remember_items(parsed.items)  # for GET /explain?item_id=; never blocks
     m = scorer.manifest
     return _json({
@@ -128,9 +168,12 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: bundle loaded and warmed up")
+@router.get("/readyz", summary="Readiness: bundle loaded and warmed up",
+            responses={503: {"description": "Not ready yet, or draining before shutdown"}})
 async def readyz(request: Request) -> Response:
     scorer: Scorer | None = getattr(request.app.state, "scorer", None)
+    if request.app.state.lifecycle.draining:
+        return _json({"status": "draining"}, status=503)
     if scorer is None or not scorer.ready:
         return _json({"status": "not_ready"}, status=503)
     m = scorer.manifest
@@ -143,6 +186,6 @@ async def readyz(request: Request) -> Response:
     })
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

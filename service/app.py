@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.admin import router as admin_router
 from service.api import router
 from service.auth import ApiKeyAuth, load_api_keys
 from service.errors import ApiError, error_response
@@ -18,15 +23,17 @@ from service.explain.components import ExplainComponents, bundle_student
 from service.explain.metrics import ExplainMetrics
 from service.explain.router import router as explain_router
 from service.explain.settings import ExplainSettings
+from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.schemas import Limits, score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,21 +44,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scorer = Scorer(settings, metrics)  # raises BundleError with the file and the problem
-        m = scorer.manifest
-        metrics.model_info.info({"name": m.name, "version": m.version, "kind": m.kind,
-                                 "provider": scorer.model.provider, "bundle": str(scorer.bundle_dir)})
         await scorer.start()
+        app.state.scorer = scorer
+        publish_model_info(metrics, scorer)
+        app.state.reloader = BundleReloader(settings, metrics, get_scorer=lambda: app.state.scorer,
+                                            set_scorer=lambda new: setattr(app.state, "scorer", new))
         # /explain: settings and teacher factory from app.state (set below; tests may replace them).
         explain = ExplainComponents(app.state.explain_settings, teacher_factory=app.state.explain_teacher,
-                                    student=bundle_student(scorer), metrics=app.state.explain_metrics)
+                                    student=bundle_student(lambda: app.state.scorer),
+                                    metrics=app.state.explain_metrics)
         await explain.start()
         app.state.explain = explain
-        app.state.scorer = scorer
+        sighup = _reload_on_sighup(app) if app.state.reload_on_sighup else None
         try:
             yield
         finally:
+            if sighup is not None:
+                asyncio.get_running_loop().remove_signal_handler(sighup)
             await explain.stop()
-            await scorer.stop()
+            await app.state.reloader.wait_retired()
+            await app.state.scorer.stop(settings.shutdown_grace_s)
 
     app = FastAPI(title="relevance", version="0.1.0", lifespan=lifespan,
                   description="Online relevance scoring for e-commerce search (see docs/API.md).")
@@ -60,11 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       required=False, setting="RELEVANCE_SCORE_API_KEYS")
     app.state.metrics = metrics
     app.state.scorer = None
+    app.state.lifecycle = Lifecycle(settings.shutdown_grace_s)
+    app.state.reload_on_sighup = False  # set by service/server.py (a process-wide signal handler)
     app.state.explain_settings = ExplainSettings()
     app.state.explain_teacher = None  # a Teacher factory; None: load_teacher(RELEVANCE_EXPLAIN_TEACHER)
     app.state.explain_metrics = ExplainMetrics(metrics.registry)
     app.include_router(router)
     app.include_router(explain_router)
+    app.include_router(admin_router)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -87,4 +102,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.openapi = _openapi_with_limits(app, settings)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # off by default: browsers get no CORS headers unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
+                                          "X-Deadline-Ms"])
     return app
+
+
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            limits = Limits(settings.max_items, settings.max_field_chars, settings.max_body_bytes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(score_request_openapi(limits))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def _reload_on_sighup(app: FastAPI) -> signal.Signals:
+    """SIGHUP reloads the serving bundle folder (e.g. after a new bundle was written in place)."""
+    loop = asyncio.get_running_loop()
+
+    async def reload() -> None:
+        try:
+            await app.state.reloader.reload()
+        except ApiError as exc:  # already logged by the reloader; the old bundle keeps serving
+            log.warning("SIGHUP reload: %s", exc.message)
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    return signal.SIGHUP

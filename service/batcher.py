@@ -20,6 +20,7 @@ Life of a request's inputs (one input = one model row: a (query, item) pair, or 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,8 @@ import numpy as np
 from service.errors import DeadlineExceeded, Overloaded
 from service.metrics import Metrics
 from service.tokenization import Encoded, pad_batch
+
+log = logging.getLogger(__name__)
 
 # Padding a run may carry before a new run is cheaper, in token-equivalents of one extra model call.
 # On CPU a call costs little next to a token of a 6-layer encoder; on GPU padding is nearly free.
@@ -138,11 +141,14 @@ class Batcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Cancel until it takes: on Python 3.11, asyncio.wait_for swallows a cancellation that lands
+            # as the awaited event fires (found by the property test of the batcher), and one cancel()
+            # would then leave stop() waiting forever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.05)
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("the batch loop had failed", exc_info=self._task.exception())
         self._pool.shutdown(wait=True)
 
     def compute_now(self, encoded: list[Encoded]) -> np.ndarray:

@@ -4,7 +4,8 @@ A bundle is a folder::
 
     model.onnx       the network (see ``OnnxSignature`` for inputs and outputs per kind)
     tokenizer.json   a Hugging Face `tokenizers` file
-    bundle.json      this module's ``BundleManifest``
+    bundle.json      this module's ``BundleManifest``; ``files`` records the SHA-256 of the other
+                     two, written by ``write_manifest`` and checked by ``verify_files`` before loading
 
 Kinds and their ONNX signatures:
 
@@ -19,6 +20,7 @@ Kinds and their ONNX signatures:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,6 +104,8 @@ class BundleManifest(BaseModel):
     template: TextTemplate = Field(default_factory=TextTemplate)
     provenance: Provenance = Field(default_factory=Provenance)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # file name → SHA-256 hex; empty in bundles written before checksums (then nothing is verified)
+    files: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
@@ -155,8 +159,31 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
         raise BundleError(f"{manifest_path}: {problems}") from exc
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_manifest(bundle_dir: str | Path, manifest: BundleManifest) -> Path:
-    path = Path(bundle_dir) / MANIFEST_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    """Write bundle.json, recording the checksums of the model and tokenizer files now in the folder
+    (so write it last)."""
+    folder = Path(bundle_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: file_sha256(folder / name) for name in (MODEL_FILE, TOKENIZER_FILE) if (folder / name).is_file()}
+    path = folder / MANIFEST_FILE
+    path.write_text(manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def verify_files(bundle_dir: str | Path, manifest: BundleManifest) -> None:
+    """Raise BundleError when a file differs from the checksum bundle.json records (corrupted on disk,
+    or replaced without its manifest)."""
+    for name, expected in manifest.files.items():
+        path = Path(bundle_dir) / name
+        actual = file_sha256(path)
+        if actual != expected:
+            raise BundleError(f"{path}: cannot load it, its SHA-256 is {actual[:12]}… but bundle.json records "
+                              f"{expected[:12]}… (the file is corrupted or was replaced without its bundle.json)")

@@ -15,10 +15,13 @@ def register(app: typer.Typer) -> None:
         port: int | None = typer.Option(None, help="Overrides RELEVANCE_PORT (default 8080)."),
         bundle: Path | None = typer.Option(None, help="Overrides RELEVANCE_BUNDLE (a bundle folder)."),
     ) -> None:
-        """Serve POST /score, /healthz, /readyz and /metrics."""
-        import uvicorn
+        """Serve POST /score, GET|POST /explain, /admin/reload, /healthz, /readyz and /metrics.
+
+        SIGTERM drains (readiness false, new requests 503, in-flight ones finish, then exit);
+        SIGHUP reloads the bundle folder without dropping a request."""
         from pydantic import ValidationError
 
+        from service import server
         from service.app import create_app
         from service.auth import ApiKeyConfigError
         from service.bundle import BundleError, read_manifest
@@ -42,5 +45,4 @@ def register(app: typer.Typer) -> None:
         except (ValidationError, ApiKeyConfigError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
-                    log_config=None, timeout_graceful_shutdown=10)
+        server.run(create_app(settings), settings)

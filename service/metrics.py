@@ -42,10 +42,15 @@ class Metrics:
         self.dropped_pairs = Counter("relevance_dropped_pairs_total",
                                      "Queued inputs dropped before inference, by reason.", ["reason"], registry=r)
         self.rejected = Counter("relevance_rejected_requests_total",
-                                "Requests refused at once (503): queue_full (capacity) or backlog (queued work "
-                                "longer than the request deadline).", ["reason"], registry=r)
+                                "Requests refused at once (503): queue_full (capacity), backlog (queued work "
+                                "longer than the request deadline) or shutting_down (draining).", ["reason"], registry=r)
         self.cache_hits = Counter("relevance_embedding_cache_hits_total", "Item embeddings found in the cache.",
                                   registry=r)
         self.cache_misses = Counter("relevance_embedding_cache_misses_total", "Item embeddings computed.",
                                     registry=r)
         self.model_info = Info("relevance_model", "The bundle being served and the execution provider.", registry=r)
+        self.reloads = Counter("relevance_model_reloads_total",
+                               "Hot bundle reloads: ok (swapped) or refused (the old bundle kept serving).",
+                               ["result"], registry=r)
+        self.draining = Gauge("relevance_draining", "1 from SIGTERM until exit: new requests get 503.",
+                              registry=r)

@@ -77,3 +77,6 @@ class OnnxModel:
         if out.shape != (rows, width):
             raise BundleError(f"model output {self.output_name} has shape {out.shape}; bundle.json implies "
                               f"({rows}, {width}) ({'grade levels' if m.kind == 'cross' else 'embedding_dim'})")
+        if not np.isfinite(out).all():
+            raise BundleError(f"model output {self.output_name} has NaN or infinite values at warm-up; the "
+                              "weights are broken")

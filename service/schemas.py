@@ -16,6 +16,11 @@ from service.errors import ApiError
 
 _SCALARS = (str, int, float, bool)
 
+# "Not blank": at least one character outside Python's whitespace (str.isspace). Spelled out rather
+# than \S because JSON Schema's \S (ECMAScript) differs from Python's on a few control characters;
+# the published schema and the server's check must agree.
+NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
 
 class ScoreItem(BaseModel):
     """One item to score. Fields beyond ``id``, ``title`` and ``attributes`` are kept; the bundle's
@@ -88,11 +93,39 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error statuses, all in the one error shape (ErrorBody);
+    422 replaces FastAPI's default validation body, which this service never sends."""
+    return {code: {"model": ErrorBody, "description": text} for code, text in descriptions.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_items: int
     max_field_chars: int
     max_body_bytes: int
+
+
+_SCALAR_TYPES = ({"type": "number"}, {"type": "boolean"}, {"type": "null"})
+
+
+def score_request_openapi(limits: Limits) -> dict[str, dict[str, Any]]:
+    """The OpenAPI component schemas of a POST /score body, with this server's limits and the rules the
+    models check in code (non-blank text, scalar extra fields), so that a request valid by the published
+    schema is a request this server accepts."""
+    schemas = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = {"ScoreItem": schemas.pop("$defs")["ScoreItem"], "ScoreRequest": schemas}
+    text = {"maxLength": limits.max_field_chars}
+    scalar = {"anyOf": [{"type": "string", **text}, *_SCALAR_TYPES]}
+    request, item = components["ScoreRequest"]["properties"], components["ScoreItem"]
+    request["query"] |= {"pattern": NOT_BLANK, **text}
+    request["items"] |= {"minItems": 1, "maxItems": limits.max_items}
+    item["properties"]["id"] |= text
+    item["properties"]["title"] |= {"pattern": NOT_BLANK, **text}
+    item["properties"]["attributes"]["anyOf"][0] = {"type": "object", "propertyNames": text,
+                                                    "additionalProperties": scalar}
+    item["additionalProperties"] = scalar
+    return components
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

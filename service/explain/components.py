@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 StudentScorer = Callable[[str, Mapping[str, Any]], Awaitable[StudentScore]]
 
 
-def bundle_student(scorer: Scorer) -> StudentScorer:
-    """The served bundle as a StudentScorer: the pair goes through the same batcher as /score."""
+def bundle_student(get_scorer: Callable[[], Scorer]) -> StudentScorer:
+    """The served bundle (whichever is current after a reload) as a StudentScorer: the pair goes
+    through the same batcher as /score."""
 
     async def score(query: str, item: Mapping[str, Any]) -> StudentScore:
         request = ScoreRequest(query=query, items=[ScoreItem.model_validate(dict(item))])
-        [result] = await scorer.score(request)
+        scorer = get_scorer()
+        with scorer.in_use():
+            [result] = await scorer.score(request)
         m = scorer.manifest
         return StudentScore(
             bundle=f"{m.name}@{m.version}", score=result["score"], grade_distribution=result.get("grades")

@@ -20,6 +20,7 @@ from service.explain.components import ExplainComponents
 from service.explain.engine import ExplainError
 from service.explain.models import ExplainItem, ExplainRequest, ExplainResponse, StudentScore, Timings
 from service.redis_store import RedisUnavailable
+from service.schemas import error_responses
 
 router = APIRouter(tags=["explain"])
 
@@ -60,11 +61,20 @@ async def rate_limited_key(request: Request, key_id: str = Depends(require_api_k
     return key_id
 
 
-@router.get("/explain", response_model=ExplainResponse)
+_ERRORS = error_responses({
+    400: "Body is not JSON (POST)", 401: "Missing or wrong API key (RELEVANCE_API_KEYS)",
+    404: "item_id not in the item store, or the item store is disabled",
+    422: "A field is missing, of the wrong type or too long", 429: "Rate limit of this key (Retry-After)",
+    502: "The teacher backend failed", 503: "Breaker open, teacher not loaded or item store down",
+    504: "The teacher did not answer within RELEVANCE_EXPLAIN_TIMEOUT_S",
+})
+
+
+@router.get("/explain", response_model=ExplainResponse, responses=_ERRORS)
 async def explain_by_id(
     request: Request,
     query: str = Query(min_length=1, max_length=1000),
-    item_id: str = Query(min_length=1),
+    item_id: str = Query(min_length=1, max_length=1000),
     _key: str = Depends(rate_limited_key),
 ) -> ExplainResponse:
     started = time.perf_counter()
@@ -99,7 +109,7 @@ async def explain_by_id(
     return await _explain(parts, query, item, started, store_ms)
 
 
-@router.post("/explain", response_model=ExplainResponse)
+@router.post("/explain", response_model=ExplainResponse, responses=_ERRORS)
 async def explain_item(
     request: Request, body: ExplainRequest, _key: str = Depends(rate_limited_key)
 ) -> ExplainResponse:

@@ -1,0 +1,48 @@
+"""Admin routes (API key from RELEVANCE_API_KEYS, as /explain): POST /admin/reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from service.schemas import error_responses
+
+router = APIRouter(prefix="/admin")
+
+
+class ReloadRequest(BaseModel):
+    bundle: Path | None = Field(
+        default=None, description="bundle folder on the server; default: the serving folder, read again"
+    )
+
+
+class BundleInfo(BaseModel):
+    name: str
+    version: str
+    kind: str
+    path: str
+
+
+class ReloadResponse(BaseModel):
+    previous: BundleInfo | None
+    current: BundleInfo
+    took_ms: float
+
+
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    summary="Load, validate and warm a bundle, then swap it in atomically (also on SIGHUP)",
+    responses=error_responses({
+        400: "Body is not JSON", 401: "Missing or wrong API key", 409: "Another reload is in progress",
+        422: "Bad body, or the bundle does not load (the previous one keeps serving)",
+    }),
+)
+async def reload(request: Request, body: ReloadRequest | None = None) -> Response:
+    await request.app.state.explain.auth(request)
+    result = await request.app.state.reloader.reload(body.bundle if body else None)
+    return Response(orjson.dumps(result), media_type="application/json")
