@@ -116,3 +116,35 @@ def register(app: typer.Typer) -> None:
         typer.echo(report.sweep_table([record]))
         typer.echo("")
         typer.echo(report.histogram_table(record))
+
+    @app.command()
+    def reliability(
+        scenario: Annotated[str, typer.Argument(help="overload, restart or redis (docs/RELIABILITY.md).")],
+        bundle: Annotated[Path, typer.Option(help="Bundle to serve.")] = DEFAULT_BUNDLE,
+        duration: Annotated[float | None, typer.Option(
+            help="Seconds: overload phase (default 60), restart run (30), each redis phase (10).")] = None,
+        factor: Annotated[float, typer.Option(help="overload: offered load / sustainable rate.")] = 5.0,
+        items: Annotated[int, typer.Option(help="Items per /score request.", min=1)] = 10,
+        out: Annotated[Path, typer.Option(help="Folder for the JSON result and server logs.")] = Path(
+            "reports/reliability"),
+    ) -> None:
+        """Run one reliability scenario against a real `relevance serve`; print and save its figures as JSON."""
+        from loadtest import reliability as scenarios
+        from service.bundle import BundleError, read_manifest
+
+        try:
+            read_manifest(bundle)
+        except BundleError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        runs = {
+            "overload": lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0, items=items,
+                                                   log_dir=out),
+            "restart": lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items, log_dir=out),
+            "redis": lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
+        }
+        if scenario not in runs:
+            raise typer.BadParameter(f"scenario must be one of {', '.join(runs)}, not {scenario!r}")
+        result = asyncio.run(runs[scenario]())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{scenario}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        typer.echo(json.dumps(result, indent=2, default=str))

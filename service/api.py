@@ -107,8 +107,10 @@ def _current_scorer(request: Request) -> Scorer:
     state = request.app.state
     if state.lifecycle.draining:
         state.metrics.rejected.labels("shutting_down").inc()
+        # Connection: close, so clients reconnect (to another replica, or to this port once it is back)
+        # instead of sending on a kept-alive connection the server is about to close.
         raise ApiError(503, "shutting_down", "this replica is shutting down; retry on another one",
-                       headers={"Retry-After": "1"})
+                       headers={"Retry-After": "1", "Connection": "close"})
     scorer: Scorer | None = state.scorer
     if scorer is None or not scorer.ready:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})

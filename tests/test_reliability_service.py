@@ -246,3 +246,17 @@ def test_serve_refuses_a_bad_setting_naming_it(bundles):
     bad = subprocess.run([RELEVANCE, "serve", "--bundle", str(bundles["bi"])], cwd=REPO, capture_output=True,
                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "RELEVANCE_SHUTDOWN_GRACE_S": "-1"})
     assert bad.returncode != 0 and "shutdown_grace_s" in bad.stderr
+
+
+# --- a load run across a restart (the scripted scenario of docs/RELIABILITY.md, shortened) ---
+
+
+def test_a_load_run_across_a_restart_loses_no_admitted_request(bundles, tmp_path):
+    from loadtest.reliability import restart
+
+    result = asyncio.run(restart(bundles["cross"], duration_s=9, clients=3, items=5, log_dir=tmp_path))
+    counts = result["counts"]
+    assert result["exit_code"] == 0  # the first server drained and exited cleanly on SIGTERM
+    assert counts["ok"] > 0 and result["unavailable_s"] < 9
+    assert any(k.startswith("refused") for k in counts)  # the restart was seen by the clients...
+    assert result["failed_admitted"] == 0, result  # ...and cost no admitted request
