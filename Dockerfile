@@ -47,5 +47,7 @@ USER relevance
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
     CMD python -c "import urllib.request, os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"RELEVANCE_PORT\"]}/readyz', timeout=2)"
+# Exec form: `relevance serve` is PID 1 and gets Docker's SIGTERM itself (a drain, see README).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["relevance"]
 CMD ["serve"]

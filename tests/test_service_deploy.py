@@ -62,3 +62,11 @@ def test_dockerfile_serves_with_the_cli_on_all_interfaces():
     assert "RELEVANCE_HOST=0.0.0.0" in text
     assert "relevance build-default-bundle --out /bundles/minilm-zero-shot-bi" in text
     assert "download.pytorch.org/whl/cpu" in text  # never the multi-GB CUDA torch
+
+
+def test_compose_gives_the_drain_time_to_finish_before_a_kill():
+    from service.settings import Settings
+
+    grace = _compose()["services"]["relevance"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > Settings.model_fields["shutdown_grace_s"].default
+    assert "STOPSIGNAL SIGTERM" in (REPO / "Dockerfile").read_text()
