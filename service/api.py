@@ -31,22 +31,6 @@ def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = ApiError(413, "payload_too_large",
-                         f"request body is larger than {limit} bytes (RELEVANCE_MAX_BODY_BYTES)")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class ClientGone(Exception):
     pass
 
@@ -135,7 +119,7 @@ async def score(request: Request) -> Response:
     deadline_ms = request_deadline_ms(request, settings)
     _current_scorer(request)  # refuse at once, before reading the body, when not ready or draining
     try:
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await request.body()  # size capped by BodySizeLimitMiddleware
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     limits = Limits(settings.max_items, settings.max_field_chars, settings.max_body_bytes)

@@ -26,7 +26,7 @@ from service.explain.settings import ExplainSettings
 from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from service.schemas import Limits, score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: it logs the 413s too
     app.openapi = _openapi_with_limits(app, settings)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: browsers get no CORS headers unless origins are configured

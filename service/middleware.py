@@ -1,4 +1,5 @@
-"""Per-request bookkeeping as plain ASGI middleware: request id, metrics, one JSON log line."""
+"""Plain ASGI middleware: per-request bookkeeping (request id, metrics, one JSON log line) and the
+body size limit of every route."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import ApiError, error_response
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -61,3 +63,53 @@ class RequestContextMiddleware:
                 "request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
                 "status": status, "duration_ms": round(seconds * 1000, 3), **state.get("log_fields", {}),
             })
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Every request body is capped at ``max_bytes`` (RELEVANCE_MAX_BODY_BYTES) → 413, whichever route
+    reads it: by Content-Length before reading, else by counting while the route reads (the route's
+    own answer to the cut-off body is replaced by the 413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> ApiError:
+        return ApiError(413, "payload_too_large",
+                        f"request body is larger than {self.max_bytes} bytes (RELEVANCE_MAX_BODY_BYTES)")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._error())(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def send_unless_too_large(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, send_unless_too_large)
+        except _BodyTooLarge:
+            pass
+        if too_large:
+            await error_response(self._error())(scope, receive, send)

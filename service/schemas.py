@@ -173,13 +173,19 @@ def _check_values(request: ScoreRequest, max_chars: int) -> None:
     """Field types the model cannot express (scalar extras) and the per-field character limit."""
     _check_length("query", request.query, max_chars)
     for i, item in enumerate(request.items):
-        _check_length(f"items[{i}].id", item.id, max_chars)
-        _check_length(f"items[{i}].title", item.title, max_chars)
-        for key, value in (item.model_extra or {}).items():
-            _check_scalar(f"items[{i}].{key}", value, max_chars)
-        for key, value in (item.attributes or {}).items():
-            _check_length(f"items[{i}].attributes (name {key[:40]!r})", key, max_chars)
-            _check_scalar(f"items[{i}].attributes.{key}", value, max_chars)
+        check_item_fields(f"items[{i}]", item, max_chars)
+
+
+def check_item_fields(path: str, item: BaseModel, max_chars: int) -> None:
+    """An item's id, title, extra fields and attributes: scalars of at most ``max_chars`` characters
+    (an item model with ``id``, ``title``, ``attributes`` and extra fields allowed; /score and /explain)."""
+    _check_length(f"{path}.id", item.id, max_chars)
+    _check_length(f"{path}.title", item.title, max_chars)
+    for key, value in (item.model_extra or {}).items():
+        _check_scalar(f"{path}.{key}", value, max_chars)
+    for key, value in (item.attributes or {}).items():
+        _check_length(f"{path}.attributes (name {key[:40]!r})", key, max_chars)
+        _check_scalar(f"{path}.attributes.{key}", value, max_chars)
 
 
 def _check_scalar(path: str, value: Any, max_chars: int) -> None:

@@ -260,3 +260,34 @@ def test_a_load_run_across_a_restart_loses_no_admitted_request(bundles, tmp_path
     assert counts["ok"] > 0 and result["unavailable_s"] < 9
     assert any(k.startswith("refused") for k in counts)  # the restart was seen by the clients...
     assert result["failed_admitted"] == 0, result  # ...and cost no admitted request
+
+
+# --- size limits on every route ---
+
+
+def test_every_route_caps_the_body_and_explain_caps_item_fields(bundles, tmp_path):
+    server = Server(bundles["cross"], tmp_path / "limits.log", api_keys=ADMIN_KEY, max_body_bytes=4096,
+                    max_field_chars=100)
+    key = {"X-API-Key": ADMIN_KEY}
+    big = {"query": "sofa", "item": {"id": "x", "title": "y" * 5000}}
+    try:
+        for path in ("/score", "/explain", "/admin/reload"):
+            declared = httpx.post(f"{server.url}{path}", json=big, headers=key, timeout=30)
+            assert declared.status_code == 413, (path, declared.text)
+            assert declared.json()["error"]["code"] == "payload_too_large"
+
+            def chunks():  # no Content-Length: counted while the route reads
+                yield b'{"query": "sofa", "item": {"id": "x", "title": "'
+                for _ in range(10):
+                    yield b"y" * 1000
+                yield b'"}}'
+
+            streamed = httpx.post(f"{server.url}{path}", content=chunks(), timeout=30,
+                                  headers={**key, "Content-Type": "application/json"})
+            assert streamed.status_code == 413, (path, streamed.text)
+        long_title = httpx.post(f"{server.url}/explain", headers=key, timeout=30,
+                                json={"query": "sofa", "item": {"id": "x", "title": "y" * 101}})
+        assert long_title.status_code == 422 and long_title.json()["error"]["field"] == "item.title"
+        assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200  # the server is fine
+    finally:
+        server.stop()

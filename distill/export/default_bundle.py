@@ -100,7 +100,7 @@ def build_default_bundle(out: str | Path) -> BundleManifest:
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+    return read_manifest(out)  # as written: with the files' checksums
 
 
 def parity_texts(manifest: BundleManifest) -> tuple[list[str], list[str]]:

@@ -25,6 +25,7 @@ from service.bundle import (
     CosineGradeHeadScore,
     Provenance,
     SoftmaxScore,
+    read_manifest,
     write_manifest,
 )
 
@@ -131,4 +132,4 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    return manifest
+    return read_manifest(out_dir)  # as written: with the files' checksums

@@ -20,7 +20,7 @@ from service.explain.components import ExplainComponents
 from service.explain.engine import ExplainError
 from service.explain.models import ExplainItem, ExplainRequest, ExplainResponse, StudentScore, Timings
 from service.redis_store import RedisUnavailable
-from service.schemas import error_responses
+from service.schemas import check_item_fields, error_responses
 
 router = APIRouter(tags=["explain"])
 
@@ -64,6 +64,7 @@ async def rate_limited_key(request: Request, key_id: str = Depends(require_api_k
 _ERRORS = error_responses({
     400: "Body is not JSON (POST)", 401: "Missing or wrong API key (RELEVANCE_API_KEYS)",
     404: "item_id not in the item store, or the item store is disabled",
+    413: "Body over RELEVANCE_MAX_BODY_BYTES",
     422: "A field is missing, of the wrong type or too long", 429: "Rate limit of this key (Retry-After)",
     502: "The teacher backend failed", 503: "Breaker open, teacher not loaded or item store down",
     504: "The teacher did not answer within RELEVANCE_EXPLAIN_TIMEOUT_S",
@@ -113,6 +114,8 @@ async def explain_by_id(
 async def explain_item(
     request: Request, body: ExplainRequest, _key: str = Depends(rate_limited_key)
 ) -> ExplainResponse:
+    # The item goes into the teacher's prompt: the same per-field limits as /score.
+    check_item_fields("item", body.item, request.app.state.settings.max_field_chars)
     return await _explain(components(request), body.query, body.item, time.perf_counter(), None)
 
 
