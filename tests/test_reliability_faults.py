@@ -47,7 +47,8 @@ class FaultyTeacher:
             return JSONResponse(_completion("I am a teapot; relevance is a social construct."))
 
         app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                   timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:
