@@ -55,7 +55,9 @@ async def overload(bundle: Path, *, factor: float = 5.0, duration_s: float = 60.
                    deadline_ms: float = 1000.0, log_dir: Path = Path("reports/reliability")) -> dict[str, Any]:
     port = free_port()
     requests = Workload.from_bundled(SizeDistribution(items, items)).take(200)
-    env = _server_env(bundle, port, {"RELEVANCE_REQUEST_DEADLINE_MS": str(deadline_ms)})
+    # No embedding cache: the workload repeats items, and cached items would make "5x" cheap.
+    env = _server_env(bundle, port, {"RELEVANCE_REQUEST_DEADLINE_MS": str(deadline_ms),
+                                     "RELEVANCE_EMBEDDING_CACHE_SIZE": "0"})
     with managed_server("relevance", relevance_command(), port=port, ready_path="/readyz",
                         log_path=log_dir / "overload-server.log", env=env) as server:
         target = Target("relevance", server.base_url)

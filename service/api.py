@@ -117,7 +117,9 @@ async def score(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     await request.app.state.score_auth(request)  # open unless RELEVANCE_SCORE_API_KEYS is set
     deadline_ms = request_deadline_ms(request, settings)
-    _current_scorer(request)  # refuse at once, before reading the body, when not ready or draining
+    # Refuse at once, before reading and parsing the body, when not ready, draining or already
+    # too far behind for this deadline (under overload, refusals must stay cheap).
+    _current_scorer(request).batcher.refuse_if_overloaded(1, deadline_ms)
     try:
         body = await request.body()  # size capped by BodySizeLimitMiddleware
     except ClientDisconnect:

@@ -35,6 +35,9 @@ from service.tokenization import Encoded, pad_batch
 
 log = logging.getLogger(__name__)
 
+# Share of a request's deadline that the work queued ahead of it may take (see refuse_if_overloaded).
+BACKLOG_SHARE = 0.6
+
 # Padding a run may carry before a new run is cheaper, in token-equivalents of one extra model call.
 # On CPU a call costs little next to a token of a 6-layer encoder; on GPU padding is nearly free.
 RUN_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 4096}
@@ -158,16 +161,22 @@ class Batcher:
 
     # --- request side (event loop) ---
 
-    def admit(self, n: int, deadline_ms: float) -> Ticket:
+    def refuse_if_overloaded(self, n: int, deadline_ms: float) -> None:
+        """Raise Overloaded when ``n`` more inputs do not fit, or could not be scored within the deadline:
+        the work queued ahead may take at most ``BACKLOG_SHARE`` of it (the rest is for tokenising,
+        batching waits, the HTTP round trip and the error of the speed estimate)."""
         if self._admitted + n > self.policy.capacity:
             self._metrics.rejected.labels("queue_full").inc()
             raise Overloaded(f"the scoring queue is full ({self._admitted} of {self.policy.capacity} inputs "
                              f"in flight, this request needs {n}); retry shortly")
         backlog_ms = (self._admitted + n) * self._seconds_per_input * 1000
-        if self._admitted and backlog_ms > deadline_ms:  # an idle server always takes a request
+        if self._admitted and backlog_ms > BACKLOG_SHARE * deadline_ms:  # an idle server always takes one
             self._metrics.rejected.labels("backlog").inc()
-            raise Overloaded(f"the scoring queue holds about {backlog_ms:.0f} ms of work, more than the "
+            raise Overloaded(f"the scoring queue holds about {backlog_ms:.0f} ms of work, too much for the "
                              f"{deadline_ms:g} ms request deadline; retry shortly")
+
+    def admit(self, n: int, deadline_ms: float) -> Ticket:
+        self.refuse_if_overloaded(n, deadline_ms)
         self._admitted += n
         self._metrics.queue_depth.set(self._admitted)
         loop = asyncio.get_running_loop()

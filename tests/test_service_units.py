@@ -150,11 +150,15 @@ async def test_batcher_refuses_work_that_cannot_finish_before_the_deadline():
         first = batcher.admit(2, 5000)  # idle: admitted whatever the estimate
         batcher.enqueue(first, [_enc(3), _enc(3)])
         await batcher.result(first)  # the batcher now knows an input takes about 50 ms
-        held = batcher.admit(4, 5000)  # about 200 ms of work queued
-        with pytest.raises(Overloaded, match="more than the 150 ms request deadline"):
+        held = batcher.admit(4, 5000)  # about 200 ms of work queued, 250 ms with one more input
+        with pytest.raises(Overloaded, match="too much for the 150 ms request deadline"):
             batcher.admit(1, 150)
+        # 250 ms fits in 350 ms, but not in the share of it that queued work may take (BACKLOG_SHARE):
+        # the rest is for tokenising, batching and the round trip.
+        with pytest.raises(Overloaded, match="too much for the 350 ms request deadline"):
+            batcher.admit(1, 350)
         assert batcher.admit(1, 1000).n == 1
-        assert 'relevance_rejected_requests_total{reason="backlog"} 1.0' in _metric_text(batcher)
+        assert 'relevance_rejected_requests_total{reason="backlog"} 2.0' in _metric_text(batcher)
         batcher.release(held)
     finally:
         await batcher.stop()
