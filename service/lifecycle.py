@@ -32,7 +32,8 @@ class Lifecycle:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.draining = False
-        self.on_drained: Callable[[], None] | None = None  # set by the server runner: "exit now"
+        # Set by the server runner: "exit now, with this many seconds of the grace period left".
+        self.on_drained: Callable[[float], None] | None = None
         self._watcher: asyncio.Task | None = None
 
     def begin_drain(self, get_scorer: Callable[[], Scorer | None]) -> bool:
@@ -56,7 +57,7 @@ class Lifecycle:
         left = scorer.active if scorer is not None else 0
         log.info("drained" if not left else "grace period over with %d requests in flight", left)
         if self.on_drained is not None:
-            self.on_drained()
+            self.on_drained(max(0.0, give_up - time.monotonic()))
 
 
 def publish_model_info(metrics: Metrics, scorer: Scorer) -> None:

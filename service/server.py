@@ -29,7 +29,10 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
-    def _exit_now(self) -> None:
+    def _exit_now(self, grace_left_s: float) -> None:
+        # uvicorn then waits for open responses (/explain, probes) only for what is left of the grace
+        # period, so the whole shutdown stays within RELEVANCE_SHUTDOWN_GRACE_S.
+        self.config.timeout_graceful_shutdown = max(1, round(grace_left_s))
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
