@@ -187,3 +187,13 @@ def test_rope_permutation_is_what_transformers_gguf_loader_undoes() -> None:
     k = rng.normal(size=(3 * 64, 576))
     assert np.array_equal(undo(permute_for_rope(q, 9), 9, 9), q)
     assert np.array_equal(undo(permute_for_rope(k, 3), 9, 3), k)
+
+
+def test_held_out_queries_are_evaluated_and_the_best_adapter_recorded(base, records, tmp_path) -> None:
+    config = LoRAConfig(max_steps=2, batch_size=4, eval_fraction=0.5, eval_every=1, threads=1, precision="fp32")
+    report = run_lora_sft(records, tmp_path / "lora", config, base=base, progress=False)
+    assert report["held_out_examples"] > 0 and report["held_out_queries"] > 0
+    assert [h["step"] for h in report["eval_history"]] == [0, 1, 2]
+    best = min(report["eval_history"], key=lambda h: h["verdict_ce"])
+    assert report["best_step"] == best["step"]
+    assert all(set(h) >= {"token_ce", "verdict_ce", "verdict_accuracy"} for h in report["eval_history"])
