@@ -189,8 +189,12 @@ def build_examples(
     """Training examples and counts of what was used and skipped (nothing is dropped silently)."""
     counts: Counter[str] = Counter()
     examples: list[Example] = []
+    first_levels: list[str] | None = None
     for record in records:
         levels = record.grade_levels
+        first_levels = first_levels or levels
+        if levels != first_levels:  # one verdict head: grade indices must mean the same level everywhere
+            raise ValueError(f"record {record.pair_id}: grade levels {levels}, earlier records {first_levels}")
         if record.grade not in levels:
             counts["skipped_no_grade"] += 1
             continue
