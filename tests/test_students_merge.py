@@ -81,7 +81,7 @@ def test_use_restricts_signals_and_first_file_wins(pairs):
     assert all(ex.teacher_probs is None for ex in rest)
     sa, sc = report.sources
     assert (sa.distribution_used, sa.cot_used) == (1, 0)
-    assert (sc.distribution_used, sc.distribution_superseded, sc.cot_used, sc.no_cot) == (1, 1, 1, 1)
+    assert (sc.distribution_used, sc.distribution_shadowed, sc.cot_used, sc.no_cot) == (1, 1, 1, 1)
     assert (report.with_distribution, report.with_cot, report.with_verdicts) == (2, 1, 1)
 
 

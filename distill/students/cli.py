@@ -107,9 +107,9 @@ def train_command(
         for s in t["sources"]:
             typer.echo(f"teacher file {s['path']} ({s['use']}): {s['records']} records, {s['matched']} matched, "
                        f"{s['unmatched']} unmatched, {s['duplicates']} duplicates, {s['parse_failed']} parse failures; "
-                       f"distribution used {s['distribution_used']} (none {s['no_distribution']}, earlier file "
-                       f"{s['distribution_superseded']}); CoT used {s['cot_used']} (none {s['no_cot']}, earlier file "
-                       f"{s['cot_superseded']})", err=True)
+                       f"distribution used {s['distribution_used']} (none {s['no_distribution']}, an earlier file had it "
+                       f"{s['distribution_shadowed']}); CoT used {s['cot_used']} (none {s['no_cot']}, an earlier file had it "
+                       f"{s['cot_shadowed']})", err=True)
         typer.echo(f"teacher coverage of {t['train_pairs']} train pairs: {t['with_distribution']} with a grade "
                    f"distribution, {t['with_cot']} with a CoT record, {t['evidence']['records_with_evidence']} with "
                    f"evidence ({t['evidence_skipped_disagree']} skipped: teacher grade != label), "

@@ -77,8 +77,8 @@ class SourceReport:
     no_cot: int = 0  # no per-dimension judgement (e.g. score-mode records)
     distribution_used: int = 0
     cot_used: int = 0
-    distribution_superseded: int = 0  # the pair already had a distribution from an earlier file
-    cot_superseded: int = 0  # the pair already had a CoT record from an earlier file
+    distribution_shadowed: int = 0  # ignored: the pair already had a distribution from an earlier file
+    cot_shadowed: int = 0  # ignored: the pair already had a CoT record from an earlier file
 
 
 @dataclass
@@ -139,7 +139,7 @@ def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource
                 if probs is None:
                     stats.no_distribution += 1
                 elif slot.probs is not None:
-                    stats.distribution_superseded += 1
+                    stats.distribution_shadowed += 1
                 else:
                     slot.probs = probs
                     stats.distribution_used += 1
@@ -147,7 +147,7 @@ def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource
                 if not record.dimensions:
                     stats.no_cot += 1
                 elif slot.cot is not None:
-                    stats.cot_superseded += 1
+                    stats.cot_shadowed += 1
                 else:
                     slot.cot = record
                     stats.cot_used += 1
