@@ -142,8 +142,8 @@ def register(app: typer.Typer) -> None:
         gguf: bool = typer.Option(True, help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-teacher-base)"),
     ) -> None:
         """LoRA SFT of SmolLM2-135M-Instruct on CoT records (loss on assistant tokens only) → teacher hf:OUT."""
-        from distill.teacher.annotate import read_annotations
-        from distill.teacher.lora import LoRAConfig, convert_gguf_to_hf, run_lora_sft
+        from distill.teacher.annotate import AnnotationFileError, read_annotations
+        from distill.teacher.lora import DEFAULT_HF_BASE, LoRAConfig, convert_gguf_to_hf, run_lora_sft
 
         if targets not in ("cot", "score", "both"):
             raise typer.BadParameter(f"{targets!r}: use cot, score or both", param_hint="--targets")
@@ -151,7 +151,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{precision!r}: use auto, fp32 or bf16", param_hint="--precision")
         if not records.is_file():
             raise typer.BadParameter(f"file not found: {records}", param_hint="--records")
-        loaded, torn = read_annotations(records)
+        try:
+            loaded, torn = read_annotations(records)
+        except AnnotationFileError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
         if torn:
             typer.echo(f"{records}: ignoring 1 torn last line", err=True)
         config = LoRAConfig(
@@ -161,9 +165,13 @@ def register(app: typer.Typer) -> None:
             max_eval_examples=max_eval_examples, eval_every=eval_every, patience=patience, device=device,
             precision=precision, threads=threads, seed=seed,
         )  # fmt: skip
-        if base == Path("models/smollm2-135m-hf"):
-            convert_gguf_to_hf(base, echo=lambda m: typer.echo(m, err=True))
-        report = run_lora_sft(loaded, out, config, base=base, source=str(records))
+        try:
+            if base == DEFAULT_HF_BASE:
+                convert_gguf_to_hf(base, echo=lambda m: typer.echo(m, err=True))
+            report = run_lora_sft(loaded, out, config, base=base, source=str(records))
+        except (ValueError, FileNotFoundError) as exc:  # no usable records, missing base, no CUDA, ...
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
         if gguf:
             from distill.teacher.lora_gguf import export_gguf
 
