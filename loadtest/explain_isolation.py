@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--explain-clients", type=int, default=32)
     parser.add_argument("--explain-timeout", type=float, default=2.0, help="RELEVANCE_EXPLAIN_TIMEOUT_S")
     parser.add_argument("--breaker-failures", type=int, default=1_000_000)
+    parser.add_argument("--server-cpus", default=None,
+                        help="pin the service to these CPUs (taskset list, e.g. 0); run this script under "
+                             "`taskset -c 1` so clients and service do not share cores")
     parser.add_argument("--rate-limit", action="store_true",
                         help="keep the per-key rate limit at its default (1/s, burst 10) instead of off")
     parser.add_argument("--log", type=Path, default=Path("reports/explain-isolation/server.log"))
@@ -166,11 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     requests = Workload.from_bundled(SizeDistribution.parse(args.items)).take(400)
     try:
         with managed_server(
-            "relevance", relevance_command(), port=port, ready_path="/readyz", log_path=args.log, env=env
+            "relevance", (["taskset", "-c", args.server_cpus] if args.server_cpus else []) + relevance_command(),
+            port=port, ready_path="/readyz", log_path=args.log, env=env
         ) as server:
             target = Target("relevance", server.base_url)
             runs: list[tuple[str, dict[str, Any]]] = []
             explain_statuses: Counter[str] = Counter()
+            # One discarded run first: it fills the item-embedding cache, which would otherwise make the
+            # first measured run slower than the rest whatever the hammer does.
+            asyncio.run(run_load(target, requests, config))
             for _ in range(args.repeat):
                 runs.append(("/score alone", asyncio.run(run_load(target, requests, config)).summary()))
                 hammered, statuses = score_under_hammer(target, requests, config, args.explain_clients)

@@ -8,7 +8,6 @@ part took.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -123,16 +122,16 @@ async def _explain(
     parts: ExplainComponents, query: str, item: ExplainItem, started: float, store_ms: float | None
 ) -> ExplainResponse:
     item_map = item.model_dump()
-    student_task = asyncio.create_task(_student(parts, query, item_map))
     teacher_started = time.perf_counter()
     try:
         outcome = await parts.engine.explain(query, item_map)
     except ExplainError as exc:
-        student_task.cancel()
         parts.metrics.explain_requests.labels(str(exc.status)).inc()
         raise
     teacher_ms = (time.perf_counter() - teacher_started) * 1000
-    student, student_error, student_ms = await student_task
+    # The student runs only once the teacher has answered: it shares /score's batcher, and /explain
+    # requests that fail (hung or failing teacher, open breaker) must cost /score no inference.
+    student, student_error, student_ms = await _student(parts, query, item_map)
     total_ms = (time.perf_counter() - started) * 1000
     parts.metrics.explain_requests.labels("200").inc()
     parts.metrics.explain_seconds.observe(total_ms / 1000)
