@@ -8,14 +8,13 @@ mechanics, not relevance quality. The real SmolLM2 run is in docs/RESULTS.md.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
+from tiny_llama import save_tiny_llama, smollm2_tokenizer
 
 from distill.data.bundled import load_bundled
 from distill.teacher import load_teacher
-from distill.teacher.backends.llamacpp import default_gguf_path
 from distill.teacher.bootstrap import bootstrap_record
 from distill.teacher.lora import (
     IGNORE,
@@ -35,27 +34,12 @@ from distill.teacher.prompt import COT_PREFILL, GRADE_KEY_PREFIX, SCORE_PREFILL,
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    gguf = default_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return smollm2_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def base(tokenizer, tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=True,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny-llama-base")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-base"), tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ tokenizer's chat template, the verdict position, and a distribution read from th
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
+from tiny_llama import save_tiny_llama
 
 from distill.data.schema import GRADE_LEVELS
 from distill.teacher import Teacher, load_teacher
-from distill.teacher.backends.llamacpp import default_gguf_path
 from distill.teacher.prompt import SCORE_PREFILL, build_messages
 
 ITEM = {"id": "m1", "title": "Logitech M185 Wireless Mouse", "color": "Grey"}
@@ -21,21 +20,7 @@ ITEM = {"id": "m1", "title": "Logitech M185 Wireless Mouse", "color": "Grey"}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    gguf = default_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=True,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 async def test_score_mode_reads_logits_at_the_verdict_position(checkpoint) -> None:
