@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: it logs the 413s too
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outside the body limit: 413s are logged too
     app.openapi = _openapi_with_limits(app, settings)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: browsers get no CORS headers unless origins are configured
