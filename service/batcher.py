@@ -178,7 +178,8 @@ class Batcher:
     def admit(self, n: int, deadline_ms: float) -> Ticket:
         self.refuse_if_overloaded(n, deadline_ms)
         self._admitted += n
-        self._metrics.queue_depth.set(self._admitted)
+        # inc/dec, not set: during a hot reload two batchers share the gauge, which then shows their sum.
+        self._metrics.queue_depth.inc(n)
         loop = asyncio.get_running_loop()
         return Ticket(n, time.monotonic() + deadline_ms / 1000, deadline_ms, loop.create_future())
 
@@ -209,8 +210,8 @@ class Batcher:
             self._metrics.dropped_pairs.labels(reason).inc(ticket.queued)
             ticket.queued = 0
         self._admitted -= ticket.outstanding
+        self._metrics.queue_depth.dec(ticket.outstanding)
         ticket.outstanding = 0
-        self._metrics.queue_depth.set(self._admitted)
         if ticket.future.done():
             return
         if reason == "deadline":
@@ -302,6 +303,7 @@ class Batcher:
         m.padding_ratio.observe(1 - stats.real_tokens / stats.padded_tokens)
 
     def _scatter(self, batch: list[Entry], out: np.ndarray) -> None:
+        finished = 0
         for row, entry in enumerate(batch):
             t = entry.ticket
             if t.released:
@@ -311,9 +313,10 @@ class Batcher:
             t.out[entry.index] = out[row]
             t.outstanding -= 1
             self._admitted -= 1
+            finished += 1
             if t.outstanding == 0 and not t.future.done():
                 t.future.set_result(t.out)
-        self._metrics.queue_depth.set(self._admitted)
+        self._metrics.queue_depth.dec(finished)
 
     def _fail(self, batch: list[Entry], exc: Exception) -> None:
         for entry in batch:

@@ -140,7 +140,9 @@ def test_reload_swaps_bundles_under_load_without_a_failed_request(bundles, tmp_p
             switch = names.index("tiny-bi")
             assert set(names[switch:]) == {"tiny-bi"}
         assert 'name="tiny-bi"' in _model_info(server)
-        assert 'relevance_model_reloads_total{result="ok"} 1.0' in httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{server.url}/metrics").text
+        assert 'relevance_model_reloads_total{result="ok"} 1.0' in text
+        assert metric(text, "relevance_queue_depth_pairs") == 0  # both bundles' batchers settled the gauge
 
         # A broken bundle is refused with the reason, and the current one keeps serving.
         broken = _copy(bundles["cross"], tmp_path / "broken")
