@@ -197,7 +197,8 @@ async def restart(bundle: Path, *, duration_s: float = 30.0, clients: int = 4, i
 # --- redis killed and restarted ---
 
 
-def _redis(port: int) -> subprocess.Popen:
+def start_redis_server(port: int) -> subprocess.Popen:
+    """A private, non-persistent redis-server on loopback ``port``, answering PING (else RuntimeError)."""
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -213,7 +214,7 @@ async def redis_fault(bundle: Path, *, phase_s: float = 10.0, log_dir: Path = Pa
                       teacher: str = "llamacpp") -> dict[str, Any]:
     redis_port, port = free_port(), free_port()
     key = "reliability-scenario-key"
-    store = _redis(redis_port)
+    store = start_redis_server(redis_port)
     env = _server_env(bundle, port, {
         "RELEVANCE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "RELEVANCE_API_KEYS": key,
         "RELEVANCE_EXPLAIN_TEACHER": teacher, "RELEVANCE_EXPLAIN_MODE": "score", "RELEVANCE_EXPLAIN_TIMEOUT_S": "30",
@@ -270,7 +271,7 @@ async def redis_fault(bundle: Path, *, phase_s: float = 10.0, log_dir: Path = Pa
                 store.wait()
                 current = "redis killed"
                 await asyncio.sleep(phase_s)
-                store = _redis(redis_port)
+                store = start_redis_server(redis_port)
                 current = "redis restarted"
 
             async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client, \

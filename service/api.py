@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from service.errors import ApiError, DeadlineExceeded
 from service.middleware import REQUEST_ID_HEADER, clean_request_id
-from service.schemas import Limits, ScoreResponse, error_responses, parse_score_request
+from service.schemas import ScoreResponse, error_responses, parse_score_request
 from service.scorer import Scorer
 from service.settings import Settings
 
@@ -124,8 +124,7 @@ async def score(request: Request) -> Response:
         body = await request.body()  # size capped by BodySizeLimitMiddleware
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
-    limits = Limits(settings.max_items, settings.max_field_chars, settings.max_body_bytes)
-    parsed = parse_score_request(body, limits)
+    parsed = parse_score_request(body, settings.limits)
     if parsed.request_id and REQUEST_ID_HEADER.lower() not in request.headers:
         request.state.request_id = clean_request_id(parsed.request_id) or request.state.request_id
     request.state.log_fields = {"items": len(parsed.items)}

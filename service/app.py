@@ -27,7 +27,7 @@ from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from service.schemas import Limits, score_request_openapi
+from service.schemas import score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
 
@@ -118,8 +118,8 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            limits = Limits(settings.max_items, settings.max_field_chars, settings.max_body_bytes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(score_request_openapi(limits))
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                score_request_openapi(settings.limits))
             app.openapi_schema = schema
         return app.openapi_schema
 

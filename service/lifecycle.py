@@ -34,17 +34,16 @@ class Lifecycle:
         self.draining = False
         # Set by the server runner: "exit now, with this many seconds of the grace period left".
         self.on_drained: Callable[[float], None] | None = None
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None  # held so the running task is not garbage-collected
 
-    def begin_drain(self, get_scorer: Callable[[], Scorer | None]) -> bool:
-        """Start draining (False when already draining). Call on the event loop's thread."""
+    def begin_drain(self, get_scorer: Callable[[], Scorer | None]) -> None:
+        """Start draining (once). Call on the event loop's thread."""
         if self.draining:
-            return False
+            return
         self.draining = True
         log.info("draining: readiness is false, new requests get 503; exiting when in-flight requests "
                  "finish (at most %.1f s)", self.grace_s)
         self._watcher = asyncio.get_running_loop().create_task(self._wait_drained(get_scorer))
-        return True
 
     async def _wait_drained(self, get_scorer: Callable[[], Scorer | None]) -> None:
         give_up = time.monotonic() + self.grace_s

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.bundle import MANIFEST_FILE, BundleError, read_manifest
+from service.schemas import Limits
 
 STUDENT_BUNDLE = Path("models/student")
 DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     # CORS is off unless origins are listed (comma-separated, e.g. "https://search-admin.example.com").
     cors_origins: str = ""
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_items, self.max_field_chars, self.max_body_bytes)
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:

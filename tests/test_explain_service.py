@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,8 @@ import uvicorn
 
 from distill.teacher import Teacher, load_teacher
 from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult
+from loadtest.reliability import start_redis_server
+from loadtest.servers import free_port
 from service.app import create_app
 from service.explain.components import ExplainComponents
 from service.explain.settings import ExplainSettings
@@ -63,12 +64,6 @@ class ControlledBackend(Backend):
         if self.fail:
             raise ConnectionError("teacher backend unreachable")
         return await self.inner.verdict(request)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LiveServer:
@@ -317,19 +312,10 @@ def private_redis() -> Iterator[tuple[int, subprocess.Popen]]:
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while (
-        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG"
-    ):
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"private redis-server on port {port} did not start")
-        time.sleep(0.05)
+    try:
+        proc = start_redis_server(port)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield port, proc
     if proc.poll() is None:
         proc.kill()
