@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from distill.teacher.prompt import Mode
 
@@ -55,3 +55,32 @@ def softmax(scores: Mapping[str, float]) -> dict[str, float]:
     exp = {k: math.exp(v - top) for k, v in scores.items()}
     total = sum(exp.values())
     return {k: v / total for k, v in exp.items()}
+
+
+
+def continuation_tokens(prefix: list[int], prefix_text: str, level: str,
+                        tokenize: Callable[[str], list[int]], tokenize_alone: Callable[[str], list[int]]) -> list[int]:
+    """The tokens ``level`` adds after ``prefix_text`` (tokenised in context, as the model sees it); when
+    the level merges with the prefix's last token, its standalone tokens."""
+    full = tokenize(prefix_text + level)
+    if full[: len(prefix)] == prefix and len(full) > len(prefix):
+        return full[len(prefix) :]
+    return tokenize_alone(level)
+
+
+def level_distribution(prefix: list[int], level_tokens: Mapping[str, list[int]],
+                       next_logprobs: Callable[[list[int]], Any]) -> dict[str, float]:
+    """Softmax over the grade levels of their log-probabilities after ``prefix``. When the levels'
+    first tokens are distinct (the usual case) one evaluation suffices; otherwise each level's full
+    token sequence is scored."""
+    logprobs = next_logprobs(prefix)
+    first = {level: toks[0] for level, toks in level_tokens.items()}
+    if len(set(first.values())) == len(first):
+        return softmax({level: float(logprobs[tok]) for level, tok in first.items()})
+    scores: dict[str, float] = {}
+    for level, toks in level_tokens.items():
+        total = float(logprobs[toks[0]])
+        for i in range(1, len(toks)):
+            total += float(next_logprobs(prefix + toks[:i])[toks[i]])
+        scores[level] = total
+    return softmax(scores)

@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult, softmax
+from distill.teacher.backends.base import (
+    Backend,
+    VerdictRequest,
+    VerdictResult,
+    continuation_tokens,
+    level_distribution,
+)
 from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
 DEFAULT_GGUF_GLOB = "*.gguf"
@@ -125,32 +131,15 @@ class LlamaCppBackend(Backend):
         return logits - top - np.log(np.exp(logits - top).sum())
 
     def _level_distribution(self, prefix_text: str, levels: Any) -> dict[str, float]:
-        """Softmax over the grade levels of their log-probabilities right after ``prefix_text``.
-
-        When the levels' first tokens are distinct (the usual case) one evaluation suffices;
-        otherwise each level's full token sequence is scored.
-        """
+        """Softmax over the grade levels of their log-probabilities right after ``prefix_text``."""
         prefix = self.tokenize(prefix_text)
         level_tokens = {level: self._continuation(prefix, prefix_text, level) for level in levels}
-        first = {level: toks[0] for level, toks in level_tokens.items()}
-        logprobs = self._eval(prefix)
-        if len(set(first.values())) == len(first):
-            return softmax({level: float(logprobs[tok]) for level, tok in first.items()})
-        scores: dict[str, float] = {}
-        for level, toks in level_tokens.items():
-            total = float(logprobs[toks[0]])
-            for i in range(1, len(toks)):
-                total += float(self._eval(prefix + toks[:i])[toks[i]])
-            scores[level] = total
-        return softmax(scores)
+        return level_distribution(prefix, level_tokens, self._eval)
 
     def _continuation(self, prefix: list[int], prefix_text: str, level: str) -> list[int]:
-        """The tokens ``level`` adds after ``prefix_text`` (tokenised in context, as the model sees it)."""
-        full = self.tokenize(prefix_text + level)
-        if full[: len(prefix)] == prefix and len(full) > len(prefix):
-            return full[len(prefix) :]
-        # The level merged with the prefix's last token: fall back to its standalone tokens.
-        return self._llm.tokenize(level.encode("utf-8"), add_bos=False, special=False)
+        return continuation_tokens(
+            prefix, prefix_text, level, self.tokenize,
+            lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 def eval_reusing_cache(llm: Any, tokens: list[int]) -> None:

@@ -12,7 +12,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult, softmax
+from distill.teacher.backends.base import (
+    Backend,
+    VerdictRequest,
+    VerdictResult,
+    continuation_tokens,
+    level_distribution,
+)
 from distill.teacher.backends.llamacpp import TeacherModelError
 from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
@@ -79,19 +85,6 @@ class TransformersBackend(Backend):
 
     def _level_distribution(self, prefix_text: str, levels: Any) -> dict[str, float]:
         prefix = self.tokenize(prefix_text)
-        level_tokens = {}
-        for level in levels:
-            full = self.tokenize(prefix_text + level)
-            ok = full[: len(prefix)] == prefix and len(full) > len(prefix)
-            level_tokens[level] = full[len(prefix) :] if ok else self.tokenize(level)
-        logprobs = self._logprobs(prefix)
-        first = {level: toks[0] for level, toks in level_tokens.items()}
-        if len(set(first.values())) == len(first):
-            return softmax({level: float(logprobs[tok]) for level, tok in first.items()})
-        scores = {}
-        for level, toks in level_tokens.items():
-            total = float(logprobs[toks[0]])
-            for i in range(1, len(toks)):
-                total += float(self._logprobs(prefix + toks[:i])[toks[i]])
-            scores[level] = total
-        return softmax(scores)
+        level_tokens = {level: continuation_tokens(prefix, prefix_text, level, self.tokenize, self.tokenize)
+                        for level in levels}
+        return level_distribution(prefix, level_tokens, self._logprobs)
