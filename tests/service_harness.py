@@ -99,7 +99,7 @@ class Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -107,11 +107,16 @@ class Server:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server not ready within 90 s:\n{self.log()}")
+        raise RuntimeError(f"server not ready within 90 s:\n{self.log_tail()}")
 
     def log(self) -> str:
+        """The whole log (assertions search it; a tail can cut a line in half)."""
         self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the log, for failure messages."""
+        return self.log()[-chars:]
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -86,7 +86,8 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_in_time(bu
         assert len(in_flight["r"].json()["scores"]) == len(BODY["items"])
         assert server.proc.wait(15) == 0
         assert time.monotonic() - signalled < 10
-        assert "draining" in server.log() and "drained" in server.log()
+        log_text = server.log()
+        assert "draining" in log_text and "drained" in log_text, server.log_tail()
     finally:
         server.stop()
 
@@ -175,7 +176,7 @@ def test_sighup_reloads_the_bundle_folder_written_in_place(bundles, tmp_path):
         while version != "1" and time.monotonic() < deadline:
             version = httpx.post(f"{server.url}/score", json=BODY, timeout=30).json()["model"]["version"]
             time.sleep(0.1)
-        assert version == "1", server.log()
+        assert version == "1", server.log_tail()
         assert server.proc.poll() is None  # SIGHUP reloads, it does not stop the server
     finally:
         server.stop()

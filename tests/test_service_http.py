@@ -255,7 +255,7 @@ def test_disconnected_and_late_requests_are_dropped_not_computed(bundles, tmp_pa
         assert 'relevance_dropped_pairs_total{reason="deadline"} 12.0' in text
         assert metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran
         assert metric(text, "relevance_queue_depth_pairs") == 0
-        assert '"status":499' in server.log(), server.log()
+        assert '"status":499' in server.log(), server.log_tail()
     finally:
         server.stop()
 
