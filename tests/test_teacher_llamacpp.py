@@ -82,8 +82,11 @@ def test_verdict_logits_equal_a_logits_all_evaluation(teacher) -> None:
     text = backend.render_prompt(build_messages(QUERY, ITEM["title"], "score", GRADE_LEVELS)) + SCORE_PREFILL
     tokens = backend.tokenize(text)
     reference = Llama(model_path=str(default_gguf_path()), logits_all=True, n_ctx=1024, n_threads=1, verbose=False)
-    reference.eval(tokens)
-    ref = reference.scores[len(tokens) - 1].astype(np.float64)
+    try:
+        reference.eval(tokens)
+        ref = reference.scores[len(tokens) - 1].astype(np.float64)
+    finally:
+        reference.close()
     ref = ref - ref.max() - np.log(np.exp(ref - ref.max()).sum())
     assert np.abs(backend._eval(tokens) - ref).max() < 1e-3
     # The levels' first tokens are distinct for this tokenizer, so one evaluation reads all of them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class LlamaCppBackend(Backend):
         self._llm = Llama(
             model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=seed, logits_all=False, verbose=False
         )
+        # Free the model with this backend or at exit, before interpreter teardown: llama-cpp-python's
+        # own __del__ runs too late there and prints a TypeError traceback.
+        weakref.finalize(self, self._llm.close)
         template = self._llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise TeacherModelError(f"{path} has no chat template (tokenizer.chat_template) in its metadata")
