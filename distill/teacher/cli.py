@@ -197,17 +197,26 @@ def register(app: typer.Typer) -> None:
         input: str = typer.Option("bundled:train", "--input", "-i", help="labelled pairs: bundled:train|dev|all or a file"),
         fmt: str | None = typer.Option(None, "--format"),
         output: Path = typer.Option(..., "--output", "-o", help="JSONL of CoT records"),
+        attributes: bool = typer.Option(
+            True, help="judge colour/material/size/quantity (match, mismatch, not stated) besides word overlap; "
+                       "--no-attributes writes the overlap-only records (bootstrap-v1)"),
     ) -> None:
-        """Label-conditioned bootstrap rationales (no LLM): human label + query/item word overlap as evidence."""
+        """Label-conditioned bootstrap rationales (no LLM): the human label as grade; attribute verdicts and
+        query/item word overlap as evidence."""
+        from collections import Counter
+
         from distill.teacher.bootstrap import bootstrap_record
 
         pairs = load_input_pairs(input, fmt)
-        records = [bootstrap_record(pair) for pair in pairs]
+        records = [bootstrap_record(pair, attributes=attributes) for pair in pairs]
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(record.model_dump_json() + "\n")
-        with_evidence = sum(1 for r in records if r.dimensions and r.dimensions[0].evidence)
+        with_evidence = sum(1 for r in records if any(d.evidence for d in r.dimensions))
         unlabelled = sum(1 for r in records if not r.parse_ok)
         typer.echo(f"wrote {len(records)} records to {output}: {with_evidence} with evidence, "
-                   f"{len(records) - with_evidence} without (no query word in the item), {unlabelled} unlabelled")
+                   f"{len(records) - with_evidence} without, {unlabelled} unlabelled")
+        verdicts = Counter((d.dimension, d.verdict) for r in records for d in r.dimensions)
+        for (dimension, verdict), count in sorted(verdicts.items()):
+            typer.echo(f"  {dimension:>16} {verdict:<10} {count}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import json_repair
 
-from distill.teacher.bootstrap import DIMENSION as BOOTSTRAP_DIMENSION
+from distill.teacher.bootstrap import BOOTSTRAP_DIMENSIONS
 from distill.teacher.cot import DIMENSIONS, DimensionJudgement, EvidenceSpan
 
 _VERDICT_SYNONYMS: dict[str, str] = {
@@ -119,8 +119,8 @@ def normalise_dimension(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     key = re.sub(r"[\s\-]+", "_", value.strip().lower())
-    # A model fine-tuned on bootstrap records (`relevance sft-lora`) writes their one dimension.
-    if key in DIMENSIONS or key == BOOTSTRAP_DIMENSION:
+    # A model fine-tuned on bootstrap records (`relevance sft-lora`) writes their dimensions.
+    if key in DIMENSIONS or key in BOOTSTRAP_DIMENSIONS:
         return key
     return _DIMENSION_SYNONYMS.get(key)
 
