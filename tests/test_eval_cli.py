@@ -22,7 +22,8 @@ def _write_set(path: Path) -> None:
     rows = []
     for c in COLOURS:
         for t in THINGS:
-            q = f"{c} {t}" + (" handmade" if c == "brown" else "")  # a word no item has: long-tail queries
+            # Words no item has: long-tail queries, and the negation slice too.
+            q = f"{c} {t}" + (" handmade not vintage" if c == "brown" else "")
             other_c = COLOURS[(COLOURS.index(c) + 1) % len(COLOURS)]
             other_t = THINGS[(THINGS.index(t) + 1) % len(THINGS)]
             rows += [
@@ -55,7 +56,7 @@ def test_eval_writes_report_folder(tmp_path):
     _write_annotations(data, ann, skip=0)
     result = CliRunner().invoke(app, [
         "eval", "--data", str(data), "--split", "all", "--system", "bm25", "--system", f"annotations:{ann}",
-        "--out", str(out), "--slice", "long-tail", "--resamples", "50",
+        "--out", str(out), "--slice", "long-tail", "--slice", "negation", "--resamples", "50",
     ])
     assert result.exit_code == 0, result.output
     for name in ("metrics.json", "report.md", "per_query_ndcg10.png", "calibration.png"):
@@ -76,6 +77,7 @@ def test_eval_writes_report_folder(tmp_path):
     assert bm25["macro_f1"]["value"] is None  # scores only and no calibration split with --split all
     assert section["comparisons"][0]["a"] == "annotations:teacher"
     assert metrics["sections"]["Long-tail queries"]["queries"] == len(THINGS)
+    assert metrics["sections"]["Negation queries"]["queries"] == len(THINGS)
     report = (out / "report.md").read_text()
     assert "| system | NDCG@10 | NDCG@all | MAP |" in report and "![calibration](calibration.png)" in report
 

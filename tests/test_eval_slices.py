@@ -1,4 +1,4 @@
-"""Long-tail slice: mean IDF of the query's words over the catalogue, top quartile."""
+"""Slices: long-tail (mean IDF of the query's words over the catalogue, top quartile) and negation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from distill.data.schema import Item, LabelledPair
-from distill.eval.slices import long_tail_queries, query_rarity
+from distill.eval.slices import long_tail_queries, negation_queries, query_rarity
 
 
 def _pair(qid: str, query: str, item_id: str, title: str) -> LabelledPair:
@@ -29,3 +29,14 @@ def test_rarity_by_hand_and_top_quartile():
     assert rarity["q2"] == pytest.approx((idf["red"] + idf["sofa"]) / 2)
     assert rarity["q4"] == pytest.approx(idf["zebra"])
     assert long_tail_queries(pairs) == {"q4"}
+
+
+def test_negation_slice_is_queries_with_a_negating_word():
+    pairs = [
+        _pair("q1", "paper bags without handles", "i1", "Paper bags"),
+        _pair("q2", "Not self-seal envelopes", "i2", "Envelopes"),
+        _pair("q3", "nothing bundt cakes", "i3", "Cake"),  # "not" only inside a word
+        _pair("q4", "non-stick pan", "i4", "Pan"),
+        _pair("q5", "red sofa", "i5", "Sofa"),
+    ]
+    assert negation_queries(pairs) == {"q1", "q2", "q4"}

@@ -12,7 +12,6 @@ import typer
 from distill.data.reading import DataError
 from distill.data.schema import LabelledPair
 
-SLICES = ("long-tail",)
 
 
 def resolve_data(data: str, fmt: str | None, split: str | None
@@ -62,7 +61,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="report folder to write")],
         format: Annotated[str | None, typer.Option(help="dataset format when --data is a path (default: detect)")] = None,
         split: Annotated[str | None, typer.Option(help="train | dev | all (paths: split by query; default all)")] = None,
-        slice: Annotated[list[str], typer.Option(help="extra slice to report: long-tail")] = [],  # noqa: B006
+        slice: Annotated[list[str], typer.Option(help="extra slice to report: long-tail | negation (repeat)")] = [],  # noqa: B006
         calibrate: Annotated[bool, typer.Option(
             help="map score-only systems to grades/probabilities on the other split")] = True,
         max_queries: Annotated[int | None, typer.Option(
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
         from distill.eval.evaluate import EvalSet, evaluate, predictions
         from distill.eval.report import write_report
-        from distill.eval.slices import long_tail_queries
+        from distill.eval.slices import SLICES
         from distill.eval.systems import score_system
 
         for name in slice:
@@ -124,15 +123,16 @@ def register(app: typer.Typer) -> None:
                 o.grade_probs = o.grade_probs[scored]
             preds[o.name] = predictions(o, (calib_es, c) if c is not None else None)
         sections = {"All queries": evaluate(es, preds, resamples=resamples, seed=seed, progress=True)}
-        if "long-tail" in slice:
-            tail = long_tail_queries(catalogue)
-            mask = np.array([p.query_id in tail for p in es.pairs])
+        for name in dict.fromkeys(slice):
+            title, queries_of = SLICES[name]
+            in_slice = queries_of(catalogue)
+            mask = np.array([p.query_id in in_slice for p in es.pairs])
             if mask.any():
                 sub = es.subset(mask)
                 sub_preds = {n: _restrict(p, mask) for n, p in preds.items()}
-                sections["Long-tail queries"] = evaluate(sub, sub_preds, resamples=resamples, seed=seed, progress=True)
+                sections[title] = evaluate(sub, sub_preds, resamples=resamples, seed=seed, progress=True)
             else:
-                typer.echo("long-tail slice: no evaluated query is in it", err=True)
+                typer.echo(f"{name} slice: no evaluated query is in it", err=True)
         for o in outputs:
             for section in sections.values():
                 section["systems"][o.name]["info"] = o.info

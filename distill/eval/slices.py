@@ -1,4 +1,9 @@
-"""The long-tail slice: queries made of words that are rare in the catalogue.
+"""Query slices reported by ``relevance eval --slice``.
+
+negation: queries with "without", "no", "not" or "non" as a word ("paper bags without handles"),
+where matching words are a poor guide to relevance.
+
+long-tail: queries made of words that are rare in the catalogue.
 
 A query's rarity is the mean IDF of its distinct words, IDF = ln((N + 1) / (df + 1)) + 1, where
 df counts the catalogue items whose rendered text (``TextTemplate.item_text``) contains the word
@@ -21,6 +26,7 @@ from service.text_template import DEFAULT_TEMPLATE, TextTemplate
 
 LONG_TAIL_QUANTILE = 0.75
 _WORD = re.compile(r"\w+")
+_NEGATION_WORDS = frozenset({"without", "no", "not", "non"})
 
 
 def words(text: str) -> set[str]:
@@ -50,3 +56,14 @@ def long_tail_queries(catalogue: Iterable[LabelledPair], quantile: float = LONG_
     rarity = query_rarity(catalogue)
     threshold = float(np.quantile(list(rarity.values()), quantile))
     return {q for q, r in rarity.items() if r > threshold}
+
+
+def negation_queries(catalogue: Iterable[LabelledPair]) -> set[str]:
+    return {pair.query_id for pair in catalogue if words(pair.query) & _NEGATION_WORDS}
+
+
+# --slice name -> (report section title, the query ids in the slice given the catalogue)
+SLICES = {
+    "long-tail": ("Long-tail queries", long_tail_queries),
+    "negation": ("Negation queries", negation_queries),
+}
