@@ -29,3 +29,36 @@ def test_cv_picks_strong_regularisation_on_pure_noise() -> None:
     assert l2 >= 10.0, cv  # nothing to learn: the uniform anchor wins
     assert oof.shape == (len(labels), 3) and np.allclose(oof.sum(axis=1), 1.0)
     assert cv[f"{l2:g}"] <= np.log(3) + 0.01
+
+
+def test_an_interrupted_run_keeps_the_states_it_read_and_the_next_run_resumes(tmp_path, monkeypatch) -> None:
+    """Real SmolLM2 states; the 4th read is interrupted (as by Ctrl-C), then a rerun reads only the rest."""
+    import pytest
+
+    from distill.data.bundled import load_bundled
+    from distill.teacher import sft
+
+    pairs = load_bundled("train")[:8]
+    real_call = sft.VerdictFeatures.__call__
+    calls: list[str] = []
+
+    def interrupted_at_4th(self, prompt_text):
+        calls.append(prompt_text)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_call(self, prompt_text)
+
+    monkeypatch.setattr(sft.VerdictFeatures, "__call__", interrupted_at_4th)
+    monkeypatch.setattr(sft, "SAVE_STATES_EVERY", 2)
+    config = SFTConfig(max_iter=5, threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        sft.run_sft(pairs, tmp_path, config, progress=False)
+    saved = np.load(tmp_path / sft.STATES_FILE)
+    assert len(saved["pair_ids"]) == 3 and saved["states"].shape[0] == 3
+    assert not list(tmp_path.glob("*.partial*"))
+
+    calls.clear()
+    monkeypatch.setattr(sft.VerdictFeatures, "__call__", lambda self, text: calls.append(text) or real_call(self, text))
+    sft.run_sft(pairs, tmp_path, config, progress=False)
+    assert len(calls) == len(pairs) - 3  # the three saved pairs are not read again
+    assert len(np.load(tmp_path / sft.STATES_FILE)["pair_ids"]) == len(pairs)

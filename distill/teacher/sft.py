@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ SFT_GGUF = "model.gguf"
 SFT_REPORT = "sft.json"
 OOF_FILE = "oof_train.jsonl"
 STATES_FILE = "verdict_states.npz"  # cache of hidden states by pair id (same base model and prompt)
+SAVE_STATES_EVERY = 25  # pairs read between cache writes
 
 
 L2_GRID: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -87,6 +89,13 @@ class VerdictFeatures:
 
     def __call__(self, prompt_text: str) -> np.ndarray:
         return self._pinv @ self.backend.raw_logits(self.backend.tokenize(prompt_text))
+
+
+def _save_states(path: Path, cache: dict[str, np.ndarray]) -> None:
+    """Write the cache atomically (a kill mid-write leaves the previous file)."""
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, states=np.stack(list(cache.values())), pair_ids=list(cache))
+    os.replace(partial, path)
 
 
 def _load_states(path: Path, dim: int) -> dict[str, np.ndarray]:
@@ -273,19 +282,27 @@ def run_sft(
     features = VerdictFeatures(base, output, threads=config.threads)
     first_tokens = features.level_first_tokens(features.prompt_text(labelled[0], levels), levels)
     cache = _load_states(out / STATES_FILE, features.dim)
+    out.mkdir(parents=True, exist_ok=True)
     read: list[np.ndarray] = []
-    for pair in tqdm(labelled, desc="verdict states", disable=not progress, file=sys.stderr):
-        if pair.pair_id in cache:
-            read.append(cache[pair.pair_id])
-            continue
-        if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
-            break
-        read.append(features(features.prompt_text(pair, levels)))
+    unsaved = 0
+    try:
+        for pair in tqdm(labelled, desc="verdict states", disable=not progress, file=sys.stderr):
+            if pair.pair_id in cache:
+                read.append(cache[pair.pair_id])
+                continue
+            if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
+                break
+            read.append(features(features.prompt_text(pair, levels)))
+            cache[pair.pair_id] = read[-1]
+            unsaved += 1
+            if unsaved == SAVE_STATES_EVERY:
+                _save_states(out / STATES_FILE, cache)
+                unsaved = 0
+    finally:  # an interrupted run keeps the states it read: the next run resumes from them
+        if unsaved:
+            _save_states(out / STATES_FILE, cache)
     labelled = labelled[: len(read)]
     states = np.stack(read)
-    out.mkdir(parents=True, exist_ok=True)
-    cache.update({p.pair_id: h for p, h in zip(labelled, states, strict=True)})
-    np.savez_compressed(out / STATES_FILE, states=np.stack(list(cache.values())), pair_ids=list(cache))
     labels = np.array([list(levels).index(p.label) for p in labelled])
     # Anchor every level's row to the mean of the original rows: strong regularisation then means a
     # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
