@@ -62,3 +62,46 @@ def test_an_interrupted_run_keeps_the_states_it_read_and_the_next_run_resumes(tm
     sft.run_sft(pairs, tmp_path, config, progress=False)
     assert len(calls) == len(pairs) - 3  # the three saved pairs are not read again
     assert len(np.load(tmp_path / sft.STATES_FILE)["pair_ids"]) == len(pairs)
+
+
+def test_cot_features_count_rule_verdicts_and_never_read_the_label() -> None:
+    from distill.data.schema import Item, LabelledPair
+    from distill.teacher.cot import VERDICTS
+    from distill.teacher.sft import COT_FEATURE_DIMENSIONS, cot_features
+
+    def pair(label):
+        return LabelledPair(query_id="q", query="red paper bags without handles",
+                            item=Item(id="i", title="Blue paper bags with handles"), label=label)
+
+    features = cot_features([pair("Exact"), pair("Irrelevant")])
+    assert np.array_equal(features[0], features[1])  # label-free
+    at = {(d, v): features[0, i * len(VERDICTS) + j]
+          for i, d in enumerate(COT_FEATURE_DIMENSIONS) for j, v in enumerate(VERDICTS)}
+    # red/Blue: colour mismatch; paper: material match; "without handles" / "with handles": exclusion mismatch
+    assert at[("color", "mismatch")] == at[("material", "match")] == at[("exclusion", "mismatch")] == 1
+    assert sum(at.values()) == 3
+    assert features[0, -1] == np.log1p(1)  # "bags": the one other query word found in the item
+
+
+def test_cot_conditioned_head_writes_its_head_and_cot_records_and_scores_held_out_pairs(tmp_path) -> None:
+    """Real SmolLM2 states on 8 train pairs; 3 dev pairs scored by the fitted head."""
+    import json
+
+    from distill.data.bundled import load_bundled
+    from distill.teacher import sft
+
+    train, dev = load_bundled("train")[:8], load_bundled("dev")[:3]
+    report = sft.run_sft(train, tmp_path, SFTConfig(max_iter=5, threads=1, cot_features=True), progress=False,
+                         predict=dev, predict_out=tmp_path / "dev.jsonl")
+    assert report["teacher_spec"] is None and not (tmp_path / sft.SFT_GGUF).exists()
+    head = np.load(tmp_path / sft.COT_HEAD_FILE)
+    assert head["rows"].shape == (3, 576 + len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
+    for path, n in ((tmp_path / sft.OOF_FILE, len(train)), (tmp_path / "dev.jsonl", len(dev))):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(records) == n
+        for record in records:
+            assert record["mode"] == "cot" and record["dimensions"][-1]["dimension"] == "lexical_overlap"
+            assert abs(sum(record["grade_distribution"].values()) - 1) < 1e-9
+            assert record["teacher_id"].endswith("+rule-cot" + ("-oof" if path.name == sft.OOF_FILE else ""))
+    # The held-out pairs' states were read and cached with the training pairs'.
+    assert len(np.load(tmp_path / sft.STATES_FILE)["pair_ids"]) == len(train) + len(dev)

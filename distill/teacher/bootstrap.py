@@ -137,11 +137,24 @@ def exclusion_judgements(query: str, item_text: str) -> list[DimensionJudgement]
     return judgements
 
 
-def _rationale(judgements: list[DimensionJudgement], overlap_words: int) -> str:
+def rule_judgements(query: str, item_text: str, *, attributes: bool = True) -> list[DimensionJudgement]:
+    """The rules' judgements of a pair, label-free: attribute and exclusion dimensions (when
+    ``attributes``), then ``lexical_overlap`` for the query words they did not cite (always last)."""
+    judgements = attribute_judgements(query, item_text) + exclusion_judgements(query, item_text) if attributes else []
+    cited = [(s.start, s.end) for j in judgements for s in j.evidence if s.source == "query"]
+    spans = overlap_spans(query, item_text, skip=cited)
+    judgements.append(DimensionJudgement(dimension=OVERLAP_DIMENSION, verdict="match" if spans else "not_stated",
+                                         evidence=spans))
+    return judgements
+
+
+def rule_rationale(judgements: list[DimensionJudgement]) -> str:
+    """The judgements of ``rule_judgements`` in words (the overlap one, last, as a word count)."""
+    *dimensions, overlap = judgements
     parts = [f"{j.dimension} {j.verdict.replace('_', ' ')} (query {j.query_value!r}, item {j.item_value!r})"
-             for j in judgements]
-    parts.append(f"{overlap_words} {'other ' if judgements else ''}query word(s) occur in the item")
-    return "; ".join(parts) + "; grade copied from the human label."
+             for j in dimensions]
+    parts.append(f"{len(overlap.evidence) // 2} {'other ' if dimensions else ''}query word(s) occur in the item")
+    return "; ".join(parts)
 
 
 def bootstrap_record(pair: LabelledPair, template: TextTemplate = DEFAULT_TEMPLATE, *,
@@ -149,11 +162,7 @@ def bootstrap_record(pair: LabelledPair, template: TextTemplate = DEFAULT_TEMPLA
     """One record for a labelled pair; ``parse_ok=False`` with a reason when the pair has no label."""
     query = template.query_text(pair.query)
     item_text = template.item_text(pair.item.as_mapping())
-    judgements = attribute_judgements(query, item_text) + exclusion_judgements(query, item_text) if attributes else []
-    cited = [(s.start, s.end) for j in judgements for s in j.evidence if s.source == "query"]
-    spans = overlap_spans(query, item_text, skip=cited)
-    judgements.append(DimensionJudgement(dimension=OVERLAP_DIMENSION, verdict="match" if spans else "not_stated",
-                                         evidence=spans))
+    judgements = rule_judgements(query, item_text, attributes=attributes)
     errors = [] if pair.label is not None else ["pair has no human label: nothing to condition on"]
     teacher_id, prompt_version = BOOTSTRAP_VERSIONS[attributes]
     return CoTRecord(
@@ -168,7 +177,7 @@ def bootstrap_record(pair: LabelledPair, template: TextTemplate = DEFAULT_TEMPLA
         grade=pair.label,
         grade_levels=list(GRADE_LEVELS),
         distribution_source="none",
-        rationale=_rationale(judgements[:-1], len(spans) // 2),
+        rationale=rule_rationale(judgements) + "; grade copied from the human label.",
         label=pair.label,
         parse_ok=not errors,
         parse_errors=errors,

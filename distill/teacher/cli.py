@@ -105,14 +105,23 @@ def register(app: typer.Typer) -> None:
         max_minutes: float | None = typer.Option(None, min=0.1, help="stop reading states after this long"),
         threads: int = typer.Option(2, min=1),
         seed: int = typer.Option(0),
+        cot_features: bool = typer.Option(
+            False, help="condition the head on the rule CoT's per-dimension verdicts too (bootstrap-cot's rules, "
+                        "label-free); writes OUT/cot_head.npz instead of a GGUF, records carry the CoT"),
+        predict: str | None = typer.Option(None, help="also score these pairs with the fitted head (e.g. bundled:dev)"),
+        predict_out: Path | None = typer.Option(None, help="JSONL of CoT records for --predict"),
     ) -> None:
         """Verdict-row SFT: refit the grade tokens' output rows on human labels → a GGUF teacher
         (llamacpp:OUT/model.gguf). For LoRA fine-tuning on CoT records use `relevance sft-lora`."""
         from distill.teacher.sft import SFTConfig, run_sft
 
+        if (predict is None) != (predict_out is None):
+            raise typer.BadParameter("--predict and --predict-out go together", param_hint="--predict-out")
         pairs = load_input_pairs(train, fmt)
-        config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads, seed=seed)
-        report = run_sft(pairs, out, config, base_gguf=base)
+        held = load_input_pairs(predict, None) if predict else []
+        config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads,
+                           seed=seed, cot_features=cot_features)
+        report = run_sft(pairs, out, config, base_gguf=base, predict=held, predict_out=predict_out)
         typer.echo(json.dumps(report, indent=1))
 
     @app.command("sft-lora")

@@ -33,12 +33,15 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from distill.data.schema import GRADE_LEVELS, LabelledPair
+from distill.teacher.bootstrap import EXCLUSION_DIMENSION, rule_judgements, rule_rationale
+from distill.teacher.cot import VERDICTS, DimensionJudgement
 from distill.teacher.prompt import PROMPT_VERSION, SCORE_PREFILL, build_messages
 from service.text_template import DEFAULT_TEMPLATE
 
 SFT_GGUF = "model.gguf"
 SFT_REPORT = "sft.json"
 OOF_FILE = "oof_train.jsonl"
+COT_HEAD_FILE = "cot_head.npz"  # the fitted head when it reads CoT features (no GGUF can hold it)
 STATES_FILE = "verdict_states.npz"  # cache of hidden states by pair id (same base model and prompt)
 SAVE_STATES_EVERY = 25  # pairs read between cache writes
 
@@ -56,6 +59,8 @@ class SFTConfig(BaseModel):
     max_minutes: float | None = Field(default=None, gt=0)
     threads: int = Field(default=2, ge=1)
     seed: int = 0
+    # Condition the head on the rule CoT's per-dimension verdicts too (cot_features): h' = [h; v].
+    cot_features: bool = False
 
 
 class VerdictFeatures:
@@ -89,6 +94,55 @@ class VerdictFeatures:
 
     def __call__(self, prompt_text: str) -> np.ndarray:
         return self._pinv @ self.backend.raw_logits(self.backend.tokenize(prompt_text))
+
+
+def _read_states(
+    pairs: Sequence[LabelledPair], levels: Sequence[str], features: VerdictFeatures, cache: dict[str, np.ndarray],
+    cache_path: Path, deadline: float | None, progress: bool,
+) -> list[np.ndarray]:
+    """Hidden states of ``pairs`` in order, from the cache or the model, until ``deadline``
+    (perf_counter); new ones are added to the cache, saved every SAVE_STATES_EVERY and on exit."""
+    from tqdm import tqdm
+
+    read: list[np.ndarray] = []
+    unsaved = 0
+    try:
+        for pair in tqdm(pairs, desc="verdict states", disable=not progress, file=sys.stderr):
+            if pair.pair_id in cache:
+                read.append(cache[pair.pair_id])
+                continue
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            read.append(features(features.prompt_text(pair, levels)))
+            cache[pair.pair_id] = read[-1]
+            unsaved += 1
+            if unsaved == SAVE_STATES_EVERY:
+                _save_states(cache_path, cache)
+                unsaved = 0
+    finally:  # an interrupted run keeps the states it read: the next run resumes from them
+        if unsaved:
+            _save_states(cache_path, cache)
+    return read
+
+
+# Rule dimensions whose verdicts the CoT-conditioned head reads (bootstrap.rule_judgements).
+COT_FEATURE_DIMENSIONS = ("color", "material", "size", "quantity", EXCLUSION_DIMENSION)
+
+
+def pair_judgements(pair: LabelledPair) -> list[DimensionJudgement]:
+    return rule_judgements(DEFAULT_TEMPLATE.query_text(pair.query), DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()))
+
+
+def cot_features(pairs: Sequence[LabelledPair]) -> np.ndarray:
+    """[n, 5·4 + 1]: per pair, how many judgements of each rule dimension gave each verdict, and
+    ln(1 + number of other query words found in the item). Label-free: the rules never see the label."""
+    out = np.zeros((len(pairs), len(COT_FEATURE_DIMENSIONS) * len(VERDICTS) + 1))
+    for n, pair in enumerate(pairs):
+        *dimensions, overlap = pair_judgements(pair)
+        for j in dimensions:
+            out[n, COT_FEATURE_DIMENSIONS.index(j.dimension) * len(VERDICTS) + VERDICTS.index(j.verdict)] += 1
+        out[n, -1] = math.log1p(len(overlap.evidence) // 2)
+    return out
 
 
 def _save_states(path: Path, cache: dict[str, np.ndarray]) -> None:
@@ -174,24 +228,29 @@ def choose_l2(
     return best, cv, oof[best]
 
 
-def write_oof_records(
-    path: Path, pairs: Sequence[LabelledPair], probs: np.ndarray, levels: Sequence[str], *, teacher_id: str
+def write_distribution_records(
+    path: Path, pairs: Sequence[LabelledPair], probs: np.ndarray, levels: Sequence[str], *, teacher_id: str,
+    with_cot: bool = False,
 ) -> None:
-    """Out-of-fold distributions as CoT records (score mode), readable by `relevance eval`."""
+    """Grade distributions as CoT records, readable by `relevance eval` and `relevance train`:
+    score mode, or (``with_cot``) with the rule judgements the head read as their dimensions."""
     from datetime import UTC, datetime
 
     from distill.teacher.cot import CoTRecord
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for pair, p in zip(pairs, probs, strict=True):
             distribution = {level: float(v) for level, v in zip(levels, p / p.sum(), strict=True)}
+            judgements = pair_judgements(pair) if with_cot else []
             record = CoTRecord(
-                teacher_id=teacher_id, prompt_version=PROMPT_VERSION, mode="score", pair_id=pair.pair_id,
-                query_id=pair.query_id, query=DEFAULT_TEMPLATE.query_text(pair.query), item_id=pair.item.id,
-                item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), grade=max(distribution, key=distribution.get),
+                teacher_id=teacher_id, prompt_version=PROMPT_VERSION, mode="cot" if with_cot else "score",
+                pair_id=pair.pair_id, query_id=pair.query_id, query=DEFAULT_TEMPLATE.query_text(pair.query),
+                item_id=pair.item.id, item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
+                dimensions=judgements, grade=max(distribution, key=distribution.get),
                 grade_levels=list(levels), grade_distribution=distribution, distribution_source="logits",
-                label=pair.label, created_at=now,
+                rationale=rule_rationale(judgements) if with_cot else None, label=pair.label, created_at=now,
             )  # fmt: skip
             f.write(record.model_dump_json() + "\n")
 
@@ -262,10 +321,14 @@ def run_sft(
     base_gguf: Path | None = None,
     levels: Sequence[str] = GRADE_LEVELS,
     progress: bool = True,
+    predict: Sequence[LabelledPair] = (),
+    predict_out: Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune the verdict rows on ``pairs`` (unlabelled pairs are skipped and counted)."""
-    from tqdm import tqdm
+    """Fine-tune the verdict rows on ``pairs`` (unlabelled pairs are skipped and counted).
 
+    With ``config.cot_features`` the head reads [h; v] (v: ``cot_features``): no GGUF can hold
+    it, so it is saved as COT_HEAD_FILE and its records carry the rule judgements as their CoT.
+    ``predict`` pairs (e.g. the dev split) are scored by the fitted head into ``predict_out``."""
     from distill.teacher.backends.llamacpp import default_gguf_path
 
     base = Path(base_gguf) if base_gguf else default_gguf_path()
@@ -276,6 +339,8 @@ def run_sft(
         # Random order, so that whatever prefix the budget allows is a random sample.
         order = np.random.default_rng(config.seed).permutation(len(labelled))[: config.max_pairs]
         labelled = [labelled[i] for i in order]
+    if predict and predict_out is None:
+        raise ValueError("predict pairs need a predict_out file")
     selected = len(labelled)
     started = time.perf_counter()
     output = output_matrix(base)
@@ -283,40 +348,42 @@ def run_sft(
     first_tokens = features.level_first_tokens(features.prompt_text(labelled[0], levels), levels)
     cache = _load_states(out / STATES_FILE, features.dim)
     out.mkdir(parents=True, exist_ok=True)
-    read: list[np.ndarray] = []
-    unsaved = 0
-    try:
-        for pair in tqdm(labelled, desc="verdict states", disable=not progress, file=sys.stderr):
-            if pair.pair_id in cache:
-                read.append(cache[pair.pair_id])
-                continue
-            if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
-                break
-            read.append(features(features.prompt_text(pair, levels)))
-            cache[pair.pair_id] = read[-1]
-            unsaved += 1
-            if unsaved == SAVE_STATES_EVERY:
-                _save_states(out / STATES_FILE, cache)
-                unsaved = 0
-    finally:  # an interrupted run keeps the states it read: the next run resumes from them
-        if unsaved:
-            _save_states(out / STATES_FILE, cache)
+    deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
+    read = _read_states(labelled, levels, features, cache, out / STATES_FILE, deadline, progress)
     labelled = labelled[: len(read)]
     states = np.stack(read)
+    if config.cot_features:
+        states = np.hstack([states, cot_features(labelled)])
     labels = np.array([list(levels).index(p.label) for p in labelled])
     # Anchor every level's row to the mean of the original rows: strong regularisation then means a
     # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
     rows0 = np.repeat(output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0)
+    if config.cot_features:  # the CoT features' weights start at 0 (and are pulled towards it)
+        rows0 = np.hstack([rows0, np.zeros((len(levels), states.shape[1] - rows0.shape[1]))])
+    teacher_id = f"llamacpp:{base.stem}-verdict-sft" + ("+rule-cot" if config.cot_features else "")
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     best_l2, cv, oof = choose_l2(states, labels, [p.query_id for p in labelled], rows0, config)
     l2 = best_l2 if config.l2 is None else config.l2
-    write_oof_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"llamacpp:{base.stem}-verdict-sft-oof")
+    write_distribution_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"{teacher_id}-oof",
+                      with_cot=config.cot_features)
     rows, losses = fit_rows(states, labels, rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
-    output[first_tokens] = rows
-    write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
+    if config.cot_features:
+        np.savez(out / COT_HEAD_FILE, rows=rows, level_first_tokens=np.array(first_tokens), levels=np.array(levels))
+    else:
+        output[first_tokens] = rows
+        write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
+    if predict:
+        held = list(predict)
+        held_states = np.stack(_read_states(held, levels, features, cache, out / STATES_FILE, None, progress))
+        if config.cot_features:
+            held_states = np.hstack([held_states, cot_features(held)])
+        logits = held_states @ rows.T
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        write_distribution_records(predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features)
     predictions = (states @ rows.T).argmax(axis=1)
     report = {
-        "method": "verdict-row fine-tuning (frozen body, score mode)",
+        "method": "verdict-row fine-tuning (frozen body, score mode)"
+        + (", head conditioned on the rule CoT's verdicts" if config.cot_features else ""),
         "base_model": str(base),
         "prompt_version": PROMPT_VERSION,
         "levels": list(levels),
@@ -329,11 +396,12 @@ def run_sft(
         "train_pairs": len(labelled),
         "not_read_within_max_minutes": selected - len(labelled),
         "out_of_fold_records": str(out / OOF_FILE),
+        "predicted_records": str(predict_out) if predict else None,
         "label_counts": dict(Counter(p.label for p in labelled)),
         "train_accuracy_after": round(float((predictions == labels).mean()), 4),
         **losses,
         "elapsed_s": round(time.perf_counter() - started, 1),
-        "teacher_spec": f"llamacpp:{out / SFT_GGUF}",
+        "teacher_spec": None if config.cot_features else f"llamacpp:{out / SFT_GGUF}",
     }
     (out / SFT_REPORT).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if not math.isfinite(losses["train_ce_after"]):
