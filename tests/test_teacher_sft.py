@@ -105,3 +105,22 @@ def test_cot_conditioned_head_writes_its_head_and_cot_records_and_scores_held_ou
             assert record["teacher_id"].endswith("+rule-cot" + ("-oof" if path.name == sft.OOF_FILE else ""))
     # The held-out pairs' states were read and cached with the training pairs'.
     assert len(np.load(tmp_path / sft.STATES_FILE)["pair_ids"]) == len(train) + len(dev)
+
+
+def test_rules_only_ablation_reads_no_llm_state(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from distill.data.bundled import load_bundled
+    from distill.teacher import sft
+
+    train, dev = load_bundled("train")[:8], load_bundled("dev")[:3]
+    with pytest.raises(ValueError, match="needs the CoT features"):
+        sft.run_sft(train, tmp_path, SFTConfig(llm_states=False), progress=False)
+    sft.run_sft(train, tmp_path, SFTConfig(max_iter=5, threads=1, cot_features=True, llm_states=False),
+                progress=False, predict=dev, predict_out=tmp_path / "dev.jsonl")
+    assert np.load(tmp_path / sft.COT_HEAD_FILE)["rows"].shape == (3, len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
+    assert not (tmp_path / sft.STATES_FILE).exists()  # no LLM state was read
+    record = json.loads((tmp_path / "dev.jsonl").read_text().splitlines()[0])
+    assert record["teacher_id"] == "rules+rule-cot"

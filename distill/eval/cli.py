@@ -13,7 +13,6 @@ from distill.data.reading import DataError
 from distill.data.schema import LabelledPair
 
 
-
 def resolve_data(data: str, fmt: str | None, split: str | None
                  ) -> tuple[list[LabelledPair], list[LabelledPair], list[LabelledPair] | None, str]:
     """(pairs to evaluate, the whole dataset = catalogue, calibration pairs or None, description)."""

@@ -108,6 +108,7 @@ def register(app: typer.Typer) -> None:
         cot_features: bool = typer.Option(
             False, help="condition the head on the rule CoT's per-dimension verdicts too (bootstrap-cot's rules, "
                         "label-free); writes OUT/cot_head.npz instead of a GGUF, records carry the CoT"),
+        llm_states: bool = typer.Option(True, help="--no-llm-states: ablation, the head reads the CoT features alone"),
         predict: str | None = typer.Option(None, help="also score these pairs with the fitted head (e.g. bundled:dev)"),
         predict_out: Path | None = typer.Option(None, help="JSONL of CoT records for --predict"),
     ) -> None:
@@ -120,7 +121,7 @@ def register(app: typer.Typer) -> None:
         pairs = load_input_pairs(train, fmt)
         held = load_input_pairs(predict, None) if predict else []
         config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads,
-                           seed=seed, cot_features=cot_features)
+                           seed=seed, cot_features=cot_features, llm_states=llm_states)
         report = run_sft(pairs, out, config, base_gguf=base, predict=held, predict_out=predict_out)
         typer.echo(json.dumps(report, indent=1))
 

@@ -61,6 +61,8 @@ class SFTConfig(BaseModel):
     seed: int = 0
     # Condition the head on the rule CoT's per-dimension verdicts too (cot_features): h' = [h; v].
     cot_features: bool = False
+    # Ablation: the head reads the CoT features alone (no LLM state), to show what the LLM adds.
+    llm_states: bool = True
 
 
 class VerdictFeatures:
@@ -341,6 +343,8 @@ def run_sft(
         labelled = [labelled[i] for i in order]
     if predict and predict_out is None:
         raise ValueError("predict pairs need a predict_out file")
+    if not (config.llm_states or config.cot_features):
+        raise ValueError("a head without LLM states needs the CoT features (cot_features)")
     selected = len(labelled)
     started = time.perf_counter()
     output = output_matrix(base)
@@ -349,18 +353,26 @@ def run_sft(
     cache = _load_states(out / STATES_FILE, features.dim)
     out.mkdir(parents=True, exist_ok=True)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
-    read = _read_states(labelled, levels, features, cache, out / STATES_FILE, deadline, progress)
-    labelled = labelled[: len(read)]
-    states = np.stack(read)
-    if config.cot_features:
-        states = np.hstack([states, cot_features(labelled)])
+
+    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None) -> tuple[list[LabelledPair], np.ndarray]:
+        """The pairs read before ``deadline`` and the head's input for each: [h; v], h or v."""
+        if config.llm_states:
+            read = _read_states(pairs, levels, features, cache, out / STATES_FILE, deadline, progress)
+            pairs, states = pairs[: len(read)], np.stack(read)
+        else:
+            states = np.zeros((len(pairs), 0))
+        return pairs, np.hstack([states, cot_features(pairs)]) if config.cot_features else states
+
+    labelled, states = head_inputs(labelled, deadline)
     labels = np.array([list(levels).index(p.label) for p in labelled])
     # Anchor every level's row to the mean of the original rows: strong regularisation then means a
     # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
     rows0 = np.repeat(output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0)
+    rows0 = rows0 if config.llm_states else rows0[:, :0]
     if config.cot_features:  # the CoT features' weights start at 0 (and are pulled towards it)
         rows0 = np.hstack([rows0, np.zeros((len(levels), states.shape[1] - rows0.shape[1]))])
-    teacher_id = f"llamacpp:{base.stem}-verdict-sft" + ("+rule-cot" if config.cot_features else "")
+    teacher_id = (f"llamacpp:{base.stem}-verdict-sft" if config.llm_states else "rules") + (
+        "+rule-cot" if config.cot_features else "")
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     best_l2, cv, oof = choose_l2(states, labels, [p.query_id for p in labelled], rows0, config)
     l2 = best_l2 if config.l2 is None else config.l2
@@ -373,10 +385,7 @@ def run_sft(
         output[first_tokens] = rows
         write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
     if predict:
-        held = list(predict)
-        held_states = np.stack(_read_states(held, levels, features, cache, out / STATES_FILE, None, progress))
-        if config.cot_features:
-            held_states = np.hstack([held_states, cot_features(held)])
+        held, held_states = head_inputs(list(predict), None)
         logits = held_states @ rows.T
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         write_distribution_records(predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features)
