@@ -121,3 +121,26 @@ def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
     minilm = systems["bundle:minilm-zero-shot-bi"]
     assert minilm["info"]["kind"] == "bi"
     assert minilm["metrics"]["auc_exact"]["value"] > 0.6  # colour + thing match is easy for MiniLM
+
+
+def _report(folder: Path, diffs: dict[str, tuple[float, float, float]]) -> Path:
+    from distill.eval.report import METRICS
+
+    metrics = {m: {"diff": diffs.get(m, (0.0, -0.1, 0.1))[0], "ci95": list(diffs.get(m, (0.0, -0.1, 0.1))[1:])}
+               for m in METRICS}
+    section = {"comparisons": [{"a": "bundle:kd", "b": "bundle:label", "metrics": metrics}]}
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"sections": {"All queries": section}}))
+    return folder
+
+
+def test_eval_seeds_averages_paired_differences_and_counts_significant_ones(tmp_path):
+    a = _report(tmp_path / "s1", {"auc_exact": (0.04, 0.01, 0.07)})
+    b = _report(tmp_path / "s2", {"auc_exact": (-0.02, -0.05, 0.01)})
+    c = _report(tmp_path / "s3", {"auc_exact": (0.01, -0.02, 0.04)})
+    result = CliRunner().invoke(app, ["eval-seeds", str(a), str(b), str(c)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| bundle:kd − bundle:label"))
+    assert "+0.010 (-0.020…+0.040; ↑1 ↓0)" in row  # mean of +0.04, −0.02, +0.01; only s1's CI is above 0
+    missing = CliRunner().invoke(app, ["eval-seeds", str(a), "--section", "Negation queries"])
+    assert missing.exit_code == 2 and "has no section 'Negation queries'" in missing.output

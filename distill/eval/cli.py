@@ -149,6 +149,34 @@ def register(app: typer.Typer) -> None:
         for title, section in sections.items():
             typer.echo(f"\n{title}\n{metrics_table(section)}")
 
+    @app.command("eval-seeds")
+    def eval_seeds(
+        reports: Annotated[list[Path], typer.Argument(help="report folders of `relevance eval` (metrics.json), "
+                                                           "systems in the same order in each")],
+        section: Annotated[str, typer.Option(help="report section, e.g. 'Negation queries'")] = "All queries",
+    ) -> None:
+        """Average the paired differences of repeated evaluations (e.g. one per training seed): mean,
+        range, and how many reports had a CI above (↑) or below (↓) 0."""
+        import json
+
+        from distill.eval.report import seeds_table
+
+        sections = []
+        for folder in reports:
+            path = folder / "metrics.json"
+            if not path.is_file():
+                raise typer.BadParameter(f"{path} not found", param_hint="REPORTS")
+            found = json.loads(path.read_text(encoding="utf-8"))["sections"]
+            if section not in found:
+                raise typer.BadParameter(f"{path} has no section {section!r} (it has {list(found)})",
+                                         param_hint="--section")
+            sections.append(found[section])
+        try:
+            typer.echo(seeds_table(sections))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
 
 def _restrict(pred, mask):
     from distill.eval.evaluate import Predictions

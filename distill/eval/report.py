@@ -52,6 +52,34 @@ def comparison_table(section: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(sections: list[dict[str, Any]]) -> str:
+    """Paired differences of the same comparisons in several reports (e.g. one per training seed):
+    per metric, the mean difference, the range, and in how many reports the CI was above / below 0.
+    Comparisons are matched by position, so the reports must list their systems in the same order."""
+    import numpy as np
+
+    counts = {len(s["comparisons"]) for s in sections}
+    if len(counts) != 1:
+        raise ValueError(f"the reports compare different numbers of systems: {sorted(counts)}")
+    lines = [f"| a − b (n = {len(sections)}) | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
+             "|" + "---|" * (len(METRICS) + 1)]
+    for i in range(counts.pop()):
+        comps = [s["comparisons"][i] for s in sections]
+        cells = []
+        for m in METRICS:
+            diffs = [c["metrics"][m]["diff"] for c in comps]
+            if any(d is None for d in diffs):
+                cells.append("n/a")
+                continue
+            cis = [c["metrics"][m]["ci95"] for c in comps]
+            above = sum(lo is not None and lo > 0 for lo, _ in cis)
+            below = sum(hi is not None and hi < 0 for _, hi in cis)
+            cells.append(f"{np.mean(diffs):+.3f} ({min(diffs):+.3f}…{max(diffs):+.3f}; ↑{above} ↓{below})")
+        names = " / ".join(dict.fromkeys(f"{c['a']} − {c['b']}" for c in comps))
+        lines.append(f"| {names} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _section_md(title: str, section: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{g} {n}" for g, n in section["label_counts"].items())
     out = [
