@@ -96,6 +96,8 @@ def test_cot_conditioned_head_writes_its_head_and_cot_records_and_scores_held_ou
     assert report["teacher_spec"] is None and not (tmp_path / sft.SFT_GGUF).exists()
     head = np.load(tmp_path / sft.COT_HEAD_FILE)
     assert head["rows"].shape == (3, 576 + len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
+    assert float(head["cot_feature_scale"]) == report["cot_feature_scale"] and report["cot_feature_scale"] in sft.COT_SCALE_GRID
+    assert len(report["cv_ce_by_l2"]) == len(sft.COT_SCALE_GRID) * len(sft.L2_GRID)
     for path, n in ((tmp_path / sft.OOF_FILE, len(train)), (tmp_path / "dev.jsonl", len(dev))):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(records) == n

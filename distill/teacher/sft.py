@@ -127,6 +127,9 @@ def _read_states(
     return read
 
 
+# Scales of the CoT features tried by cross-validation: the LLM state's norm is ~50 and the features
+# are counts, so under one shared L2 weight the scale sets how strongly the CoT weights are shrunk.
+COT_SCALE_GRID: tuple[float, ...] = (1.0, 10.0, 30.0)
 # Rule dimensions whose verdicts the CoT-conditioned head reads (bootstrap.rule_judgements).
 COT_FEATURE_DIMENSIONS = ("color", "material", "size", "quantity", EXCLUSION_DIMENSION)
 
@@ -354,14 +357,15 @@ def run_sft(
     out.mkdir(parents=True, exist_ok=True)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
 
-    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None) -> tuple[list[LabelledPair], np.ndarray]:
-        """The pairs read before ``deadline`` and the head's input for each: [h; v], h or v."""
+    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None, scale: float = 1.0
+                    ) -> tuple[list[LabelledPair], np.ndarray]:
+        """The pairs read before ``deadline`` and the head's input for each: [h; scale·v], h or scale·v."""
         if config.llm_states:
             read = _read_states(pairs, levels, features, cache, out / STATES_FILE, deadline, progress)
             pairs, states = pairs[: len(read)], np.stack(read)
         else:
             states = np.zeros((len(pairs), 0))
-        return pairs, np.hstack([states, cot_features(pairs)]) if config.cot_features else states
+        return pairs, np.hstack([states, scale * cot_features(pairs)]) if config.cot_features else states
 
     labelled, states = head_inputs(labelled, deadline)
     labels = np.array([list(levels).index(p.label) for p in labelled])
@@ -374,18 +378,31 @@ def run_sft(
     teacher_id = (f"llamacpp:{base.stem}-verdict-sft" if config.llm_states else "rules") + (
         "+rule-cot" if config.cot_features else "")
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
-    best_l2, cv, oof = choose_l2(states, labels, [p.query_id for p in labelled], rows0, config)
+    groups = [p.query_id for p in labelled]
+    if config.cot_features:  # CV over the features' scale too; states hold scale 1, so rescale that block
+        dim = rows0.shape[1] - len(COT_FEATURE_DIMENSIONS) * len(VERDICTS) - 1
+        tried = {}
+        for scale in COT_SCALE_GRID:
+            scaled = np.hstack([states[:, :dim], scale * states[:, dim:]])
+            tried[scale] = (scaled, *choose_l2(scaled, labels, groups, rows0, config))
+        scale = min(tried, key=lambda k: tried[k][2][f"{tried[k][1]:g}"])
+        states, best_l2, cv, oof = tried[scale]
+        cv = {f"scale {k:g}, l2 {l2}": ce for k, t in tried.items() for l2, ce in t[2].items()}
+    else:
+        scale = None
+        best_l2, cv, oof = choose_l2(states, labels, groups, rows0, config)
     l2 = best_l2 if config.l2 is None else config.l2
     write_distribution_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"{teacher_id}-oof",
                       with_cot=config.cot_features)
     rows, losses = fit_rows(states, labels, rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
     if config.cot_features:
-        np.savez(out / COT_HEAD_FILE, rows=rows, level_first_tokens=np.array(first_tokens), levels=np.array(levels))
+        np.savez(out / COT_HEAD_FILE, rows=rows, cot_feature_scale=scale, level_first_tokens=np.array(first_tokens),
+                 levels=np.array(levels))
     else:
         output[first_tokens] = rows
         write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
     if predict:
-        held, held_states = head_inputs(list(predict), None)
+        held, held_states = head_inputs(list(predict), None, scale or 1.0)
         logits = held_states @ rows.T
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         write_distribution_records(predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features)
@@ -399,6 +416,7 @@ def run_sft(
         "level_first_tokens": first_tokens,
         "config": config.model_dump(),
         "l2": l2,
+        "cot_feature_scale": scale,
         "cv_ce_by_l2": cv,
         "input_pairs": len(pairs),
         "skipped_unlabelled": sum(p.label not in levels for p in pairs),
