@@ -144,3 +144,18 @@ def test_eval_seeds_averages_paired_differences_and_counts_significant_ones(tmp_
     assert "+0.010 (-0.020…+0.040; ↑1 ↓0)" in row  # mean of +0.04, −0.02, +0.01; only s1's CI is above 0
     missing = CliRunner().invoke(app, ["eval-seeds", str(a), "--section", "Negation queries"])
     assert missing.exit_code == 2 and "has no section 'Negation queries'" in missing.output
+
+
+def test_systems_with_the_same_file_name_keep_apart(tmp_path):
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
+    _write_set(data)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _write_annotations(data, tmp_path / "a" / "oof.jsonl", skip=0)
+    _write_annotations(data, tmp_path / "b" / "oof.jsonl", skip=1)
+    specs = [f"annotations:{tmp_path / 'a' / 'oof.jsonl'}", f"annotations:{tmp_path / 'b' / 'oof.jsonl'}"]
+    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "all", "--system", specs[0],
+                                      "--system", specs[1], "--system", "bm25", "--out", str(out), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
+    assert list(systems) == [*specs, "bm25"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -107,6 +108,11 @@ def register(app: typer.Typer) -> None:
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        # Short names (file or folder name) where unique; the whole spec where two would collide.
+        short = Counter(o.name for o in outputs)
+        for o, spec in zip(outputs, system, strict=True):
+            if short[o.name] > 1:
+                o.name = spec
         # Compare systems on the same pairs: those every system scored.
         scored = np.all([~np.isnan(o.scores) for o in outputs], axis=0)
         unscored = {o.name: int(np.isnan(o.scores).sum()) for o in outputs}
