@@ -55,7 +55,8 @@ def comparison_table(section: dict[str, Any]) -> str:
 def seeds_table(sections: list[dict[str, Any]]) -> str:
     """Paired differences of the same comparisons in several reports (e.g. one per training seed):
     per metric, the mean difference, the range, and in how many reports the CI was above / below 0.
-    Comparisons are matched by position, so the reports must list their systems in the same order."""
+    Comparisons are matched by position, so the reports must list their systems in the same order;
+    rows are named after the first report's systems."""
     import numpy as np
 
     counts = {len(s["comparisons"]) for s in sections}
@@ -75,8 +76,7 @@ def seeds_table(sections: list[dict[str, Any]]) -> str:
             above = sum(lo is not None and lo > 0 for lo, _ in cis)
             below = sum(hi is not None and hi < 0 for _, hi in cis)
             cells.append(f"{np.mean(diffs):+.3f} ({min(diffs):+.3f}…{max(diffs):+.3f}; ↑{above} ↓{below})")
-        names = " / ".join(dict.fromkeys(f"{c['a']} − {c['b']}" for c in comps))
-        lines.append(f"| {names} | " + " | ".join(cells) + " |")
+        lines.append(f"| {comps[0]['a']} − {comps[0]['b']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
