@@ -125,4 +125,4 @@ def test_rules_only_ablation_reads_no_llm_state(tmp_path) -> None:
     assert np.load(tmp_path / sft.COT_HEAD_FILE)["rows"].shape == (3, len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
     assert not (tmp_path / sft.STATES_FILE).exists()  # no LLM state was read
     record = json.loads((tmp_path / "dev.jsonl").read_text().splitlines()[0])
-    assert record["teacher_id"] == "rules+rule-cot"
+    assert record["teacher_id"] == "rule-cot"

@@ -375,8 +375,8 @@ def run_sft(
     rows0 = rows0 if config.llm_states else rows0[:, :0]
     if config.cot_features:  # the CoT features' weights start at 0 (and are pulled towards it)
         rows0 = np.hstack([rows0, np.zeros((len(levels), states.shape[1] - rows0.shape[1]))])
-    teacher_id = (f"llamacpp:{base.stem}-verdict-sft" if config.llm_states else "rules") + (
-        "+rule-cot" if config.cot_features else "")
+    teacher_id = "+".join(([f"llamacpp:{base.stem}-verdict-sft"] if config.llm_states else [])
+                          + (["rule-cot"] if config.cot_features else []))
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     groups = [p.query_id for p in labelled]
     if config.cot_features:  # CV over the features' scale too; states hold scale 1, so rescale that block
