@@ -1,0 +1,47 @@
+"""Transfer sets: unjudged top-BM25 items per query, written so every loader reads them back."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.data.loaders import load_pairs
+from distill.data.schema import Item, LabelledPair
+from distill.data.transfer import transfer_pairs, write_generic_jsonl
+
+
+def _pair(qid: str, query: str, item_id: str, title: str, label: str = "Exact") -> LabelledPair:
+    return LabelledPair(query_id=qid, query=query, item=Item(id=item_id, title=title, brand="Acme"), label=label)
+
+
+def test_each_query_gets_its_best_unjudged_items_and_no_judged_or_unmatched_one():
+    pairs = [
+        _pair("q1", "red sofa", "i1", "Red sofa"),
+        _pair("q2", "desk lamp", "i2", "Desk lamp"),
+        _pair("q2", "desk lamp", "i3", "Red desk", label="Partial"),
+        _pair("q3", "garden hose", "i4", "Blue sofa bed"),
+    ]
+    got = {(p.query_id, p.item.id) for p in transfer_pairs(pairs, per_query=1)}
+    # q1: i3 ("red") beats i4 ("sofa", longer text); q2: i1 and i4 share no word with it, so nothing;
+    # q3: no item has "garden" or "hose".
+    assert got == {("q1", "i3")}
+    two = transfer_pairs(pairs, per_query=2)
+    assert [(p.query_id, p.item.id) for p in two] == [("q1", "i3"), ("q1", "i4")]
+    assert all(p.label is None for p in two)
+
+
+def test_written_file_reads_back_with_the_same_pair_ids_and_labels(tmp_path):
+    pairs = [_pair("q1", "red sofa", "i1", "Red sofa"), _pair("q1", "red sofa", "i2", "Red lamp", label=None)]
+    write_generic_jsonl(tmp_path / "t.jsonl", pairs)
+    back = load_pairs(tmp_path / "t.jsonl").pairs
+    assert [(p.pair_id, p.label, p.query_id) for p in back] == [(p.pair_id, p.label, p.query_id) for p in pairs]
+
+
+def test_cli_writes_labelled_and_unlabelled_bundled_pairs(tmp_path):
+    out = tmp_path / "transfer.jsonl"
+    result = CliRunner().invoke(app, ["data", "transfer-set", "-i", "bundled:dev", "-o", str(out), "--per-query", "2"])
+    assert result.exit_code == 0, result.output
+    back = load_pairs(out).pairs
+    unlabelled = [p for p in back if p.label is None]
+    assert 0 < len(unlabelled) <= 2 * len({p.query_id for p in back})
+    assert len(back) - len(unlabelled) == 223  # the dev split's labelled pairs, written too
