@@ -357,43 +357,40 @@ def run_sft(
     out.mkdir(parents=True, exist_ok=True)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
 
-    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None, scale: float = 1.0
-                    ) -> tuple[list[LabelledPair], np.ndarray]:
-        """The pairs read before ``deadline`` and the head's input for each: [h; scale·v], h or scale·v."""
+    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None
+                    ) -> tuple[list[LabelledPair], np.ndarray, np.ndarray]:
+        """The pairs read before ``deadline``, their LLM states h and CoT features v (either may be
+        zero-width); the head reads [h; scale·v]."""
         if config.llm_states:
             read = _read_states(pairs, levels, features, cache, out / STATES_FILE, deadline, progress)
-            pairs, states = pairs[: len(read)], np.stack(read)
+            pairs, h = pairs[: len(read)], np.stack(read)
         else:
-            states = np.zeros((len(pairs), 0))
-        return pairs, np.hstack([states, scale * cot_features(pairs)]) if config.cot_features else states
+            h = np.zeros((len(pairs), 0))
+        v = cot_features(pairs) if config.cot_features else np.zeros((len(pairs), 0))
+        return list(pairs), h, v
 
-    labelled, states = head_inputs(labelled, deadline)
+    labelled, h, v = head_inputs(labelled, deadline)
     labels = np.array([list(levels).index(p.label) for p in labelled])
     # Anchor every level's row to the mean of the original rows: strong regularisation then means a
     # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
     rows0 = np.repeat(output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0)
-    rows0 = rows0 if config.llm_states else rows0[:, :0]
-    if config.cot_features:  # the CoT features' weights start at 0 (and are pulled towards it)
-        rows0 = np.hstack([rows0, np.zeros((len(levels), states.shape[1] - rows0.shape[1]))])
+    # The CoT features' weights start at 0 (and are pulled towards it).
+    rows0 = np.hstack([rows0 if config.llm_states else rows0[:, :0], np.zeros((len(levels), v.shape[1]))])
     teacher_id = "+".join(([f"llamacpp:{base.stem}-verdict-sft"] if config.llm_states else [])
                           + (["rule-cot"] if config.cot_features else []))
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     groups = [p.query_id for p in labelled]
-    if config.cot_features:  # CV over the features' scale too; states hold scale 1, so rescale that block
-        dim = rows0.shape[1] - len(COT_FEATURE_DIMENSIONS) * len(VERDICTS) - 1
-        tried = {}
-        for scale in COT_SCALE_GRID:
-            scaled = np.hstack([states[:, :dim], scale * states[:, dim:]])
-            tried[scale] = (scaled, *choose_l2(scaled, labels, groups, rows0, config))
-        scale = min(tried, key=lambda k: tried[k][2][f"{tried[k][1]:g}"])
-        states, best_l2, cv, oof = tried[scale]
-        cv = {f"scale {k:g}, l2 {l2}": ce for k, t in tried.items() for l2, ce in t[2].items()}
-    else:
-        scale = None
-        best_l2, cv, oof = choose_l2(states, labels, groups, rows0, config)
+    # CV over the CoT features' scale too (no features: nothing to scale).
+    tried = {scale: choose_l2(np.hstack([h, scale * v]), labels, groups, rows0, config)
+             for scale in (COT_SCALE_GRID if config.cot_features else (1.0,))}
+    scale = min(tried, key=lambda k: tried[k][1][f"{tried[k][0]:g}"])
+    best_l2, cv, oof = tried[scale]
+    if config.cot_features:
+        cv = {f"scale {k:g}, l2 {l2}": ce for k, t in tried.items() for l2, ce in t[1].items()}
+    states = np.hstack([h, scale * v])
     l2 = best_l2 if config.l2 is None else config.l2
     write_distribution_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"{teacher_id}-oof",
-                      with_cot=config.cot_features)
+                               with_cot=config.cot_features)
     rows, losses = fit_rows(states, labels, rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
     if config.cot_features:
         np.savez(out / COT_HEAD_FILE, rows=rows, cot_feature_scale=scale, level_first_tokens=np.array(first_tokens),
@@ -402,7 +399,8 @@ def run_sft(
         output[first_tokens] = rows
         write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
     if predict:
-        held, held_states = head_inputs(list(predict), None, scale or 1.0)
+        held, held_h, held_v = head_inputs(list(predict), None)
+        held_states = np.hstack([held_h, scale * held_v])
         logits = held_states @ rows.T
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         write_distribution_records(predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features)
@@ -416,7 +414,7 @@ def run_sft(
         "level_first_tokens": first_tokens,
         "config": config.model_dump(),
         "l2": l2,
-        "cot_feature_scale": scale,
+        "cot_feature_scale": scale if config.cot_features else None,
         "cv_ce_by_l2": cv,
         "input_pairs": len(pairs),
         "skipped_unlabelled": sum(p.label not in levels for p in pairs),
