@@ -22,11 +22,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from distill.data.schema import LabelledPair
+from distill.teacher.attributes import NEGATION_WORDS
 from service.text_template import DEFAULT_TEMPLATE, TextTemplate
 
 LONG_TAIL_QUANTILE = 0.75
 _WORD = re.compile(r"\w+")
-_NEGATION_WORDS = frozenset({"without", "no", "not", "non"})
 
 
 def words(text: str) -> set[str]:
@@ -59,7 +59,7 @@ def long_tail_queries(catalogue: Iterable[LabelledPair], quantile: float = LONG_
 
 
 def negation_queries(catalogue: Iterable[LabelledPair]) -> set[str]:
-    return {pair.query_id for pair in catalogue if words(pair.query) & _NEGATION_WORDS}
+    return {pair.query_id for pair in catalogue if words(pair.query) & set(NEGATION_WORDS)}
 
 
 # --slice name -> (report section title, the query ids in the slice given the catalogue)

@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Words that negate the next one in a query ("bags without handles"); the negation slice of
+# `relevance eval` and the bootstrap's exclusion rule use the same list.
+NEGATION_WORDS: tuple[str, ...] = ("without", "non", "not", "no")
+
 _COLORS = (
     "black white red blue green yellow orange purple pink brown grey gray silver gold beige navy "
     "teal turquoise maroon burgundy ivory cream khaki tan charcoal olive lavender violet coral mint "

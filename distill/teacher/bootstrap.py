@@ -28,7 +28,7 @@ import re
 from datetime import UTC, datetime
 
 from distill.data.schema import GRADE_LEVELS, LabelledPair
-from distill.teacher.attributes import ATTRIBUTE_PATTERNS, AttributeValue, find_values
+from distill.teacher.attributes import ATTRIBUTE_PATTERNS, NEGATION_WORDS, AttributeValue, find_values
 from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
 from service.text_template import DEFAULT_TEMPLATE, TextTemplate
 
@@ -47,7 +47,8 @@ _WORD = re.compile(r"[0-9a-z]+(?:['.-][0-9a-z]+)*", re.IGNORECASE)
 _STOPWORDS = frozenset(
     "a an and are as at be by for from in into is it of on or the to with without".split()
 )
-_NEGATION = re.compile(r"(?<![0-9a-z])(?:without|no|not|non)[ -]+(?:any |a |an |the )?([0-9a-z]+)", re.IGNORECASE)
+_NEGATION = re.compile(rf"(?<![0-9a-z])(?:{'|'.join(NEGATION_WORDS)})[ -]+(?:any |a |an |the )?([0-9a-z]+)",
+                       re.IGNORECASE)
 _NEGATED_BEFORE = re.compile(r"(?:without|no|non|free of)[ -]+(?:\S+ )?$", re.IGNORECASE)
 _NEGATED_AFTER = re.compile(r"^[ -]*free(?![0-9a-z])", re.IGNORECASE)
 
@@ -122,7 +123,7 @@ def exclusion_judgements(query: str, item_text: str) -> list[DimensionJudgement]
             continue
         stem = _stem(match.group(1))
         pattern = rf"(?<![0-9a-z]){re.escape(stem)}(?:e?s)?(?![0-9a-z])"
-        found = [m for m in re.finditer(pattern, item_text, re.IGNORECASE)]
+        found = list(re.finditer(pattern, item_text, re.IGNORECASE))
         negated = [m for m in found if _NEGATED_BEFORE.search(item_text[:m.start()])
                    or _NEGATED_AFTER.match(item_text[m.end():])]
         plain = [m for m in found if m not in negated]
