@@ -26,7 +26,12 @@ from service.explain.settings import ExplainSettings
 from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from service.middleware import (
+    BodyReadGuardMiddleware,
+    BodySizeLimitMiddleware,
+    JsonContentTypeMiddleware,
+    RequestContextMiddleware,
+)
 from service.schemas import score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
@@ -101,8 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
+    # Innermost first; RequestContextMiddleware is outermost, so 408s, 413s and 415s are logged too.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outside the body limit: 413s are logged too
+    app.add_middleware(BodyReadGuardMiddleware, timeout_s=settings.body_timeout_s,
+                       drain=app.state.lifecycle.drain_started)
+    app.add_middleware(JsonContentTypeMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: browsers get no CORS headers unless origins are configured

@@ -28,6 +28,14 @@ class Overloaded(ApiError):
         super().__init__(503, "overloaded", message, headers={"Retry-After": "1"})
 
 
+class TooCostly(ApiError):
+    """The request alone would take longer than its deadline allows, even on an idle server: a retry
+    cannot help, a smaller request or a longer deadline can."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, "request_too_costly", message, field="items")
+
+
 class DeadlineExceeded(ApiError):
     def __init__(self, deadline_ms: float) -> None:
         super().__init__(504, "deadline_exceeded", f"the request was not scored within {deadline_ms:g} ms")

@@ -32,6 +32,8 @@ class Lifecycle:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.draining = False
+        # Set with ``draining``: request bodies still being read are cut short (BodyReadGuardMiddleware).
+        self.drain_started = asyncio.Event()
         # Set by the server runner: "exit now, with this many seconds of the grace period left".
         self.on_drained: Callable[[float], None] | None = None
         self._watcher: asyncio.Task | None = None  # held so the running task is not garbage-collected
@@ -41,6 +43,7 @@ class Lifecycle:
         if self.draining:
             return
         self.draining = True
+        self.drain_started.set()
         log.info("draining: readiness is false, new requests get 503; exiting when in-flight requests "
                  "finish (at most %.1f s)", self.grace_s)
         self._watcher = asyncio.get_running_loop().create_task(self._wait_drained(get_scorer))
@@ -54,7 +57,10 @@ class Lifecycle:
             await asyncio.sleep(0.01)
         scorer = get_scorer()
         left = scorer.active if scorer is not None else 0
-        log.info("drained" if not left else "grace period over with %d requests in flight", left)
+        if left:
+            log.info("grace period over with %d requests in flight", left)
+        else:
+            log.info("drained")
         if self.on_drained is not None:
             self.on_drained(max(0.0, give_up - time.monotonic()))
 

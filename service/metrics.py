@@ -10,8 +10,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.process_collector import ProcessCollector
 
-_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_STAGE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Up to the largest X-Deadline-Ms (60 s by default), so a p99 never reads +Inf.
+_STAGE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+          10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -39,11 +41,19 @@ class Metrics:
                                        buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), registry=r)
         self.queue_depth = Gauge("relevance_queue_depth_pairs",
                                  "Model input rows admitted and not yet finished (queued or running).", registry=r)
+        self.queue_tokens = Gauge("relevance_queue_tokens",
+                                  "Tokens of the model inputs queued and not yet taken into a batch.", registry=r)
+        self.seconds_per_token = Gauge(
+            "relevance_model_seconds_per_token",
+            "Measured model speed (seconds per real token, recent batches); queued work in seconds is "
+            "relevance_queue_tokens x this.", registry=r)
         self.dropped_pairs = Counter("relevance_dropped_pairs_total",
                                      "Queued inputs dropped before inference, by reason.", ["reason"], registry=r)
         self.rejected = Counter("relevance_rejected_requests_total",
-                                "Requests refused at once (503): queue_full (capacity), backlog (queued work "
-                                "longer than the request deadline) or shutting_down (draining).", ["reason"], registry=r)
+                                "Requests refused at once: queue_full (503, capacity), backlog (503, queued work "
+                                "would make it or an admitted request miss its deadline), too_costly (413, it "
+                                "alone cannot meet its deadline) or shutting_down (503, draining).", ["reason"],
+                                registry=r)
         self.cache_hits = Counter("relevance_embedding_cache_hits_total", "Item embeddings found in the cache.",
                                   registry=r)
         self.cache_misses = Counter("relevance_embedding_cache_misses_total", "Item embeddings computed.",
@@ -52,5 +62,12 @@ class Metrics:
         self.reloads = Counter("relevance_model_reloads_total",
                                "Hot bundle reloads: ok (swapped) or refused (the old bundle kept serving).",
                                ["result"], registry=r)
+        # Every label value exists from the start (at 0), so rates and alerts work before the first event.
+        for reason in ("queue_full", "backlog", "too_costly", "shutting_down"):
+            self.rejected.labels(reason)
+        for reason in ("deadline", "disconnected", "cancelled"):
+            self.dropped_pairs.labels(reason)
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
         self.draining = Gauge("relevance_draining", "1 from SIGTERM until exit: new requests get 503.",
                               registry=r)

@@ -1,8 +1,10 @@
-"""Plain ASGI middleware: per-request bookkeeping (request id, metrics, one JSON log line) and the
-body size limit of every route."""
+"""Plain ASGI middleware: per-request bookkeeping (request id, metrics, one JSON log line), the JSON
+content type of request bodies, the body read timeout (and cutting slow uploads short at drain), and
+the body size limit of every route."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -113,3 +115,96 @@ class BodySizeLimitMiddleware:
             pass
         if too_large:
             await error_response(self._error())(scope, receive, send)
+
+
+JSON_MEDIA_TYPES = ("application/json",)
+
+
+class JsonContentTypeMiddleware:
+    """A request with a body must declare ``Content-Type: application/json`` (or ``…+json``) → else 415.
+
+    Without this, a page on another site could make a browser POST /score as ``text/plain`` (a "simple"
+    request, sent without a CORS preflight). Body-less requests (``POST /admin/reload`` with no body)
+    need no content type."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = Headers(scope=scope)
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if has_body and not (media_type in JSON_MEDIA_TYPES or media_type.endswith("+json")):
+                shown = f"'{media_type}'" if media_type else "none"
+                await error_response(ApiError(
+                    415, "unsupported_media_type",
+                    f"request bodies must be sent with Content-Type: application/json (got {shown})",
+                    field="header.Content-Type"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _BodyCutShort(Exception):
+    pass
+
+
+class BodyReadGuardMiddleware:
+    """A request's body must have arrived within ``timeout_s`` of the request's start → else 408, and
+    the connection is closed (a slow or stalled upload cannot hold a worker or the shutdown). When
+    ``drain`` is set (SIGTERM), bodies still being read are cut short at once → 503 ``shutting_down``.
+
+    The header timeout, for connections that never finish their headers, is in service/server.py."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float, drain: asyncio.Event) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        give_up = time.monotonic() + self.timeout_s
+        body_done = False
+        cut: ApiError | None = None
+        started = False
+
+        async def guarded_receive() -> Message:
+            nonlocal body_done, cut
+            if body_done:  # afterwards the route only listens for a disconnect: no time limit
+                return await receive()
+            message_task = asyncio.ensure_future(receive())
+            drain_task = asyncio.ensure_future(self.drain.wait())
+            try:
+                done, _ = await asyncio.wait({message_task, drain_task}, timeout=give_up - time.monotonic(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                drain_task.cancel()
+            if message_task in done:
+                message = message_task.result()
+                body_done = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+            message_task.cancel()
+            if drain_task in done:
+                cut = ApiError(503, "shutting_down", "this replica is shutting down; the request body had not "
+                               "arrived yet; retry on another one", headers={"Retry-After": "1", "Connection": "close"})
+            else:
+                cut = ApiError(408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s "
+                               "(RELEVANCE_BODY_TIMEOUT_S)", headers={"Connection": "close"})
+            raise _BodyCutShort
+
+        async def send_unless_cut(message: Message) -> None:
+            nonlocal started
+            if cut is None:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, send_unless_cut)
+        except _BodyCutShort:
+            pass
+        # The route may have answered the cut-off body itself (FastAPI turns a failed body read into a
+        # 400): that answer was held back, the real reason is sent instead.
+        if cut is not None and not started:
+            await error_response(cut)(scope, receive, send)

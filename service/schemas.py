@@ -6,6 +6,7 @@ status and a message naming the field, e.g. ``items[3].title`` (see docs/API.md)
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,35 @@ from service.errors import ApiError
 
 _SCALARS = (str, int, float, bool)
 
-# "Not blank": at least one character outside Python's whitespace (str.isspace). Spelled out rather
-# than \S because JSON Schema's \S (ECMAScript) differs from Python's on a few control characters;
-# the published schema and the server's check must agree.
-NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# Characters that show nothing: whitespace, control and format characters (zero-width spaces and
+# joiners, the BOM, soft hyphens, bidi marks…) and a few letters and symbols that render as blanks.
+# A text made only of these is blank: a title of zero-width spaces must not score like a real title.
+# Only the Basic Multilingual Plane, so the published pattern (JSON Schema's ECMAScript regexes without
+# the u flag cannot name astral code points) and the server's check agree on every character.
+_BLANK_EXTRA = "\u034f\u115f\u1160\u2800\u3164\uffa0"
+BLANK_CHARS = frozenset(
+    c for c in map(chr, range(0x10000))
+    if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") or c in _BLANK_EXTRA
+)
+
+
+def is_blank(text: str) -> bool:
+    return all(c in BLANK_CHARS for c in text)
+
+
+def _char_class(chars: frozenset[str]) -> str:
+    codes = sorted(map(ord, chars))
+    ranges: list[tuple[int, int]] = []
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+
+
+# "Not blank" as a JSON Schema pattern: at least one character outside BLANK_CHARS.
+NOT_BLANK = f"[^{_char_class(BLANK_CHARS)}]"
 
 
 class ScoreItem(BaseModel):
@@ -37,8 +63,8 @@ class ScoreItem(BaseModel):
     @field_validator("title")
     @classmethod
     def _title_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("title must not be blank")
+        if is_blank(value):
+            raise ValueError("title must not be blank (it has no visible character)")
         return value
 
 
@@ -52,8 +78,8 @@ class ScoreRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _query_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must not be blank")
+        if is_blank(value):
+            raise ValueError("query must not be blank (it has no visible character)")
         return value
 
     @field_validator("items")

@@ -58,6 +58,7 @@ class Scorer:
             max_tokens=settings.batch_max_tokens,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             capacity=settings.queue_capacity_pairs,
+            max_batch_s=settings.batch_max_ms / 1000,
             run_overhead_tokens=RUN_OVERHEAD_TOKENS["cpu" if self.model.provider == "CPUExecutionProvider"
                                                     else "cuda"],
         )
@@ -149,7 +150,8 @@ class Scorer:
         return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
 
     async def _run(self, n: int, encode, deadline_ms: float) -> np.ndarray:
-        """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, await their rows."""
+        """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, queue them (or 503/413
+        when they cannot meet the deadline at the measured speed), await their rows."""
         ticket = self.batcher.admit(n, deadline_ms)
         try:
             start = time.perf_counter()

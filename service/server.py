@@ -5,17 +5,81 @@ rather than a replica going unready. Here the first SIGTERM/SIGINT starts a drai
 /readyz answers 503 "draining", new /score requests get 503 + Retry-After, admitted ones finish;
 then uvicorn's own shutdown runs (it waits for open responses up to the same grace period). A
 second signal falls through to uvicorn (a second Ctrl-C forces exit).
+
+Slow clients: uvicorn has no header read timeout, so a connection that sends half a request line and
+then nothing (slowloris) would be held forever. ``header_timeout_protocol`` adds one: a connection
+must complete a request's headers within RELEVANCE_HEADER_TIMEOUT_S of opening (or of the request's
+first byte), else it gets a JSON 408 and is closed. Idle keep-alive connections are closed by
+uvicorn's own keep-alive timeout, and the body timeout is in service/middleware.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import FrameType
+from typing import Any
 
+import orjson
 import uvicorn
 from fastapi import FastAPI
 
+from service.errors import error_body
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def header_timeout_protocol(timeout_s: float) -> type | None:
+    """uvicorn's httptools protocol with a header read timeout; None when httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+    body = orjson.dumps(error_body("header_timeout", f"the request headers did not arrive within {timeout_s:g} s "
+                                   "(RELEVANCE_HEADER_TIMEOUT_S)"))
+    response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(response)
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            self._disarm()  # idle until the next request: uvicorn's keep-alive timeout applies
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 class DrainingServer(uvicorn.Server):
@@ -47,6 +111,9 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: FastAPI, settings: Settings) -> None:
     app.state.reload_on_sighup = True
+    protocol = header_timeout_protocol(settings.header_timeout_s)
+    if protocol is None:
+        log.warning("httptools is not installed: no header read timeout (RELEVANCE_HEADER_TIMEOUT_S is ignored)")
     config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+                            http=protocol or "auto", timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
     DrainingServer(config, app).run()

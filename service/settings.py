@@ -52,10 +52,18 @@ class Settings(BaseSettings):
     batch_max_pairs: int = Field(default=256, ge=1)
     batch_max_tokens: int = Field(default=16384, ge=16)  # padded tokens = rows x longest row
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    # A batch holds at most this much work at the measured speed: how long a request with an earlier
+    # deadline can wait for the model to finish the batch ahead of it. 0: no limit.
+    batch_max_ms: float = Field(default=250.0, ge=0)
     queue_capacity_pairs: int = Field(default=4096, ge=1)  # admitted and not yet finished
     request_deadline_ms: float = Field(default=5000.0, gt=0)  # when the request sends no X-Deadline-Ms
     max_request_deadline_ms: float = Field(default=60000.0, gt=0)  # the largest X-Deadline-Ms accepted
     tokenizer_threads: int = Field(default=1, ge=1)
+
+    # Slow clients: a connection must send a request's complete headers within header_timeout_s of
+    # opening (or of the request's first byte), and its body within body_timeout_s → else 408 and closed.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
 
     # onnxruntime
     provider: Literal["cpu", "cuda", "auto"] = "auto"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from service.batcher import Batcher, BatchPolicy, Entry, Ticket, plan_runs, take_batch
 from service.bundle import BundleManifest, CosineGradeHeadScore, CosineScore, SoftmaxScore
 from service.embedding_cache import EmbeddingCache, cache_key
-from service.errors import ApiError, DeadlineExceeded, Overloaded
+from service.errors import ApiError, DeadlineExceeded, Overloaded, TooCostly
 from service.metrics import Metrics
 from service.providers import CPU, CUDA, ProviderError, choose_provider
 from service.schemas import Limits, field_path, parse_score_request
@@ -52,28 +51,31 @@ def _enc(n: int, first: int = 1) -> Encoded:
     return Encoded(ids=ids, type_ids=[0] * n, offsets=[(0, 0)] * n, sequence_ids=[0] * n)
 
 
-def _ticket(n: int = 1) -> Ticket:
-    return Ticket(n, deadline=1e18, deadline_ms=1000, future=None)  # type: ignore[arg-type]
+def _ticket(n: int = 1, target: float = 1e18, seq: int = 0, lengths: tuple[int, ...] = ()) -> Ticket:
+    t = Ticket(n, deadline=1e18, deadline_ms=1000, future=None, target=target, seq=seq)  # type: ignore[arg-type]
+    t.entries.extend(Entry(t, i, _enc(k), 0.0) for i, k in enumerate(lengths))
+    t.queued_tokens = sum(lengths)
+    return t
 
 
 def test_take_batch_stops_at_max_pairs_and_padded_token_budget():
-    t = _ticket()
-    queue = deque(Entry(t, i, _enc(n), 0.0) for i, n in enumerate([4, 4, 4, 10, 2]))
-    assert [len(e.encoded) for e in take_batch(queue, max_pairs=2, max_tokens=10_000)] == [4, 4]
+    pending = [_ticket(lengths=(4, 4, 4, 10, 2))]
+    assert [len(e.encoded) for e in take_batch(pending, max_pairs=2, max_tokens=10_000)] == [4, 4]
     # 3 rows x 10 tokens would be 30 padded tokens > 25: the batch closes before the long entry.
-    queue = deque(Entry(t, i, _enc(n), 0.0) for i, n in enumerate([4, 4, 10, 2]))
-    assert [len(e.encoded) for e in take_batch(queue, max_pairs=100, max_tokens=25)] == [4, 4]
-    assert [len(e.encoded) for e in queue] == [10, 2]
+    pending = [_ticket(lengths=(4, 4, 10, 2))]
+    assert [len(e.encoded) for e in take_batch(pending, max_pairs=100, max_tokens=25)] == [4, 4]
+    assert [len(e.encoded) for e in pending[0].entries] == [10, 2] and pending[0].queued_tokens == 12
     # A single entry over the budget still goes (alone), so nothing can get stuck.
-    assert [len(e.encoded) for e in take_batch(queue, max_pairs=100, max_tokens=5)] == [10]
+    assert [len(e.encoded) for e in take_batch(pending, max_pairs=100, max_tokens=5)] == [10]
 
 
-def test_take_batch_discards_released_tickets():
-    live, gone = _ticket(), _ticket()
+def test_take_batch_serves_tickets_in_order_and_drops_released_and_emptied_ones():
+    first, gone, second = _ticket(lengths=(3, 3)), _ticket(lengths=(3,)), _ticket(lengths=(3, 3, 3))
     gone.released = True
-    queue = deque([Entry(gone, 0, _enc(3), 0.0), Entry(live, 0, _enc(3), 0.0), Entry(gone, 1, _enc(3), 0.0)])
-    batch = take_batch(queue, 10, 1000)
-    assert [e.ticket for e in batch] == [live] and not queue
+    pending = [first, gone, second]
+    batch = take_batch(pending, max_pairs=3, max_tokens=1000)
+    assert [(e.ticket, e.index) for e in batch] == [(first, 0), (first, 1), (second, 0)]
+    assert pending == [second]  # first is emptied, gone was released
 
 
 def test_plan_runs_sorts_by_length_covers_every_input_and_cuts_padding():
@@ -139,27 +141,76 @@ async def test_batcher_refuses_when_full_and_frees_capacity_on_release():
         await batcher.stop()
 
 
-async def test_batcher_refuses_work_that_cannot_finish_before_the_deadline():
-    def slow(arrays):
-        time.sleep(0.05 * len(arrays["input_ids"]))
+async def test_batcher_admits_by_the_deadline_test_of_earliest_deadline_first():
+    # Not started: nothing runs, so the queue holds exactly what is enqueued. The speed is set, not
+    # measured: 1 ms per token; a ticket's target is DEADLINE_SHARE (0.6) of its deadline from now.
+    batcher = _batcher()
+    batcher.speed.observe(1.0, 1000)
+
+    def request(deadline_ms: float, *lengths: int) -> Ticket:
+        ticket = batcher.admit(len(lengths), deadline_ms)
+        batcher.enqueue(ticket, [_enc(n) for n in lengths])
+        return ticket
+
+    a = request(3000, 500, 500, 500)  # 1.5 s of work, target 1.8 s
+    b = request(5000, 500, 500)  # after a: done at 2.5 s, target 3.0 s
+    with pytest.raises(Overloaded, match="would make an admitted request miss its deadline"):
+        request(2000, 400)  # fits its own 1.2 s target, but a would then finish at 1.9 s > 1.8 s
+    with pytest.raises(TooCostly) as err:
+        request(1000, 700)  # 0.7 s alone > 0.6 s: no queue could make it
+    assert (err.value.status, err.value.code, err.value.field) == (413, "request_too_costly", "items")
+    assert "X-Deadline-Ms" in err.value.message
+    e = request(1000, 200)  # goes first; a then finishes at 1.7 s, b at 2.7 s: all in time
+    assert batcher._pending == [e, a, b]
+    assert batcher.admitted == 6  # the refused requests gave their room back
+    # The cheap check before the body is read: the running batch's rest plus the work scheduled before
+    # the request's target. A 1000 ms deadline (target 0.6 s) would go first, behind nothing...
+    batcher.refuse_if_overloaded(1, 1000)
+    batcher._running_tokens, batcher._running_since = 1000, time.monotonic()  # ...unless 1 s of work runs
+    with pytest.raises(Overloaded, match="too much for its 1000 ms deadline"):
+        batcher.refuse_if_overloaded(1, 1000)
+    batcher._running_tokens = 0
+    text = _metric_text(batcher)
+    assert 'relevance_rejected_requests_total{reason="backlog"} 2.0' in text
+    assert 'relevance_rejected_requests_total{reason="too_costly"} 1.0' in text
+    assert 'relevance_rejected_requests_total{reason="queue_full"} 0.0' in text  # exists before any event
+    assert "relevance_queue_tokens 2700.0" in text
+    for ticket in (a, b, e):
+        batcher.release(ticket)
+    assert batcher.admitted == 0 and "relevance_queue_tokens 0.0" in _metric_text(batcher)
+    await batcher.stop()
+
+
+async def test_a_large_request_is_served_in_slices_and_an_earlier_deadline_overtakes_it():
+    batches: list[list[int]] = []
+
+    def slow(arrays):  # 1 ms per token; records the first id of every row
+        batches.append([int(x) for x in arrays["input_ids"][:, 0]])
+        time.sleep(0.001 * int(arrays["attention_mask"].sum()))
         return _row_sums(arrays)
 
-    batcher = _batcher(run=slow)
+    batcher = _batcher(run=slow, max_batch_s=0.05)
+    batcher.compute_now([_enc(50)])  # warm-up: seeds the speed estimate
     batcher.start()
     try:
-        first = batcher.admit(2, 5000)  # idle: admitted whatever the estimate
-        batcher.enqueue(first, [_enc(3), _enc(3)])
-        await batcher.result(first)  # the batcher now knows an input takes about 50 ms
-        held = batcher.admit(4, 5000)  # about 200 ms of work queued, 250 ms with one more input
-        with pytest.raises(Overloaded, match="too much for the 150 ms request deadline"):
-            batcher.admit(1, 150)
-        # 250 ms fits in 350 ms, but not in the share of it that queued work may take (BACKLOG_SHARE):
-        # the rest is for tokenising, batching and the round trip.
-        with pytest.raises(Overloaded, match="too much for the 350 ms request deadline"):
-            batcher.admit(1, 350)
-        assert batcher.admit(1, 1000).n == 1
-        assert 'relevance_rejected_requests_total{reason="backlog"} 2.0' in _metric_text(batcher)
-        batcher.release(held)
+        large = batcher.admit(20, 5000)
+        batcher.enqueue(large, [_enc(50, first=100 + i) for i in range(20)])  # 1 s of work
+        await asyncio.sleep(0.1)
+        small = batcher.admit(1, 600)
+        batcher.enqueue(small, [_enc(20, first=7)])
+        finished: list[str] = []
+
+        async def wait(name: str, ticket: Ticket) -> None:
+            await batcher.result(ticket)
+            finished.append(name)
+
+        await asyncio.gather(wait("large", large), wait("small", small))
+        assert finished == ["small", "large"]
+        rows = [r for b in batches[1:] for r in b]
+        assert sorted(rows) == sorted([7] + [100 + i for i in range(20)])  # every input ran exactly once
+        assert max(len(b) for b in batches[1:]) < 20  # the large request went in slices
+        small_batch = next(i for i, b in enumerate(batches) if 7 in b)
+        assert small_batch < max(i for i, b in enumerate(batches) if 119 in b)  # it did not wait for the end
     finally:
         await batcher.stop()
 

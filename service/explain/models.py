@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distill.teacher.cot import CoTRecord
+from service.schemas import is_blank
 
 
 class ExplainItem(BaseModel):
@@ -14,8 +15,15 @@ class ExplainItem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     id: str = Field(min_length=1)
-    title: str = ""
+    title: str
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if is_blank(value):  # the rule of /score (service/schemas.py)
+            raise ValueError("title must not be blank (it has no visible character)")
+        return value
 
     @field_validator("attributes", mode="before")
     @classmethod
