@@ -22,6 +22,8 @@ FROM ${BASE} AS teacher-wheels
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
+# Portable flags (AVX2, no AMX), as in the Makefile: the image runs on CPUs other than the build machine's.
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 RUN pip wheel --no-deps -w /wheels "llama-cpp-python>=0.3"
 
 # --- stage 3: the service ---

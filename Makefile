@@ -7,12 +7,18 @@ DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
 .PHONY: venv serve test bench infinity-venv lint audit default-bundle clean
 
+# llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
+# crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
+# wheel built natively on one machine may not run on the next. The same flags are in the Dockerfile.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build on local disk, never an unpinned multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,distill,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[cpu,distill,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

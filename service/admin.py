@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import error_responses
 
@@ -15,8 +13,12 @@ router = APIRouter(prefix="/admin")
 
 
 class ReloadRequest(BaseModel):
-    bundle: Path | None = Field(
-        default=None, description="bundle folder on the server; default: the serving folder, read again"
+    model_config = ConfigDict(extra="forbid")
+
+    # str, not Path: pydantic's message for a wrong type would name the Python class.
+    bundle: str | None = Field(
+        default=None, min_length=1,
+        description="bundle folder on the server; default: the serving folder, read again",
     )
 
 

@@ -115,7 +115,7 @@ def _current_scorer(request: Request) -> Scorer:
 async def score(request: Request) -> Response:
     start = time.perf_counter()
     settings: Settings = request.app.state.settings
-    await request.app.state.score_auth(request)  # open unless RELEVANCE_SCORE_API_KEYS is set
+    caller = await request.app.state.score_auth(request)  # open ("anonymous") unless RELEVANCE_SCORE_API_KEYS is set
     deadline_ms = request_deadline_ms(request, settings)
     # Refuse at once, before reading and parsing the body, when not ready, draining or already
     # too far behind for this deadline (under overload, refusals must stay cheap).
@@ -141,7 +141,7 @@ async def score(request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED)
     except DeadlineExceeded:  # the batcher knows the remaining time; the caller set the whole budget
         raise DeadlineExceeded(deadline_ms) from None
-    request.app.state.explain.remember_items(parsed.items)  # for GET /explain?item_id=; never blocks
+    request.app.state.explain.remember_items(parsed.items, caller)  # for GET /explain?item_id=; never blocks
     m = scorer.manifest
     return _json({
         "model": {"name": m.name, "version": m.version},
@@ -166,7 +166,8 @@ async def readyz(request: Request) -> Response:
     m = scorer.manifest
     return _json({
         "status": "ready",
-        "bundle": {"name": m.name, "version": m.version, "kind": m.kind, "path": str(scorer.bundle_dir),
+        # The folder's name only: /readyz is unauthenticated (POST /admin/reload shows the full path).
+        "bundle": {"name": m.name, "version": m.version, "kind": m.kind, "dir": scorer.bundle_dir.name,
                    "score_method": m.score.method, "precision": m.provenance.precision},
         "provider": scorer.model.provider,
         "providers": scorer.model.providers_in_use,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from service.admin import router as admin_router
 from service.api import router
 from service.auth import ApiKeyAuth, load_api_keys
+from service.docs import document_http_contract, mount_docs
 from service.errors import ApiError, error_response
 from service.explain.components import ExplainComponents, bundle_student
 from service.explain.metrics import ExplainMetrics
@@ -32,7 +33,7 @@ from service.middleware import (
     JsonContentTypeMiddleware,
     RequestContextMiddleware,
 )
-from service.schemas import score_request_openapi
+from service.schemas import field_path, score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
 
@@ -48,7 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scorer = Scorer(settings, metrics)  # raises BundleError with the file and the problem
+        # `relevance serve` loads and checks the bundle before uvicorn starts (one-line errors); else
+        # here, where a failure raises BundleError with the file and the problem.
+        scorer = app.state.preloaded_scorer or Scorer(settings, metrics)
+        app.state.preloaded_scorer = None
         await scorer.start()
         app.state.scorer = scorer
         publish_model_info(metrics, scorer)
@@ -70,9 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.reloader.wait_retired()
             await app.state.scorer.stop(settings.shutdown_grace_s)
 
-    app = FastAPI(title="relevance", version="0.1.0", lifespan=lifespan,
+    # /docs is served from local assets (service/docs.py): the default page loads Swagger UI from a CDN
+    # and is blank offline. ReDoc has no local assets here, so it is off.
+    app = FastAPI(title="relevance", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Online relevance scoring for e-commerce search (see docs/API.md).")
     app.state.settings = settings
+    app.state.preloaded_scorer = None  # a Scorer built and checked before the server starts (service/cli.py)
     app.state.score_auth = ApiKeyAuth(load_api_keys(settings.score_api_keys, setting="RELEVANCE_SCORE_API_KEYS"),
                                       required=False, setting="RELEVANCE_SCORE_API_KEYS")
     app.state.metrics = metrics
@@ -85,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(explain_router)
     app.include_router(admin_router)
+    mount_docs(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -97,9 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        return error_response(ApiError(422, "validation_error", f"{field}: {first['msg']}", field=field))
+        return error_response(validation_error(exc.errors()))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -121,6 +127,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """FastAPI's validation errors (bodies, query and header parameters of the routes that let FastAPI
+    parse them) in the service's error shape, named as /score names its own: 400 ``invalid_json``
+    for a body that is not JSON; ``item.title``, the query parameter ``item_id``, ``header.X-Name``."""
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        reason = first.get("ctx", {}).get("error", first["msg"])
+        return ApiError(400, "invalid_json", f"request body is not valid JSON: {reason}")
+    loc = tuple(first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if loc and loc[0] in ("query", "header", "path", "cookie"):
+        name = ".".join(str(p) for p in loc[1:])
+        field = name if loc[0] == "query" else f"{loc[0]}.{name}"
+        return ApiError(422, "validation_error", f"{loc[0]} parameter {name!r}: {message}", field=field)
+    field = field_path(loc[1:] if loc and loc[0] == "body" else loc) or None
+    return ApiError(422, "validation_error", f"{field or 'body'}: {message}", field=field)
+
+
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
     generate = app.openapi
 
@@ -129,6 +153,7 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
             schema = generate()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 score_request_openapi(settings.limits))
+            document_http_contract(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 

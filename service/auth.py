@@ -76,6 +76,10 @@ class ApiKeyAuth:
         self.required = required
         self.setting = setting
 
+    def key_ids(self) -> list[str]:
+        """The ids of the configured keys (what a request with one of them is identified as)."""
+        return [key_id(k.decode("utf-8")) for k in self._keys]
+
     @property
     def enabled(self) -> bool:
         return bool(self._keys) or self.required

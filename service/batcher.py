@@ -109,6 +109,10 @@ class Entry:
     enqueued_at: float
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.2f} ms"
+
+
 def take_batch(pending: list[Ticket], max_pairs: int, max_tokens: int) -> list[Entry]:
     """Take a batch from ``pending`` (tickets in scheduling order): their queued inputs in that order,
     stopping before ``max_pairs`` rows or ``max_tokens`` padded tokens would be exceeded (always at
@@ -293,10 +297,10 @@ class Batcher:
         if own_s > budget_s:
             self._metrics.rejected.labels("too_costly").inc()
             raise TooCostly(
-                f"this request's {ticket.n} model inputs ({tokens} tokens) take about {own_s * 1000:.0f} ms at "
-                f"the measured speed ({1 / spt:.0f} tokens/s), more than the {budget_s * 1000:.0f} ms its "
-                f"{ticket.deadline_ms:g} ms deadline leaves for the model; send fewer or shorter items per "
-                f"request, or a longer X-Deadline-Ms")
+                f"this request's {ticket.n} model inputs ({tokens} tokens) take about {_ms(own_s)} at the "
+                f"measured speed ({1 / spt:.0f} tokens/s), more than the {_ms(budget_s)} that the model may use "
+                f"of the {_ms(ticket.deadline_ms / 1000)} left before its deadline; send fewer or shorter items "
+                "per request, or a longer X-Deadline-Ms")
         now = time.monotonic()
         finish = now + self._running_left_s(now)
         own_finish: float | None = None

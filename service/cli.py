@@ -24,25 +24,34 @@ def register(app: typer.Typer) -> None:
         from service import server
         from service.app import create_app
         from service.auth import ApiKeyConfigError
-        from service.bundle import BundleError, read_manifest
+        from service.bundle import BundleError
         from service.explain.settings import check_settings as check_explain_settings
-        from service.settings import Settings
+        from service.providers import ProviderError
+        from service.scorer import Scorer
+        from service.settings import Settings, describe_settings_error
 
         overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items()
                                      if v is not None}
         try:
             settings = Settings(**overrides)
-        except ValidationError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-        try:
-            read_manifest(settings.bundle)  # fail here, with the reason, rather than inside uvicorn
-        except BundleError as exc:
-            typer.echo(f"error: {exc}\nBuild the default bundle with `relevance build-default-bundle "
-                       f"--out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE.", err=True)
-            raise typer.Exit(2) from exc
-        try:
             check_explain_settings()  # /explain settings and API keys
-        except (ValidationError, ApiKeyConfigError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        server.run(create_app(settings), settings)
+        except ValidationError as exc:
+            _fail(describe_settings_error(exc))
+        except ApiKeyConfigError as exc:
+            _fail(str(exc))
+        app = create_app(settings)
+        # Load the bundle, verify its files and run its warm-up batch here, so that a bad bundle is one
+        # line naming the file and the problem, not a traceback from inside uvicorn's startup.
+        try:
+            scorer = Scorer(settings, app.state.metrics)
+            scorer.check()
+        except (BundleError, ProviderError) as exc:
+            _fail(f"cannot serve {settings.bundle}: {exc}\nBuild the default bundle with `relevance "
+                  "build-default-bundle --out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE.")
+        app.state.preloaded_scorer = scorer
+        server.run(app, settings)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)

@@ -67,8 +67,9 @@ class Lifecycle:
 
 def publish_model_info(metrics: Metrics, scorer: Scorer) -> None:
     m = scorer.manifest
+    # The folder's name, not its path: /metrics is unauthenticated and the path says how the host is laid out.
     metrics.model_info.info({"name": m.name, "version": m.version, "kind": m.kind,
-                             "provider": scorer.model.provider, "bundle": str(scorer.bundle_dir)})
+                             "provider": scorer.model.provider, "bundle": scorer.bundle_dir.name})
 
 
 def bundle_summary(scorer: Scorer) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from service.metrics import Metrics
 log = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+DOCS_PATH = "/docs"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -35,8 +36,14 @@ class RequestContextMiddleware:
     @staticmethod
     def _route(scope: Scope) -> str:
         # Label by the matched route's template, never by raw path, so unknown paths cannot blow up
-        # metric cardinality (the router records the matched route in the scope).
-        return getattr(scope.get("route"), "path", None) or "other"
+        # metric cardinality (the router records the matched route in the scope). The /docs page and
+        # its assets are one label.
+        path = getattr(scope.get("route"), "path", None)
+        if path:
+            return path
+        if scope["path"] == DOCS_PATH or scope["path"].startswith(DOCS_PATH + "/"):
+            return DOCS_PATH
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -5,10 +5,12 @@
 entirely so that requests do not each pay a connect timeout. Callers get ``RedisUnavailable`` and
 carry on without Redis (no cache, no rate limit, no item-store write).
 
-``ItemStore`` keeps the items seen by ``POST /score`` by id, so ``GET /explain?item_id=`` can find
-their fields. Writes are write-behind and off the hot path: ``offer()`` only puts items on a bounded
+``ItemStore`` keeps the items seen by ``POST /score`` by writer and id, so ``GET /explain?item_id=``
+can find their fields. The writer is the /score caller's API key id (``anonymous`` when /score is
+open), so one caller cannot overwrite another's items; what one item may store is bounded (fields and
+bytes). Writes are write-behind and off the hot path: ``offer()`` only puts items on a bounded
 in-process queue (never blocks; drops are counted when it is full) and a background task drains it
-into Redis with pipelined ``SET key value EX ttl``.
+into Redis with pipelined ``SET key value EX ttl``. The trust model is in docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -100,42 +102,54 @@ class RedisGuard:
         return deleted
 
 
+ANONYMOUS_WRITER = "anonymous"  # what service.auth.ApiKeyAuth returns when /score needs no key
+
+
 class ItemStore:
-    """Items by id in Redis, written behind: ``offer()`` costs the request O(1) (one queue entry per
-    request, no serialisation); the writer task does the rest in pipelined chunks."""
+    """Items by writer and id in Redis, written behind: ``offer()`` costs the request O(1) (one queue
+    entry per request, no serialisation); the writer task does the rest in pipelined chunks."""
 
     def __init__(
-        self, guard: RedisGuard, *, ttl_s: int = 86_400, queue_size: int = 10_000, batch_size: int = 256
+        self, guard: RedisGuard, *, ttl_s: int = 86_400, queue_size: int = 10_000, batch_size: int = 256,
+        max_fields: int = 64, max_bytes: int = 16_384,
     ) -> None:
         self.guard = guard
         self.metrics = guard.metrics
         self.ttl_s = ttl_s
         self.queue_size = queue_size  # in items
         self.batch_size = batch_size
-        self._queue: asyncio.Queue[Sequence[Mapping[str, Any] | BaseModel]] = asyncio.Queue()
+        self.max_fields = max_fields  # extra fields + attributes of one item
+        self.max_bytes = max_bytes  # of one item's JSON
+        self._queue: asyncio.Queue[tuple[str, Sequence[Mapping[str, Any] | BaseModel]]] = asyncio.Queue()
         self._pending = 0  # items queued and not yet written: the bound is on this, not on queue entries
         self._task: asyncio.Task[None] | None = None
 
-    def _key(self, item_id: str) -> str:
-        return self.guard.key("item", item_id)
+    def _key(self, writer: str, item_id: str) -> str:
+        return self.guard.key("item", writer, item_id)
 
-    def offer(self, items: Sequence[Mapping[str, Any] | BaseModel]) -> int:
+    def offer(self, items: Sequence[Mapping[str, Any] | BaseModel], writer: str = ANONYMOUS_WRITER) -> int:
         """Queue one request's items (mappings or pydantic models with an ``id``; not copied, so the
-        caller must not mutate them) unless that would exceed ``queue_size``; never blocks.
-        Returns how many were queued (all or none)."""
+        caller must not mutate them) under ``writer`` unless that would exceed ``queue_size``; never
+        blocks. Returns how many were queued (all or none)."""
         n = len(items)
         if self._pending + n > self.queue_size:
             self.metrics.item_store_dropped.labels("queue_full").inc(n)
             return 0
         self._pending += n
-        self._queue.put_nowait(items)
+        self._queue.put_nowait((writer, items))
         self.metrics.item_store_queue.set(self._pending)
         return n
 
-    async def get(self, item_id: str) -> dict[str, Any] | None:
-        """The stored item, or None if unknown. Raises RedisUnavailable."""
-        raw = await self.guard.run("item_get", lambda r: r.get(self._key(item_id)))
-        return None if raw is None else orjson.loads(raw)
+    async def get(self, item_id: str, writer: str = ANONYMOUS_WRITER) -> dict[str, Any] | None:
+        """The item ``writer`` stored, or None if unknown. Raises RedisUnavailable."""
+        return (await self.find(item_id, [writer])).get(writer)
+
+    async def find(self, item_id: str, writers: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The item as each of ``writers`` stored it (writers that did not are left out). Raises
+        RedisUnavailable."""
+        keys = [self._key(w, item_id) for w in writers]
+        raws = await self.guard.run("item_get", lambda r: r.mget(keys))
+        return {w: orjson.loads(raw) for w, raw in zip(writers, raws, strict=True) if raw is not None}
 
     def start(self) -> None:
         if self._task is None:
@@ -159,36 +173,47 @@ class ItemStore:
     async def _drain_forever(self) -> None:
         while True:
             entries = [await self._queue.get()]
-            size = len(entries[0])
+            size = len(entries[0][1])
             while size < self.batch_size and not self._queue.empty():
                 entries.append(self._queue.get_nowait())
-                size += len(entries[-1])
+                size += len(entries[-1][1])
             try:
-                await self._write([item for entry in entries for item in entry])
+                await self._write([(writer, item) for writer, batch in entries for item in batch])
             finally:
                 for _ in entries:
                     self._queue.task_done()
                 self._pending -= size
                 self.metrics.item_store_queue.set(self._pending)
 
-    async def _write(self, items: list[Mapping[str, Any] | BaseModel]) -> None:
-        latest: dict[str, Mapping[str, Any] | BaseModel] = {}  # the same id twice: the later version wins
-        for item in items:
+    def _encode(self, item: Mapping[str, Any] | BaseModel) -> bytes | None:
+        """The item's JSON, or None (counted) when it is over the per-item bounds."""
+        fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
+        attributes = fields.get("attributes")
+        n_fields = len(fields) - 3 + (len(attributes) if isinstance(attributes, Mapping) else 0)  # id, title, attrs
+        raw = orjson.dumps(fields)
+        if n_fields > self.max_fields or len(raw) > self.max_bytes:
+            self.metrics.item_store_dropped.labels("too_large").inc()
+            return None
+        return raw
+
+    async def _write(self, items: list[tuple[str, Mapping[str, Any] | BaseModel]]) -> None:
+        latest: dict[str, bytes] = {}  # the same key twice: the later version wins
+        for writer, item in items:
             item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
             if item_id in (None, ""):
                 self.metrics.item_store_dropped.labels("no_id").inc()
                 continue
-            latest[str(item_id)] = item
-        ids = list(latest)
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start : start + self.batch_size]
+            raw = self._encode(item)
+            if raw is not None:
+                latest[self._key(writer, str(item_id))] = raw
+        keys = list(latest)
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start : start + self.batch_size]
 
             async def pipelined(r: Redis, chunk: list[str] = chunk) -> None:
                 async with r.pipeline(transaction=False) as pipe:
-                    for item_id in chunk:
-                        item = latest[item_id]
-                        fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
-                        pipe.set(self._key(item_id), orjson.dumps(fields), ex=self.ttl_s)
+                    for key in chunk:
+                        pipe.set(key, latest[key], ex=self.ttl_s)
                     await pipe.execute()
 
             try:

@@ -68,6 +68,7 @@ class Scorer:
         self._metrics = metrics
         self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="relevance-tokenize")
         self.ready = False
+        self._warmed = False
         self.active = 0  # requests between in_use() entry and exit: close() waits for them
 
     @contextmanager
@@ -80,9 +81,16 @@ class Scorer:
         finally:
             self.active -= 1
 
+    def check(self) -> None:
+        """Run the warm-up batch now, in the caller's thread: raises BundleError when the model's output
+        does not match bundle.json (``relevance serve`` calls this before the server starts)."""
+        self._warm_up()
+        self._warmed = True
+
     async def start(self) -> None:
         self.batcher.start()
-        await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self._warm_up)
+        if not self._warmed:
+            await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self._warm_up)
         self.ready = True
         log.info("bundle %s %s (%s) ready on %s", self.manifest.name, self.manifest.version, self.manifest.kind,
                  self.model.provider)

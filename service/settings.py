@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.bundle import MANIFEST_FILE, BundleError, read_manifest
@@ -98,3 +98,16 @@ class Settings(BaseSettings):
                 f"RELEVANCE_MAX_ITEMS + 1 ({self.max_items + 1})"
             )
         return self
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """A settings error as the user set it: ``RELEVANCE_MAX_ITEMS='abc': Input should be a valid integer``."""
+    lines = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if loc:
+            lines.append(f"RELEVANCE_{str(loc[0]).upper()}={error.get('input')!r}: {message}")
+        else:  # a rule across several settings; its message names them
+            lines.append(message)
+    return "; ".join(lines)

@@ -138,8 +138,25 @@ async def test_item_store_writes_behind_with_ttl_and_reads_back(guard: RedisGuar
     assert guard.metrics.item_store_writes._value.get() == 20
     assert await store.get("item-7") == items[7]
     assert await store.get("never-seen") is None
-    ttl = await guard.client.ttl(guard.key("item", "item-7"))
+    ttl = await guard.client.ttl(guard.key("item", "anonymous", "item-7"))
     assert 0 < ttl <= 60
+    await store.stop()
+
+
+async def test_item_store_keeps_one_copy_per_writer_and_bounds_each_item(guard: RedisGuard) -> None:
+    store = ItemStore(guard, max_fields=4, max_bytes=400)
+    store.start()
+    store.offer([{"id": "sofa-1", "title": "red sofa"}], writer="a")
+    store.offer([{"id": "sofa-1", "title": "POISONED"}], writer="b")  # same id, another caller
+    store.offer([{"id": "wide", "title": "t", "attributes": {f"k{i}": i for i in range(5)}},  # 5 fields > 4
+                 {"id": "long", "title": "x" * 500},  # > 400 bytes
+                 {"id": "fits", "title": "t", "brand": "b", "attributes": {"k1": 1, "k2": 2, "k3": 3}}], writer="a")
+    await store.flush()
+    assert await store.get("sofa-1", "a") == {"id": "sofa-1", "title": "red sofa"}
+    assert (await store.find("sofa-1", ["a", "b", "c"])).keys() == {"a", "b"}
+    assert await store.get("wide", "a") is None and await store.get("long", "a") is None
+    assert (await store.get("fits", "a"))["brand"] == "b"
+    assert guard.metrics.item_store_dropped.labels("too_large")._value.get() == 2
     await store.stop()
 
 

@@ -69,8 +69,8 @@ class ControlledBackend(Backend):
 class LiveServer:
     """create_app() served by uvicorn on a loopback port, in a thread of this process."""
 
-    def __init__(self, explain: ExplainSettings, backend: Backend) -> None:
-        settings = Settings(bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING")
+    def __init__(self, explain: ExplainSettings, backend: Backend, **service: Any) -> None:
+        settings = Settings(bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING", **service)
         self.app = create_app(settings)
         self.app.state.explain_settings = explain
         self.app.state.explain_teacher = lambda: Teacher(backend)
@@ -154,9 +154,9 @@ def make_server(
 ) -> Iterator[Callable[..., tuple[LiveServer, ControlledBackend]]]:
     started: list[LiveServer] = []
 
-    def make(**overrides: Any) -> tuple[LiveServer, ControlledBackend]:
+    def make(service: dict[str, Any] | None = None, **overrides: Any) -> tuple[LiveServer, ControlledBackend]:
         backend = ControlledBackend(llama_backend)
-        server = LiveServer(settings(prefix, **overrides), backend).__enter__()
+        server = LiveServer(settings(prefix, **overrides), backend, **(service or {})).__enter__()
         started.append(server)
         return server, backend
 
@@ -393,3 +393,44 @@ def test_cli_explain_prints_the_reasoning_and_clear_errors(make_server, tmp_path
         ],
     )
     assert down.exit_code == 1 and "cannot reach" in down.output
+
+
+SCORE_KEY_A, SCORE_KEY_B = "score-key-a-0001", "score-key-b-0002"
+
+
+def test_items_are_stored_per_score_caller_so_one_cannot_overwrite_anothers(make_server) -> None:
+    from service.auth import key_id
+
+    server, _ = make_server(service={"score_api_keys": f"{SCORE_KEY_A},{SCORE_KEY_B}"})
+    writer_a, writer_b = key_id(SCORE_KEY_A), key_id(SCORE_KEY_B)
+    with httpx.Client(base_url=server.url, timeout=180) as client:
+        for key, item in ((SCORE_KEY_A, ITEM), (SCORE_KEY_B, {**ITEM, "title": "Three-seat sofa POISONED"})):
+            resp = client.post("/score", json={"query": QUERY, "items": [item]}, headers={"X-API-Key": key})
+            assert resp.status_code == 200, resp.text
+        assert server.wait_metric("relevance_item_store_writes_total", 2) == 2  # two copies, none replaced
+        params = {"query": QUERY, "item_id": ITEM["id"]}
+        ambiguous = client.get("/explain", params=params, headers={"X-API-Key": KEY})
+        assert ambiguous.status_code == 409, ambiguous.text
+        assert writer_a in ambiguous.json()["error"]["message"] and writer_b in ambiguous.json()["error"]["message"]
+        assert explain(client).status_code == 200  # POST with A's item: cached under its content
+        mine = client.get("/explain", params={**params, "writer": writer_a}, headers={"X-API-Key": KEY})
+        assert mine.status_code == 200 and mine.json()["cached"] is True  # A's copy, untouched by B
+        unknown = client.get("/explain", params={**params, "writer": "nobody"}, headers={"X-API-Key": KEY})
+        assert unknown.status_code == 404
+
+
+def test_item_store_bounds_each_item_and_can_refuse_unkeyed_writers(make_server) -> None:
+    server, _ = make_server(item_store_unkeyed_writes=False)
+    with httpx.Client(base_url=server.url, timeout=180) as client:
+        assert score(client, [ITEM]).status_code == 200  # /score is open here: an unkeyed caller
+        assert server.wait_metric("relevance_item_store_dropped_total", 1, reason="unkeyed") == 1
+        missing = client.get("/explain", params={"query": QUERY, "item_id": ITEM["id"]}, headers={"X-API-Key": KEY})
+        assert missing.status_code == 404
+    server, _ = make_server(item_store_max_fields=10)
+    wide = {"id": "wide-1", "title": "sofa", "attributes": {f"a{i}": "x" for i in range(60)}}
+    with httpx.Client(base_url=server.url, timeout=180) as client:
+        assert score(client, [wide, ITEM]).status_code == 200
+        assert server.wait_metric("relevance_item_store_writes_total", 1) == 1  # ITEM only
+        assert server.metric("relevance_item_store_dropped_total", reason="too_large") == 1
+        gone = client.get("/explain", params={"query": QUERY, "item_id": "wide-1"}, headers={"X-API-Key": KEY})
+        assert gone.status_code == 404 and "MAX_FIELDS" in gone.json()["error"]["message"]

@@ -248,7 +248,7 @@ def test_api_keys_never_reach_the_logs(bundles, tmp_path):
 def test_serve_refuses_a_bad_setting_naming_it(bundles):
     bad = subprocess.run([RELEVANCE, "serve", "--bundle", str(bundles["bi"])], cwd=REPO, capture_output=True,
                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "RELEVANCE_SHUTDOWN_GRACE_S": "-1"})
-    assert bad.returncode != 0 and "shutdown_grace_s" in bad.stderr
+    assert bad.returncode != 0 and "RELEVANCE_SHUTDOWN_GRACE_S" in bad.stderr
 
 
 # --- a load run across a restart (the scripted scenario of docs/RELIABILITY.md, shortened) ---

@@ -216,3 +216,103 @@ def test_concurrent_small_requests_all_finish(tiny):
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(one, range(64))) == [200] * 64
+
+
+# --- 8. one error shape on every route, startup errors in one line ---
+
+ADMIN_KEY = "admin-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed(bundles, tmp_path_factory):
+    server = Server(bundles["cross"], tmp_path_factory.mktemp("logs") / "keyed.log", api_keys=ADMIN_KEY)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_reload_and_explain_name_bad_input_as_score_does(keyed):
+    admin = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"}
+    bad_json = httpx.post(f"{keyed.url}/admin/reload", content=b'{"bundle": ', headers=admin, timeout=30)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json", bad_json.text
+    score_bad_json = httpx.post(f"{keyed.url}/score", content=b'{"query": ', headers=admin, timeout=30)
+    assert score_bad_json.json()["error"]["code"] == "invalid_json"
+    wrong_type = httpx.post(f"{keyed.url}/admin/reload", json={"bundle": 5}, headers=admin, timeout=30)
+    error = wrong_type.json()["error"]
+    assert wrong_type.status_code == 422 and error["field"] == "bundle", wrong_type.text
+    assert "<class" not in error["message"] and "Path" not in error["message"]
+    missing = httpx.get(f"{keyed.url}/explain", params={"item_id": "x"}, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    assert missing.status_code == 422 and missing.json()["error"]["field"] == "query", missing.text
+    blank = httpx.post(f"{keyed.url}/explain", json={"query": "sofa", "item": {"id": "a", "title": "\u200b"}},
+                       headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    assert blank.status_code == 422 and blank.json()["error"]["field"] == "item.title", blank.text
+
+
+def test_a_corrupted_model_at_startup_is_reported_in_one_line_without_a_traceback(bundles, tmp_path):
+    import shutil
+    import subprocess
+
+    from service_harness import RELEVANCE, REPO
+
+    from service.bundle import MODEL_FILE, read_manifest, write_manifest
+
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(bundles["cross"], corrupted)
+    (corrupted / MODEL_FILE).write_bytes(b"\x08\x07garbage" * 100)
+    manifest = read_manifest(corrupted)  # re-record the checksums: the file is intact, its content is not ONNX
+    write_manifest(corrupted, manifest.model_copy(update={"files": {}}))
+    out = subprocess.run([RELEVANCE, "serve", "--bundle", str(corrupted), "--port", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3, out.stderr
+    assert str(corrupted / MODEL_FILE) in out.stderr
+
+
+def test_a_bad_environment_variable_is_named_as_the_user_set_it(bundles):
+    import subprocess
+
+    from service_harness import RELEVANCE, REPO
+
+    out = subprocess.run([RELEVANCE, "serve", "--bundle", str(bundles["bi"])], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "RELEVANCE_MAX_ITEMS": "lots"})
+    assert out.returncode == 2 and "RELEVANCE_MAX_ITEMS='lots'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# --- 8. metrics, paths, OpenAPI and /docs ---
+
+
+def test_counters_exist_before_their_first_event_and_docs_has_its_own_route_label(tiny):
+    text = httpx.get(f"{tiny.url}/metrics").text
+    for sample in ('relevance_rejected_requests_total{reason="shutting_down"} 0.0',
+                   'relevance_dropped_pairs_total{reason="deadline"} 0.0',
+                   'relevance_model_reloads_total{result="refused"} 0.0'):
+        assert sample in text
+    assert httpx.get(f"{tiny.url}/docs").status_code == 200
+    text = httpx.get(f"{tiny.url}/metrics").text
+    assert 'relevance_requests_total{route="/docs",status="200"}' in text
+
+
+def test_readyz_and_model_info_show_the_bundle_name_not_its_path(tiny, bundles):
+    ready = httpx.get(f"{tiny.url}/readyz").json()
+    assert ready["bundle"]["dir"] == bundles["cross"].name
+    assert str(bundles["cross"].parent) not in httpx.get(f"{tiny.url}/readyz").text
+    assert str(bundles["cross"].parent) not in httpx.get(f"{tiny.url}/metrics").text
+
+
+def test_docs_work_offline_and_openapi_documents_keys_headers_and_readyz(tiny):
+    page = httpx.get(f"{tiny.url}/docs").text
+    assert "https://" not in page and "http://" not in page  # no CDN: every asset from this server
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in page
+        assert httpx.get(f"{tiny.url}/docs/assets/{asset}").status_code == 200
+    spec = httpx.get(f"{tiny.url}/openapi.json").json()
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKeyHeader", "BearerKey"}
+    score = spec["paths"]["/score"]["post"]
+    assert {p["name"] for p in score["parameters"]} >= {"X-Deadline-Ms", "X-Request-ID"}
+    assert {} in score["security"]  # open unless RELEVANCE_SCORE_API_KEYS is set
+    assert "Retry-After" in score["responses"]["503"]["headers"]
+    assert "X-Request-ID" in score["responses"]["200"]["headers"]
+    assert {} not in spec["paths"]["/explain"]["get"]["security"]
+    assert spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]

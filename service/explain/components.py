@@ -20,7 +20,7 @@ from service.explain.models import StudentScore
 from service.explain.settings import ExplainSettings
 from service.explain.teacher_runner import Teacher, TeacherRunner, load_teacher_factory
 from service.ratelimit import TokenBucketLimiter
-from service.redis_store import ItemStore, RedisGuard, connect
+from service.redis_store import ANONYMOUS_WRITER, ItemStore, RedisGuard, connect
 from service.schemas import ScoreItem, ScoreRequest
 from service.scorer import Scorer
 
@@ -72,6 +72,8 @@ class ExplainComponents:
                 ttl_s=s.item_store_ttl_s,
                 queue_size=s.item_store_queue_size,
                 batch_size=s.item_store_batch_size,
+                max_fields=s.item_store_max_fields,
+                max_bytes=s.item_store_max_bytes,
             )
             if s.item_store_enabled and self.enabled
             else None
@@ -92,10 +94,15 @@ class ExplainComponents:
         )
         self.student = student
 
-    def remember_items(self, items: Sequence[Mapping[str, Any] | BaseModel]) -> None:
-        """The /score hook: queue items for the item store (never blocks, never raises)."""
-        if self.item_store is not None:
-            self.item_store.offer(items)
+    def remember_items(self, items: Sequence[Mapping[str, Any] | BaseModel], writer: str = ANONYMOUS_WRITER) -> None:
+        """The /score hook: queue items for the item store under the caller's key id (never blocks,
+        never raises)."""
+        if self.item_store is None:
+            return
+        if writer == ANONYMOUS_WRITER and not self.settings.item_store_unkeyed_writes:
+            self.metrics.item_store_dropped.labels("unkeyed").inc(len(items))
+            return
+        self.item_store.offer(items, writer)
 
     async def start(self) -> None:
         if not self.enabled:

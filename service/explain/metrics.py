@@ -85,10 +85,13 @@ class ExplainMetrics:
         )
         self.item_store_dropped = Counter(
             "relevance_item_store_dropped_total",
-            "Items not queued for the item store, by reason (queue_full, no_id).",
+            "Items not stored, by reason: queue_full, no_id, too_large (over RELEVANCE_ITEM_STORE_MAX_FIELDS "
+            "or _MAX_BYTES), unkeyed (from an unkeyed /score, RELEVANCE_ITEM_STORE_UNKEYED_WRITES=false).",
             ["reason"],
             registry=r,
         )
+        for reason in ("queue_full", "no_id", "too_large", "unkeyed"):
+            self.item_store_dropped.labels(reason)
         self.item_store_queue = Gauge(
             "relevance_item_store_queue_depth",
             "Items waiting in the item store's write-behind queue.",

@@ -12,13 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.errors import ApiError
 from service.explain.components import ExplainComponents
 from service.explain.engine import ExplainError
 from service.explain.models import ExplainItem, ExplainRequest, ExplainResponse, StudentScore, Timings
-from service.redis_store import RedisUnavailable
+from service.redis_store import ANONYMOUS_WRITER, RedisUnavailable
 from service.schemas import check_item_fields, error_responses
 
 router = APIRouter(tags=["explain"])
@@ -70,11 +71,17 @@ _ERRORS = error_responses({
 })
 
 
-@router.get("/explain", response_model=ExplainResponse, responses=_ERRORS)
+@router.get("/explain", response_model=ExplainResponse, responses=_ERRORS | error_responses({
+    409: "item_id was stored by several /score callers with different content: pass writer"}))
 async def explain_by_id(
     request: Request,
     query: str = Query(min_length=1, max_length=1000),
     item_id: str = Query(min_length=1, max_length=1000),
+    writer: str | None = Query(
+        default=None, max_length=64,
+        description="Whose copy of the item: the key id of the /score caller that sent it (items are stored "
+                    "per /score API key; 'anonymous' when /score is open). Needed only when several callers "
+                    "sent different items under the same id."),
     _key: str = Depends(rate_limited_key),
 ) -> ExplainResponse:
     started = time.perf_counter()
@@ -86,8 +93,9 @@ async def explain_by_id(
             "item_store_disabled",
             "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); POST /explain with the item",
         )
+    writers = [writer] if writer else (request.app.state.score_auth.key_ids() or [ANONYMOUS_WRITER])
     try:
-        stored = await parts.item_store.get(item_id)
+        found = await parts.item_store.find(item_id, writers)
     except RedisUnavailable as exc:
         raise _fail(
             parts,
@@ -95,17 +103,26 @@ async def explain_by_id(
             "item_store_unavailable",
             "the item store (Redis) is unavailable; POST /explain with the full item instead",
         ) from exc
-    if stored is None:
+    if not found:
         raise _fail(
             parts,
             404,
             "item_not_found",
-            f"item_id {item_id!r} is not in the item store: items are kept for "
-            f"{parts.settings.item_store_ttl_s}s after POST /score sees them; "
-            "POST /explain with the full item instead",
+            f"item_id {item_id!r} is not in the item store{f' for writer {writer!r}' if writer else ''}: items "
+            f"are kept for {parts.settings.item_store_ttl_s}s after POST /score sees them, unless over "
+            f"RELEVANCE_ITEM_STORE_MAX_FIELDS/_MAX_BYTES; POST /explain with the full item instead",
+        )
+    versions = {orjson.dumps(item, option=orjson.OPT_SORT_KEYS): item for item in found.values()}
+    if len(versions) > 1:
+        raise _fail(
+            parts,
+            409,
+            "item_ambiguous",
+            f"item_id {item_id!r} was sent by {len(found)} /score callers with different content "
+            f"(writers {', '.join(sorted(found))}); pass writer=ID to choose one",
         )
     store_ms = (time.perf_counter() - started) * 1000
-    item = ExplainItem.model_validate(stored)
+    item = ExplainItem.model_validate(next(iter(versions.values())))
     return await _explain(parts, query, item, started, store_ms)
 
 

@@ -41,6 +41,13 @@ class ExplainSettings(BaseSettings):
     item_store_ttl_s: int = Field(default=86_400, ge=1)
     item_store_queue_size: int = Field(default=10_000, ge=1)
     item_store_batch_size: int = Field(default=256, ge=1)
+    # What one item may store (extra fields + attributes, and bytes of JSON); larger items are not stored.
+    item_store_max_fields: int = Field(default=64, ge=0)
+    item_store_max_bytes: int = Field(default=16_384, ge=256)
+    # Items from /score callers without a key (RELEVANCE_SCORE_API_KEYS unset) share one namespace, so any
+    # of them can replace another's item: false stores none of them (GET /explain by id then only finds
+    # items of keyed callers; POST /explain with the item always works).
+    item_store_unkeyed_writes: bool = True
 
 
 def check_settings() -> ExplainSettings:

@@ -5,6 +5,11 @@ prefill. CoT mode generates until the model writes the ``"grade"`` key; the text
 ``"grade": "`` is then evaluated and the next-token logits of the grade levels' tokens give the
 distribution (the grade is never sampled). llama.cpp calls block, so they run in a worker thread;
 one model instance is shared and guarded by a lock.
+
+A call whose caller gives up (``verdict`` cancelled, e.g. by a request timeout) stops within one
+token: cancellation sets the call's abort flag, which llama.cpp's ``stopping_criteria`` checks after
+every sampled token and the blocking part checks between its steps; the thread then raises
+``GenerationAborted`` and releases the lock, instead of generating on to ``max_tokens`` unobserved.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ DEFAULT_GGUF_GLOB = "*.gguf"
 
 class TeacherModelError(RuntimeError):
     """The teacher model cannot be found or loaded; the message says where it looked."""
+
+
+class GenerationAborted(RuntimeError):
+    """The call's abort flag was set (its caller was cancelled): the model work stopped early."""
 
 
 def default_gguf_path() -> Path:
@@ -92,32 +101,68 @@ class LlamaCppBackend(Backend):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     async def verdict(self, request: VerdictRequest) -> VerdictResult:
-        return await asyncio.to_thread(self._verdict_blocking, request)
+        abort = threading.Event()
+        try:
+            return await asyncio.to_thread(self._verdict_blocking, request, abort)
+        except asyncio.CancelledError:
+            # The awaiting task is cancelled but the worker thread is not: tell it to stop, so the
+            # model (and the lock) are free again within a token rather than after max_tokens.
+            abort.set()
+            raise
 
     # --- blocking part, always under the lock -------------------------------------------------
 
-    def _verdict_blocking(self, request: VerdictRequest) -> VerdictResult:
+    def _verdict_blocking(self, request: VerdictRequest, abort: threading.Event | None = None) -> VerdictResult:
+        abort = abort if abort is not None else threading.Event()
         prompt = self.render_prompt(request.messages)
         with self._lock:
+            _check_abort(abort, "before the generation")  # e.g. cancelled while waiting for the lock
             text = request.prefill
             if request.mode == "cot":
-                out: Any = self._llm.create_completion(
-                    prompt=self.tokenize(prompt + text),
-                    max_tokens=request.max_tokens,
+                choice = self._complete(
+                    self.tokenize(prompt + text),
+                    request.max_tokens,
+                    [GRADE_KEY],
+                    abort,
                     temperature=request.temperature,
                     seed=request.seed,
-                    stop=[GRADE_KEY],
                 )
-                choice = out["choices"][0]
                 text += choice["text"]
                 if choice["finish_reason"] != "stop":
                     return VerdictResult(text=text, reached_verdict=False)
                 text += GRADE_KEY_PREFIX
+            _check_abort(abort, "before the grade-level evaluation")
             distribution = self._level_distribution(prompt + text, request.levels)
         grade = max(distribution, key=distribution.__getitem__)
         return VerdictResult(
             text=text + grade + '"}', reached_verdict=True, distribution=distribution, source="logits"
         )
+
+    def _complete(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        stop: list[str],
+        abort: threading.Event,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """One completion of ``tokens`` (the caller holds the lock): the choice, with ``text`` and
+        ``finish_reason``. Stops after the next sampled token once ``abort`` is set, and then raises
+        GenerationAborted (llama.cpp itself reports such a stop as ``finish_reason == "stop"``)."""
+        from llama_cpp import StoppingCriteriaList
+
+        out: Any = self._llm.create_completion(
+            prompt=tokens,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=stop,
+            stopping_criteria=StoppingCriteriaList([lambda _input_ids, _logits: abort.is_set()]),
+        )
+        _check_abort(abort, "during the generation")
+        return out["choices"][0]
 
     def raw_logits(self, tokens: list[int]) -> np.ndarray:
         """The model's next-token logits after ``tokens`` (takes the lock)."""
@@ -144,6 +189,11 @@ class LlamaCppBackend(Backend):
         return continuation_tokens(
             prefix, prefix_text, level, self.tokenize,
             lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+def _check_abort(abort: threading.Event, where: str) -> None:
+    if abort.is_set():
+        raise GenerationAborted(f"teacher call aborted {where} (its caller was cancelled)")
 
 
 def eval_reusing_cache(llm: Any, tokens: list[int]) -> None:
