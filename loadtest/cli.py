@@ -119,12 +119,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reliability(
-        scenario: Annotated[str, typer.Argument(help="overload, restart or redis (docs/RELIABILITY.md).")],
+        scenario: Annotated[str, typer.Argument(help="overload, burst, restart or redis (docs/RELIABILITY.md).")],
         bundle: Annotated[Path, typer.Option(help="Bundle to serve.")] = DEFAULT_BUNDLE,
         duration: Annotated[float | None, typer.Option(
-            help="Seconds: overload phase (default 60), restart run (30), each redis phase (10).")] = None,
+            help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
+                 "(10).")] = None,
+        clients: Annotated[int, typer.Option(help="burst: closed-loop clients.", min=1)] = 64,
         factor: Annotated[float, typer.Option(help="overload: offered load / sustainable rate.")] = 5.0,
-        items: Annotated[int, typer.Option(help="Items per /score request.", min=1)] = 10,
+        items: Annotated[int | None, typer.Option(
+            help="Items per /score request (default 10; burst: 50).", min=1)] = None,
         out: Annotated[Path, typer.Option(help="Folder for the JSON result and server logs.")] = Path(
             "reports/reliability"),
     ) -> None:
@@ -137,9 +140,11 @@ def register(app: typer.Typer) -> None:
         except BundleError as exc:
             raise typer.BadParameter(str(exc)) from None
         runs = {
-            "overload": lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0, items=items,
+            "overload": lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0, items=items or 10,
                                                    log_dir=out),
-            "restart": lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items, log_dir=out),
+            "burst": lambda: scenarios.burst(bundle, duration_s=duration or 30.0, clients=clients,
+                                             items=items or 50, log_dir=out),
+            "restart": lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items or 10, log_dir=out),
             "redis": lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
         }
         if scenario not in runs:

@@ -8,6 +8,9 @@
   port. A request is *refused* when it got a 503 or could not connect (nothing was admitted; the
   client retries), *failed* when it was sent on a live connection and got neither a score nor a
   refusal. Failed must be 0.
+* ``burst``: many closed-loop clients of mid-size requests, plus one very large long-text request every
+  few seconds: no admitted request may miss its deadline (504), the small requests' p99 must stay
+  within their deadline, and the large ones must be refused at once (413) when they cannot meet theirs.
 * ``redis``: /score and /explain load while a private redis-server is killed and later restarted.
   /score must keep answering, /explain must degrade (uncached) and recover (cached again), and no
   request may hang.
@@ -32,7 +35,7 @@ from loadtest.procstats import RssSampler
 from loadtest.runner import LoadConfig, Outcome, run_load
 from loadtest.servers import free_port, managed_server, relevance_command, relevance_env
 from loadtest.targets import Target
-from loadtest.workload import SizeDistribution, Workload
+from loadtest.workload import SizeDistribution, Workload, score_body
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -97,6 +100,68 @@ def _phase(result) -> dict[str, Any]:
     ok = _latencies_ms(result.outcomes, "200")
     return {"sent": len(result.outcomes), "ok": len(ok), "status_counts": dict(Counter(x.status for x in result.outcomes)),
             "p50_ms": _pct(ok, 50), "p99_ms": _pct(ok, 99)}
+
+
+# --- burst: many clients, and now and then one request far too large for its deadline ---
+
+
+def long_text_request(n_items: int = 500, words: int = 120) -> bytes:
+    """A /score body of ``n_items`` items with ~``words``-word titles (each about 128 tokens or more)."""
+    vocab = ("sofa leather red oak table lamp cable charger steel boots cotton shirt mouse mug hose bike "
+             "helmet waterproof ceramic garden wireless kids").split()
+    title = " ".join(vocab[i % len(vocab)] for i in range(words))
+    return score_body("red leather sofa", [{"id": f"long-{i}", "title": f"{i} {title}"} for i in range(n_items)])
+
+
+async def burst(bundle: Path, *, duration_s: float = 30.0, clients: int = 64, items: int = 50,
+                large_every_s: float = 3.0, large_items: int = 500, deadline_ms: float = 5000.0,
+                log_dir: Path = Path("reports/reliability")) -> dict[str, Any]:
+    port = free_port()
+    requests = Workload.from_bundled(SizeDistribution(items, items)).take(200)
+    # No embedding cache (the workload repeats items: no cheap cache hits); the service's default deadline.
+    env = _server_env(bundle, port, {"RELEVANCE_EMBEDDING_CACHE_SIZE": "0",
+                                     "RELEVANCE_REQUEST_DEADLINE_MS": str(deadline_ms)})
+    large_body = long_text_request(large_items)
+    large: list[tuple[str, float, str]] = []  # (status, seconds, error code)
+
+    async def large_sender(url: str, stop_at: float) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(large_every_s)
+                started = time.monotonic()
+                try:
+                    r = await client.post("/score", content=large_body, headers={"content-type": "application/json"})
+                    code = r.json().get("error", {}).get("code", "") if r.status_code != 200 else ""
+                    large.append((str(r.status_code), time.monotonic() - started, code))
+                except httpx.HTTPError as exc:
+                    large.append((type(exc).__name__, time.monotonic() - started, ""))
+
+    with managed_server("relevance", relevance_command(), port=port, ready_path="/readyz",
+                        log_path=log_dir / "burst-server.log", env=env) as server:
+        target = Target("relevance", server.base_url)
+        config = LoadConfig(mode="closed", concurrency=clients, duration_s=duration_s, warmup_s=2, timeout_s=60)
+        stop_at = time.monotonic() + config.warmup_s + duration_s
+        small, _ = await asyncio.gather(run_load(target, requests, config, server_pid=server.pid),
+                                        large_sender(server.base_url, stop_at))
+    summary = small.summary()
+    ok_ms = _latencies_ms([o for o in small.outcomes if o.done >= small.measure_from], "200")
+    statuses = Counter(o.status for o in small.outcomes if o.done >= small.measure_from)
+    large_statuses = Counter(status for status, _, _ in large)
+    return {
+        "scenario": "burst", "bundle": str(bundle), "clients": clients, "items_per_request": items,
+        "deadline_ms": deadline_ms, "duration_s": duration_s,
+        "small": {"status_counts": dict(statuses), "served_per_s": round(statuses["200"] / small.measured_s, 1),
+                  "pairs_per_s": round(summary["pairs_per_s"], 1),
+                  "latency_ms": {"p50": _pct(ok_ms, 50), "p99": _pct(ok_ms, 99), "max": _pct(ok_ms, 100)},
+                  "admitted_past_deadline_504": statuses["504"]},
+        "large": {"items": large_items, "sent": len(large), "status_counts": dict(large_statuses),
+                  "codes": dict(Counter(code for _, _, code in large if code)),
+                  "answer_ms": {"p50": _pct([t * 1000 for _, t, _ in large], 50),
+                                "max": _pct([t * 1000 for _, t, _ in large], 100)},
+                  "admitted_past_deadline_504": large_statuses["504"]},
+        "admitted_past_deadline_504": statuses["504"] + large_statuses["504"],
+        "peak_rss_mib": small.peak_rss_mib,
+    }
 
 
 # --- restart ---

@@ -293,15 +293,16 @@ class Batcher:
         if not spt:
             return
         own_s = tokens * spt
-        budget_s = DEADLINE_SHARE * ticket.deadline_ms / 1000
-        if own_s > budget_s:
+        now = time.monotonic()
+        left_s = ticket.target - now  # what the model may still use (tokenising took some already)
+        if own_s > left_s:
             self._metrics.rejected.labels("too_costly").inc()
             raise TooCostly(
                 f"this request's {ticket.n} model inputs ({tokens} tokens) take about {_ms(own_s)} at the "
-                f"measured speed ({1 / spt:.0f} tokens/s), more than the {_ms(budget_s)} that the model may use "
-                f"of the {_ms(ticket.deadline_ms / 1000)} left before its deadline; send fewer or shorter items "
-                "per request, or a longer X-Deadline-Ms")
-        now = time.monotonic()
+                f"measured speed ({1 / spt:.0f} tokens/s), more than the {_ms(max(0.0, left_s))} that the model "
+                f"may use of the {ticket.deadline_ms:g} ms left before its deadline ({DEADLINE_SHARE:.0%}, less what "
+                "has passed since); "
+                "send fewer or shorter items per request, or a longer X-Deadline-Ms")
         finish = now + self._running_left_s(now)
         own_finish: float | None = None
         for other in self._pending:

@@ -294,3 +294,18 @@ def test_every_route_caps_the_body_and_explain_caps_item_fields(bundles, tmp_pat
         assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200  # the server is fine
     finally:
         server.stop()
+
+
+# --- a burst with requests too large for their deadline (the scripted scenario, shortened) ---
+
+
+def test_a_short_burst_with_large_requests_misses_no_deadline(bundles, tmp_path):
+    from loadtest.reliability import burst
+
+    result = asyncio.run(burst(bundles["cross"], duration_s=4, clients=8, items=10, large_every_s=1.0,
+                               large_items=500, deadline_ms=2000, log_dir=tmp_path))
+    assert result["admitted_past_deadline_504"] == 0, result
+    small, large = result["small"], result["large"]
+    assert small["status_counts"].get("200", 0) > 0 and set(small["status_counts"]) <= {"200", "503"}, result
+    assert small["latency_ms"]["max"] <= 2000, result  # answered within the deadline, every one
+    assert large["sent"] >= 2 and set(large["status_counts"]) <= {"200", "413", "503"}, result
