@@ -169,7 +169,7 @@ class BodyReadGuardMiddleware:
         self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):  # no body to wait for
             await self.app(scope, receive, send)
             return
         give_up = time.monotonic() + self.timeout_s

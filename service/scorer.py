@@ -52,7 +52,8 @@ class Scorer:
                                          max_query_tokens=m.max_query_tokens, max_item_tokens=m.max_item_tokens)
         self.model = OnnxModel(self.bundle_dir, m, provider=settings.provider, strict=settings.provider_strict,
                                intra_op_threads=settings.ort_intra_op_threads,
-                               allow_spinning=settings.ort_allow_spinning)
+                               allow_spinning=settings.ort_allow_spinning,
+                               release_idle_s=settings.ort_release_idle_s)
         policy = BatchPolicy(
             max_pairs=settings.batch_max_pairs,
             max_tokens=settings.batch_max_tokens,

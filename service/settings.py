@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Idle onnxruntime threads spin for work by default; on CPUs shared with other processes (or under a
     # container CPU quota) that spinning steals the cores it waits for: set false there (docs/BENCHMARKS.md).
     ort_allow_spinning: bool = True
+    # CPU: after this many idle seconds the memory that batches left in onnxruntime's arena and the malloc
+    # heap is returned to the OS (service/onnx_model.py; 0: never, the process keeps its peak).
+    ort_release_idle_s: float = Field(default=2.0, ge=0)
 
     embedding_cache_size: int = Field(default=20000, ge=0)  # bi bundles; 0 disables the cache
 
