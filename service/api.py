@@ -17,7 +17,7 @@ from service.errors import ApiError, DeadlineExceeded
 from service.middleware import REQUEST_ID_HEADER, clean_request_id
 from service.schemas import ScoreResponse, error_responses, parse_score_request
 from service.scorer import Scorer
-from service.settings import Settings
+from service.settings import MIN_DEADLINE_MS, Settings
 
 router = APIRouter()
 T = TypeVar("T")
@@ -79,9 +79,9 @@ def request_deadline_ms(request: Request, settings: Settings) -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 1 <= value <= settings.max_request_deadline_ms:  # also false for nan
+    if not MIN_DEADLINE_MS <= value <= settings.max_request_deadline_ms:  # also false for nan
         raise ApiError(422, "validation_error",
-                       f"header {DEADLINE_HEADER} must be a number of milliseconds from 1 to "
+                       f"header {DEADLINE_HEADER} must be a number of milliseconds from {MIN_DEADLINE_MS:g} to "
                        f"{settings.max_request_deadline_ms:g} (RELEVANCE_MAX_REQUEST_DEADLINE_MS)",
                        field=f"header.{DEADLINE_HEADER}")
     return value

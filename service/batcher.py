@@ -184,8 +184,14 @@ class SpeedEstimate:
 
 class Batcher:
     def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], policy: BatchPolicy,
-                 metrics: Metrics, pad_id: int = 0) -> None:
+                 metrics: Metrics, pad_id: int = 0, *, on_idle: Callable[[], None] | None = None,
+                 idle_s: float = 0.0) -> None:
         self._run = run
+        # Called on the inference thread once the queue has been empty for idle_s after some work (the
+        # model returns the memory its batches left behind); never while a batch runs.
+        self._on_idle = on_idle if idle_s > 0 else None
+        self._idle_s = idle_s
+        self._worked_since_idle = False
         self.policy = policy
         self._metrics = metrics
         self._pad_id = pad_id
@@ -223,6 +229,7 @@ class Batcher:
         seeds the speed estimate, so the first requests are admitted on a measured speed."""
         out, stats = self._compute(encoded)
         self.speed.observe(stats.seconds, stats.real_tokens)
+        self._worked_since_idle = True
         return out
 
     # --- request side (event loop) ---
@@ -384,6 +391,7 @@ class Batcher:
                 self._running_tokens = 0
             # Timed around the hand-off, not inside the thread: waiting for a core counts too.
             self._observe(len(batch), stats, time.monotonic() - now)
+            self._worked_since_idle = True
             self._scatter(batch, out)
 
     async def _wait_for_batch(self) -> None:
@@ -392,8 +400,23 @@ class Batcher:
             if self._pending:
                 break
             self._arrived.clear()
-            await self._arrived.wait()
+            if self._on_idle is None or not self._worked_since_idle:
+                await self._arrived.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self._idle_s)
+            except TimeoutError:
+                self._worked_since_idle = False
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._pool, self._on_idle)
+                except Exception:  # noqa: BLE001 - an idle chore must never stop the batch loop
+                    log.warning("the idle hook failed", exc_info=True)
         close_at = min(t.entries[0].enqueued_at for t in self._pending if t.entries) + self.policy.max_wait_s
+        # Waiting for the batch to fill must not make a request late: close it by the time the earliest
+        # target, less the queued work, leaves.
+        spt = self.speed.seconds_per_token
+        work_s = sum(t.queued_tokens for t in self._pending) * spt
+        close_at = min(close_at, min(t.target for t in self._pending) - work_s)
         while not self._full():
             remaining = close_at - time.monotonic()
             if remaining <= 0:

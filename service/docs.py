@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from service.middleware import DOCS_PATH, REQUEST_ID_HEADER
-from service.settings import Settings
+from service.settings import MIN_DEADLINE_MS, Settings
 
 DOCS_ASSETS = DOCS_PATH + "/assets"
 
@@ -44,7 +44,7 @@ def document_http_contract(schema: dict[str, Any], settings: Settings) -> None:
                   "description": "The caller's request id, echoed back and logged when it is 1-128 characters of "
                                  "A-Z a-z 0-9 . _ : - (else the server makes one)."}
     deadline = {"name": "X-Deadline-Ms", "in": "header", "required": False,
-                "schema": {"type": "number", "minimum": 1, "maximum": settings.max_request_deadline_ms},
+                "schema": {"type": "number", "minimum": MIN_DEADLINE_MS, "maximum": settings.max_request_deadline_ms},
                 "description": "Milliseconds from arrival within which the scores must be ready, else 504; "
                                f"default {settings.request_deadline_ms:g} (RELEVANCE_REQUEST_DEADLINE_MS). A "
                                "request that could not meet it at the measured model speed is refused at once "

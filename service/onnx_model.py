@@ -5,9 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import threading
 import time
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,8 @@ OUTPUT_NAME = {"cross": "logits", "bi": "embedding"}
 # 392 MiB (fresh: 248) after five long 500-item requests, 675 MiB when batches reach
 # RELEVANCE_BATCH_MAX_TOKENS, and never gave it back (issue 14, defect 7). Returning it after every run
 # costs 7-12% of throughput (the next run faults it back in), so it is returned once the model has been
-# idle for RELEASE_IDLE_S, and under continuous load by one run in every RELEASE_EVERY_S.
-RELEASE_IDLE_S = 2.0
+# idle for a while (the batcher calls ``release_memory`` on its inference thread after
+# RELEVANCE_ORT_RELEASE_IDLE_S without work), and under continuous load by one run in every RELEASE_EVERY_S.
 RELEASE_EVERY_S = 30.0
 ARENA_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")  # run option: free the arena's unused regions
 
@@ -43,14 +41,13 @@ def _malloc_trim():
 class OnnxModel:
     """Runs ``{input_ids, attention_mask, token_type_ids}`` → float32 ``logits`` (cross) or ``embedding`` (bi).
 
-    The batcher calls ``run`` from its single inference thread; on CPU a release thread returns the
-    memory the batches left behind when ``run`` has not been called for ``release_idle_s`` (0: never),
-    and every ``release_every_s`` one run returns it at its end (0: never).
+    Not thread-safe by design: the batcher calls ``run`` and ``release_memory`` from its single
+    inference thread. On CPU, every ``release_every_s`` one run returns the memory at its end (0: never).
     """
 
     def __init__(self, bundle_dir: str | Path, manifest: BundleManifest, *, provider: str = "auto",
                  strict: bool = False, intra_op_threads: int = 1, allow_spinning: bool = True,
-                 release_idle_s: float = RELEASE_IDLE_S, release_every_s: float = RELEASE_EVERY_S) -> None:
+                 release_every_s: float = RELEASE_EVERY_S) -> None:
         self.manifest = manifest
         self.choice: ProviderChoice = choose_provider(provider, ort.get_available_providers(), strict=strict)
         if self.choice.warning:
@@ -78,7 +75,6 @@ class OnnxModel:
             raise BundleError(f"{path}: a {manifest.kind} bundle needs output {self.output_name!r}; it has {outputs}")
         self._on_gpu = self.providers_in_use[0] != "CPUExecutionProvider"
         # CPU only: on GPU the activations live in the CUDA arena (shrinking it would cost cudaMallocs).
-        self._lock = threading.Lock()  # one run at a time: the inference thread's or the release thread's
         self._plain = ort.RunOptions()
         self._release = ort.RunOptions()
         self._release.add_run_config_entry(*ARENA_SHRINK)
@@ -86,13 +82,9 @@ class OnnxModel:
         self._tiny = {name: np.full((1, 1), name != "token_type_ids", dtype=np.int64) for name in self.input_names}
         self._release_failed = False
         self._release_every_s = 0.0 if self._on_gpu else release_every_s
-        self._last_run = self._last_release = time.monotonic()
-        self._ran = threading.Event()  # set by a run, cleared by a release
+        self._last_release = time.monotonic()
+        self._ran_since_release = False
         self.releases = 0
-        if release_idle_s > 0 and not self._on_gpu:
-            threading.Thread(target=_release_when_idle, args=(weakref.ref(self), self._ran, release_idle_s),
-                             name="relevance-ort-release", daemon=True).start()
-            weakref.finalize(self, self._ran.set)  # wakes the thread to end when the model is dropped
 
     @property
     def provider(self) -> str:
@@ -109,37 +101,32 @@ class OnnxModel:
             self.session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()[0]
         else:
-            with self._lock:
-                release = bool(self._release_every_s) and time.monotonic() - self._last_release >= self._release_every_s
-                out = self.session.run([self.output_name], feeds, self._release if release else self._plain)[0]
-                if release:
-                    self._released()
-                self._last_run = time.monotonic()
-                self._ran.set()
+            release = bool(self._release_every_s) and time.monotonic() - self._last_release >= self._release_every_s
+            out = self.session.run([self.output_name], feeds, self._release if release else self._plain)[0]
+            self._ran_since_release = True
+            if release:
+                self._released()
         return np.asarray(out, dtype=np.float32)
 
-    def release_memory(self) -> bool:
+    def release_memory(self) -> None:
         """Return to the OS what the arena and the malloc heap hold beyond the model itself: a 1-token run
-        with the arena shrinkage option, then ``malloc_trim``. Skipped (False) while a run holds the model."""
-        if self._on_gpu or not self._lock.acquire(blocking=False):
-            return False
+        with the arena shrinkage option, then ``malloc_trim``. Does nothing on GPU, or when nothing ran
+        since the last release."""
+        if self._on_gpu or not self._ran_since_release:
+            return
         try:
-            self._ran.clear()  # before the run: a batch finishing later sets it again
-            try:
-                self.session.run([self.output_name], self._tiny, self._release)
-            except Exception:  # noqa: BLE001 - never fatal; the heap is still trimmed
-                if not self._release_failed:
-                    log.warning("the 1-token run that releases onnxruntime's arena failed", exc_info=True)
-                self._release_failed = True
-            self._released()
-        finally:
-            self._lock.release()
-        return True
+            self.session.run([self.output_name], self._tiny, self._release)
+        except Exception:  # noqa: BLE001 - never fatal; the heap is still trimmed
+            if not self._release_failed:
+                log.warning("the 1-token run that releases onnxruntime's arena failed", exc_info=True)
+            self._release_failed = True
+        self._released()
 
     def _released(self) -> None:
         if self._trim is not None:
             self._trim(0)
         self._last_release = time.monotonic()
+        self._ran_since_release = False
         self.releases += 1
 
     def check_output(self, out: np.ndarray, rows: int) -> None:
@@ -153,19 +140,3 @@ class OnnxModel:
             raise BundleError(f"model output {self.output_name} has NaN or infinite values at warm-up; the "
                               "weights are broken")
 
-
-def _release_when_idle(ref: weakref.ref[OnnxModel], ran: threading.Event, idle_s: float) -> None:
-    """The release thread of one model. Holds it weakly, so it ends when the model is dropped (a reload)."""
-    while True:
-        ran.wait(timeout=60.0)
-        model = ref()
-        if model is None:
-            return
-        wait_s = 0.0
-        if ran.is_set():
-            wait_s = model._last_run + idle_s - time.monotonic()
-            if wait_s <= 0 and not model.release_memory():
-                wait_s = idle_s  # a run holds the model: look again once it may be idle
-        del model
-        if wait_s > 0:
-            time.sleep(wait_s)

@@ -52,8 +52,7 @@ class Scorer:
                                          max_query_tokens=m.max_query_tokens, max_item_tokens=m.max_item_tokens)
         self.model = OnnxModel(self.bundle_dir, m, provider=settings.provider, strict=settings.provider_strict,
                                intra_op_threads=settings.ort_intra_op_threads,
-                               allow_spinning=settings.ort_allow_spinning,
-                               release_idle_s=settings.ort_release_idle_s)
+                               allow_spinning=settings.ort_allow_spinning)
         policy = BatchPolicy(
             max_pairs=settings.batch_max_pairs,
             max_tokens=settings.batch_max_tokens,
@@ -63,7 +62,8 @@ class Scorer:
             run_overhead_tokens=RUN_OVERHEAD_TOKENS["cpu" if self.model.provider == "CPUExecutionProvider"
                                                     else "cuda"],
         )
-        self.batcher = Batcher(self.model.run, policy, metrics, pad_id=self.tokenizer.pad_id)
+        self.batcher = Batcher(self.model.run, policy, metrics, pad_id=self.tokenizer.pad_id,
+                               on_idle=self.model.release_memory, idle_s=settings.ort_release_idle_s)
         self.cache = EmbeddingCache(settings.embedding_cache_size)
         self.deadline_ms = settings.request_deadline_ms
         self._metrics = metrics

@@ -37,25 +37,24 @@ def _copy(bundle: Path, to: Path) -> Path:
 # --- deadlines ---
 
 
-def test_deadline_header_bounds_the_wait_and_bad_values_name_the_header(bundles, tmp_path):
-    # A lone request waits 3 s for its batch to fill, far past the 300 ms the caller allows.
+def test_a_batch_closes_early_for_a_tight_deadline_and_bad_deadlines_name_the_header(bundles, tmp_path):
+    # A lone request would wait 3 s for its batch to fill, far past the 300 ms the caller allows: the
+    # batch closes when waiting longer would make the request late. (That inputs which expire in the
+    # queue are dropped, never computed, is test_released_and_expired_inputs_are_never_computed.)
     server = Server(bundles["cross"], tmp_path / "deadline.log", batch_max_wait_ms=3000)
     try:
+        httpx.post(f"{server.url}/score", json=BODY, timeout=10)  # the speed is measured from here on
         start = time.perf_counter()
-        late = httpx.post(f"{server.url}/score", json=BODY, headers={"X-Deadline-Ms": "300"}, timeout=10)
+        quick = httpx.post(f"{server.url}/score", json=BODY, headers={"X-Deadline-Ms": "300"}, timeout=10)
         took = time.perf_counter() - start
-        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
-        assert "300 ms" in late.json()["error"]["message"]
-        assert took < 2.5  # answered at the caller's deadline, not when the batch closed
-        time.sleep(0.2)
-        text = httpx.get(f"{server.url}/metrics").text
-        assert 'relevance_dropped_pairs_total{reason="deadline"} 6.0' in text
-        assert metric(text, "relevance_batch_size_pairs_count") == 0  # expired pairs never reached the model
+        assert quick.status_code == 200, quick.text
+        assert took < 0.3  # within the caller's deadline, not when the batch would have closed
 
-        for bad in ("abc", "0", "-5", "nan", "99999999"):
+        for bad in ("abc", "0", "-5", "5", "nan", "99999999"):
             resp = httpx.post(f"{server.url}/score", json=BODY, headers={"X-Deadline-Ms": bad}, timeout=10)
             assert resp.status_code == 422, bad
             assert resp.json()["error"]["field"] == "header.X-Deadline-Ms"
+            assert "from 10 to" in resp.json()["error"]["message"]
             assert "RELEVANCE_MAX_REQUEST_DEADLINE_MS" in resp.json()["error"]["message"]
     finally:
         server.stop()

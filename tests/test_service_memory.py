@@ -7,6 +7,7 @@ tiny bundles' activations are made large with 256-token inputs, so the peak stan
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -76,30 +77,29 @@ class _RunSpy:
         return getattr(self._session, name)
 
 
-def test_an_idle_model_returns_the_memory_of_its_largest_batch_and_scores_identically(bi_bundle):
+def test_a_release_returns_the_memory_of_the_largest_batch_and_scores_identically(bi_bundle):
     model = OnnxModel(bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1)
     small = _feeds(2, 16, seed=1)
     model.run(small)
-    time.sleep(0.1)
+    model.release_memory()
     fresh, _ = _rss_mib()
     big = _feeds(256)
     first = model.run(big)
     held, peak = _rss_mib()
     assert peak - fresh > 100, f"the large batch should need >100 MiB (fresh {fresh:.0f}, peak {peak:.0f} MiB)"
-    # Within the idle delay (default 2 s) the arena and the heap give it back; without the release the
-    # arena kept it for the life of the process.
-    after = _wait_for_rss_below(fresh + 40)
-    assert after <= fresh + 40, (f"RSS {after:.0f} MiB 15 s after a batch that peaked at {peak:.0f} "
-                                 f"(held {held:.0f}, fresh {fresh:.0f})")
-    assert model.releases >= 1
+    model.release_memory()  # without it, the arena kept this for the life of the process
+    after = _wait_for_rss_below(fresh + 40, timeout_s=5)
+    assert after <= fresh + 40, f"RSS {after:.0f} MiB after a release; peak {peak:.0f}, held {held:.0f}, fresh {fresh:.0f}"
+    assert model.releases == 2
+    model.release_memory()  # nothing ran since: nothing to do
+    assert model.releases == 2
     # Same inputs, same outputs, whether the arena was released in between or not.
     assert np.array_equal(model.run(big), first)
     assert np.array_equal(model.run(small), model.run(small))
 
 
 def test_under_continuous_load_one_run_per_period_returns_the_memory(bi_bundle):
-    model = OnnxModel(bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1,
-                      release_idle_s=0, release_every_s=0.3)
+    model = OnnxModel(bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1, release_every_s=0.3)
     spy = model.session = _RunSpy(model.session)
     feeds = _feeds(8, 64)
     expected = model.run(feeds)
@@ -113,19 +113,31 @@ def test_under_continuous_load_one_run_per_period_returns_the_memory(bi_bundle):
     assert model.releases == shrunk
 
 
-def test_the_release_run_carries_the_arena_shrinkage_option_and_waits_for_idle(bi_bundle):
-    model = OnnxModel(bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1,
-                      release_idle_s=0.5, release_every_s=0)
-    spy = model.session = _RunSpy(model.session)
-    feeds = _feeds(4, 32)
-    for _ in range(20):  # busy: runs 0.05 s apart, never idle for 0.5 s
-        model.run(feeds)
-        time.sleep(0.05)
-    busy = list(spy.shrink)
-    time.sleep(1.5)
-    assert not any(busy), busy
-    assert spy.shrink[len(busy):] == [True], spy.shrink  # exactly one release once idle
-    assert model.releases == 1
+async def test_the_batcher_calls_its_idle_hook_once_after_work_never_while_busy():
+    from service.batcher import Batcher, BatchPolicy
+    from service.metrics import Metrics
+    from service.tokenization import Encoded
+
+    calls: list[float] = []
+
+    def run(arrays):
+        return np.zeros((len(arrays["input_ids"]), 2), dtype=np.float32)
+
+    batcher = Batcher(run, BatchPolicy(max_pairs=8, max_tokens=1000, max_wait_s=0.001, capacity=100), Metrics(),
+                      on_idle=lambda: calls.append(time.monotonic()), idle_s=0.3)
+    batcher.start()
+    try:
+        encoded = [Encoded(ids=[1, 2], type_ids=[0, 0], offsets=[(0, 0)] * 2, sequence_ids=[0, 0])]
+        for _ in range(15):  # busy: a request every 0.05 s, never idle for 0.3 s
+            ticket = batcher.admit(1, 5000)
+            batcher.enqueue(ticket, encoded)
+            await batcher.result(ticket)
+            await asyncio.sleep(0.05)
+        assert calls == []
+        await asyncio.sleep(1.0)
+        assert len(calls) == 1  # once idle; and not again, since nothing ran after it
+    finally:
+        await batcher.stop()
 
 
 def test_a_server_returns_to_its_fresh_memory_after_a_large_request(bi_bundle, tmp_path):

@@ -17,8 +17,8 @@ import pytest
 
 from distill.data.schema import GRADE_LEVELS
 from distill.teacher import Teacher, load_teacher
-from distill.teacher.backends.base import VerdictRequest
-from distill.teacher.backends.llamacpp import GenerationAborted, LlamaCppBackend
+from distill.teacher.backends.base import GenerationAborted, VerdictRequest
+from distill.teacher.backends.llamacpp import LlamaCppBackend
 from distill.teacher.prompt import build_messages, prefill
 from service.text_template import DEFAULT_TEMPLATE
 

@@ -51,3 +51,26 @@ async def test_cot_mode_record_is_well_formed(checkpoint) -> None:
     assert record.raw_output.startswith('{"dimensions": [')
     assert not record.parse_ok and record.distribution_source == "logits"
     assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
+
+
+async def test_a_cancelled_generation_stops_within_a_token(checkpoint) -> None:
+    import asyncio
+    import time
+
+    from distill.data.schema import GRADE_LEVELS as LEVELS
+    from distill.teacher.backends.base import VerdictRequest
+    from distill.teacher.prompt import COT_PREFILL
+
+    backend = load_teacher(f"hf:{checkpoint}").backend
+    # Random weights never write the grade key: this generation would run all 3000 tokens.
+    request = VerdictRequest(messages=build_messages("wireless mouse", "Logitech M185", "cot", LEVELS),
+                             prefill=COT_PREFILL, mode="cot", levels=LEVELS, max_tokens=3000)
+    task = asyncio.ensure_future(backend.verdict(request))
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    cancelled = time.monotonic()
+    task.cancel()
+    while backend._lock.locked() and time.monotonic() - cancelled < 5:
+        await asyncio.sleep(0.01)
+    assert not backend._lock.locked(), "the generation went on after its caller was cancelled"
+    assert time.monotonic() - cancelled < 1.0

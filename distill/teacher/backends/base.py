@@ -8,7 +8,9 @@ distribution return ``distribution=None``; the Teacher then falls back to self-c
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,29 @@ class VerdictResult:
     reached_verdict: bool  # False when generation stopped (max_tokens) before the grade
     distribution: dict[str, float] | None = None  # over request.levels, sums to 1
     source: Literal["logits", "logprobs"] | None = None
+
+
+class GenerationAborted(RuntimeError):
+    """The call's abort flag was set (its caller was cancelled): the model work stopped early."""
+
+
+def check_abort(abort: threading.Event, where: str) -> None:
+    if abort.is_set():
+        raise GenerationAborted(f"teacher call aborted {where} (its caller was cancelled)")
+
+
+async def run_abortable(blocking: Callable[[VerdictRequest, threading.Event], VerdictResult],
+                        request: VerdictRequest) -> VerdictResult:
+    """Run a local backend's blocking ``blocking(request, abort)`` in a worker thread. Cancelling the
+    awaiting task does not stop a thread, so it sets ``abort``: the backend checks it between its steps
+    and after every generated token, and stops (``GenerationAborted``), freeing the model and the CPU
+    within a token instead of generating on to ``max_tokens`` unobserved."""
+    abort = threading.Event()
+    try:
+        return await asyncio.to_thread(blocking, request, abort)
+    except asyncio.CancelledError:
+        abort.set()
+        raise
 
 
 class Backend(ABC):

@@ -14,7 +14,6 @@ every sampled token and the blocking part checks between its steps; the thread t
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import threading
 import weakref
@@ -27,8 +26,10 @@ from distill.teacher.backends.base import (
     Backend,
     VerdictRequest,
     VerdictResult,
+    check_abort,
     continuation_tokens,
     level_distribution,
+    run_abortable,
 )
 from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
@@ -37,10 +38,6 @@ DEFAULT_GGUF_GLOB = "*.gguf"
 
 class TeacherModelError(RuntimeError):
     """The teacher model cannot be found or loaded; the message says where it looked."""
-
-
-class GenerationAborted(RuntimeError):
-    """The call's abort flag was set (its caller was cancelled): the model work stopped early."""
 
 
 def default_gguf_path() -> Path:
@@ -101,14 +98,7 @@ class LlamaCppBackend(Backend):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     async def verdict(self, request: VerdictRequest) -> VerdictResult:
-        abort = threading.Event()
-        try:
-            return await asyncio.to_thread(self._verdict_blocking, request, abort)
-        except asyncio.CancelledError:
-            # The awaiting task is cancelled but the worker thread is not: tell it to stop, so the
-            # model (and the lock) are free again within a token rather than after max_tokens.
-            abort.set()
-            raise
+        return await run_abortable(self._verdict_blocking, request)
 
     # --- blocking part, always under the lock -------------------------------------------------
 
@@ -116,7 +106,7 @@ class LlamaCppBackend(Backend):
         abort = abort if abort is not None else threading.Event()
         prompt = self.render_prompt(request.messages)
         with self._lock:
-            _check_abort(abort, "before the generation")  # e.g. cancelled while waiting for the lock
+            check_abort(abort, "before the generation")  # e.g. cancelled while waiting for the lock
             text = request.prefill
             if request.mode == "cot":
                 choice = self._complete(
@@ -131,7 +121,7 @@ class LlamaCppBackend(Backend):
                 if choice["finish_reason"] != "stop":
                     return VerdictResult(text=text, reached_verdict=False)
                 text += GRADE_KEY_PREFIX
-            _check_abort(abort, "before the grade-level evaluation")
+            check_abort(abort, "before the grade-level evaluation")
             distribution = self._level_distribution(prompt + text, request.levels)
         grade = max(distribution, key=distribution.__getitem__)
         return VerdictResult(
@@ -161,7 +151,7 @@ class LlamaCppBackend(Backend):
             stop=stop,
             stopping_criteria=StoppingCriteriaList([lambda _input_ids, _logits: abort.is_set()]),
         )
-        _check_abort(abort, "during the generation")
+        check_abort(abort, "during the generation")
         return out["choices"][0]
 
     def raw_logits(self, tokens: list[int]) -> np.ndarray:
@@ -189,11 +179,6 @@ class LlamaCppBackend(Backend):
         return continuation_tokens(
             prefix, prefix_text, level, self.tokenize,
             lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-
-def _check_abort(abort: threading.Event, where: str) -> None:
-    if abort.is_set():
-        raise GenerationAborted(f"teacher call aborted {where} (its caller was cancelled)")
 
 
 def eval_reusing_cache(llm: Any, tokens: list[int]) -> None:

@@ -7,7 +7,6 @@ the distribution over the grade levels. torch and transformers are imported here
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,10 @@ from distill.teacher.backends.base import (
     Backend,
     VerdictRequest,
     VerdictResult,
+    check_abort,
     continuation_tokens,
     level_distribution,
+    run_abortable,
 )
 from distill.teacher.backends.llamacpp import TeacherModelError
 from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
@@ -46,13 +47,16 @@ class TransformersBackend(Backend):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def verdict(self, request: VerdictRequest) -> VerdictResult:
-        return await asyncio.to_thread(self._verdict_blocking, request)
+        return await run_abortable(self._verdict_blocking, request)
 
-    def _verdict_blocking(self, request: VerdictRequest) -> VerdictResult:
+    def _verdict_blocking(self, request: VerdictRequest, abort: threading.Event) -> VerdictResult:
+        from transformers import StoppingCriteriaList
+
         torch = self._torch
         prompt = self.render_prompt(request.messages)
         text = request.prefill
         with self._lock, torch.inference_mode():
+            check_abort(abort, "before the generation")  # e.g. cancelled while waiting for the lock
             if request.mode == "cot":
                 ids = torch.tensor([self.tokenize(prompt + text)])
                 sampling: dict[str, Any] = (
@@ -66,12 +70,16 @@ class TransformersBackend(Backend):
                     stop_strings=[GRADE_KEY],
                     tokenizer=self.tokenizer,
                     pad_token_id=self.tokenizer.eos_token_id,
+                    # Checked after every generated token: a cancelled call stops within one.
+                    stopping_criteria=StoppingCriteriaList([lambda _ids, _scores, **_: abort.is_set()]),
                     **sampling,
                 )
+                check_abort(abort, "during the generation")
                 generated = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
                 if GRADE_KEY not in generated:
                     return VerdictResult(text=text + generated, reached_verdict=False)
                 text += generated[: generated.index(GRADE_KEY)] + GRADE_KEY_PREFIX
+            check_abort(abort, "before the grade-level evaluation")
             distribution = self._level_distribution(prompt + text, request.levels)
         grade = max(distribution, key=distribution.__getitem__)
         return VerdictResult(
