@@ -239,21 +239,25 @@ def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
         server.stop()
 
 
-def test_disconnected_and_late_requests_are_dropped_not_computed(bundles, tmp_path):
-    # A batch waits 3 s to fill, so a lone request stays queued long enough to hang up on it (after
-    # 0.3 s) or to pass its 1 s deadline; neither may reach the model.
+def test_disconnected_requests_are_dropped_not_computed_and_a_batch_never_waits_past_a_deadline(bundles, tmp_path):
+    # A batch waits up to 3 s to fill, so a lone request stays queued long enough to hang up on it
+    # (after 0.3 s): it must not reach the model. The next one, with a 1 s deadline, must not wait the
+    # 3 s: its batch closes when waiting longer would make it late. (Inputs that expire in the queue are
+    # dropped, never computed: test_released_and_expired_inputs_are_never_computed.)
     server = Server(bundles["cross"], tmp_path / "drop.log", batch_max_wait_ms=3000, request_deadline_ms=1000)
     try:
         body = {"query": "red leather sofa", "items": items(7, 12)}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/score", json=body, timeout=httpx.Timeout(5, read=0.3))
-        late = httpx.post(f"{server.url}/score", json=body, timeout=10)
-        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
-        time.sleep(0.3)
+        time.sleep(0.5)
         text = httpx.get(f"{server.url}/metrics").text
         assert 'relevance_dropped_pairs_total{reason="disconnected"} 12.0' in text
-        assert 'relevance_dropped_pairs_total{reason="deadline"} 12.0' in text
-        assert metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran
+        assert metric(text, "relevance_batch_size_pairs_count") == 0  # the model never ran for it
+        started = time.perf_counter()
+        in_time = httpx.post(f"{server.url}/score", json=body, timeout=10)
+        assert in_time.status_code == 200 and time.perf_counter() - started < 1.0, in_time.text
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "relevance_batch_size_pairs_count") == 1
         assert metric(text, "relevance_queue_depth_pairs") == 0
         assert '"status":499' in server.log(), server.log_tail()
     finally:
