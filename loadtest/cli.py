@@ -119,12 +119,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reliability(
-        scenario: Annotated[str, typer.Argument(help="overload, burst, restart or redis (docs/RELIABILITY.md).")],
+        scenario: Annotated[str, typer.Argument(help="overload, burst, memory, restart or redis (docs/RELIABILITY.md).")],
         bundle: Annotated[Path, typer.Option(help="Bundle to serve.")] = DEFAULT_BUNDLE,
         duration: Annotated[float | None, typer.Option(
             help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
                  "(10).")] = None,
         clients: Annotated[int, typer.Option(help="burst: closed-loop clients.", min=1)] = 64,
+        llm: Annotated[bool, typer.Option(help="memory: with the /explain LLM loaded.")] = False,
         factor: Annotated[float, typer.Option(help="overload: offered load / sustainable rate.")] = 5.0,
         items: Annotated[int | None, typer.Option(
             help="Items per /score request (default 10; burst: 50).", min=1)] = None,
@@ -144,6 +145,7 @@ def register(app: typer.Typer) -> None:
                                                    log_dir=out),
             "burst": lambda: scenarios.burst(bundle, duration_s=duration or 30.0, clients=clients,
                                              items=items or 50, log_dir=out),
+            "memory": lambda: scenarios.memory(bundle, llm=llm, log_dir=out),
             "restart": lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items or 10, log_dir=out),
             "redis": lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
         }
@@ -151,5 +153,6 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"scenario must be one of {', '.join(runs)}, not {scenario!r}")
         result = asyncio.run(runs[scenario]())
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{scenario}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        name = f"{scenario}-llm" if scenario == "memory" and llm else scenario
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         typer.echo(json.dumps(result, indent=2, default=str))

@@ -11,6 +11,8 @@
 * ``burst``: many closed-loop clients of mid-size requests, plus one very large long-text request every
   few seconds: no admitted request may miss its deadline (504), the small requests' p99 must stay
   within their deadline, and the large ones must be refused at once (413) when they cannot meet theirs.
+* ``memory``: RSS of a fresh server, then 0.5 s and 3.5 s after each of a few long-text 500-item
+  requests (new items each time, so the embedding cache saves nothing), with or without the LLM.
 * ``redis``: /score and /explain load while a private redis-server is killed and later restarted.
   /score must keep answering, /explain must degrade (uncached) and recover (cached again), and no
   request may hang.
@@ -105,12 +107,14 @@ def _phase(result) -> dict[str, Any]:
 # --- burst: many clients, and now and then one request far too large for its deadline ---
 
 
-def long_text_request(n_items: int = 500, words: int = 120) -> bytes:
-    """A /score body of ``n_items`` items with ~``words``-word titles (each about 128 tokens or more)."""
+def long_text_request(n_items: int = 500, words: int = 120, prefix: str = "long") -> bytes:
+    """A /score body of ``n_items`` items with ~``words``-word titles (each about 128 tokens or more);
+    another ``prefix`` gives other items (other ids and texts)."""
     vocab = ("sofa leather red oak table lamp cable charger steel boots cotton shirt mouse mug hose bike "
              "helmet waterproof ceramic garden wireless kids").split()
     title = " ".join(vocab[i % len(vocab)] for i in range(words))
-    return score_body("red leather sofa", [{"id": f"long-{i}", "title": f"{i} {title}"} for i in range(n_items)])
+    return score_body("red leather sofa", [{"id": f"{prefix}-{i}", "title": f"{prefix} {i} {title}"}
+                                           for i in range(n_items)])
 
 
 async def burst(bundle: Path, *, duration_s: float = 30.0, clients: int = 64, items: int = 50,
@@ -162,6 +166,50 @@ async def burst(bundle: Path, *, duration_s: float = 30.0, clients: int = 64, it
         "admitted_past_deadline_504": statuses["504"] + large_statuses["504"],
         "peak_rss_mib": small.peak_rss_mib,
     }
+
+
+# --- memory: what a server holds after long requests ---
+
+
+def _vm_mib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = round(int(value.split()[0]) / 1024)
+    return fields
+
+
+async def memory(bundle: Path, *, requests: int = 5, llm: bool = False,
+                 log_dir: Path = Path("reports/reliability")) -> dict[str, Any]:
+    port = free_port()
+    key = "memory-scenario-key-0001"
+    env = _server_env(bundle, port, {"RELEVANCE_API_KEYS": key} if llm else {})
+    after: list[dict[str, Any]] = []
+    with managed_server("relevance", relevance_command(), port=port, ready_path="/readyz",
+                        log_path=log_dir / "memory-server.log", env=env) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
+            if llm:  # load the teacher and run it once
+                r = await client.post("/explain", headers={"X-API-Key": key},
+                                      json={"query": "red sofa", "item": {"id": "a", "title": "red leather sofa"}})
+                r.raise_for_status()
+            await asyncio.sleep(4)  # past the idle release of the warm-up
+            fresh = _vm_mib(server.pid)
+            for n in range(requests):
+                body = long_text_request(500, prefix=f"r{n}")
+                started = time.perf_counter()
+                r = await client.post("/score", content=body, headers={"content-type": "application/json",
+                                                                        "X-Deadline-Ms": "60000"})
+                r.raise_for_status()
+                seconds = time.perf_counter() - started
+                await asyncio.sleep(0.5)
+                soon = _vm_mib(server.pid)["VmRSS"]
+                await asyncio.sleep(3.0)
+                later = _vm_mib(server.pid)
+                after.append({"request_s": round(seconds, 2), "rss_0_5s": soon, "rss_3_5s": later["VmRSS"],
+                              "peak": later["VmHWM"]})
+    return {"scenario": "memory", "bundle": str(bundle), "llm": llm, "fresh_mib": fresh["VmRSS"],
+            "after_each_request_mib": after}
 
 
 # --- restart ---
