@@ -15,18 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric, tiny_bundle
+from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric
 
 from service.bundle import MODEL_FILE, read_manifest, write_manifest
 
 ADMIN_KEY = "admin-key-0123456789"
 BODY = {"query": "red leather sofa", "items": items(3, 6)}
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
 
 
 def _copy(bundle: Path, to: Path) -> Path:

@@ -9,21 +9,14 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-from service_harness import Server, items, tiny_bundle
+from service_harness import Server, items
 
 from service.settings import DEFAULT_BUNDLE
 
 BODY = {"query": "red leather sofa", "items": items(3, 6)}
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric, tiny_bundle
+from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric
 
 from service.bundle import (
     CosineGradeHeadScore,
     read_manifest,
 )
 from service.schemas import ScoreResponse
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: tiny_bundle(root / kind, kind) for kind in ("cross", "bi")}
 
 
 @pytest.fixture(scope="module")
