@@ -121,7 +121,7 @@ async def score(request: Request) -> Response:
     # too far behind for this deadline (under overload, refusals must stay cheap).
     _current_scorer(request).batcher.refuse_if_overloaded(1, deadline_ms)
     try:
-        body = await request.body()  # size capped by BodySizeLimitMiddleware
+        body = await request.body()  # size capped and read within a timeout by RequestBodyMiddleware
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     parsed = parse_score_request(body, settings.limits)

@@ -28,9 +28,8 @@ from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import (
-    BodyReadGuardMiddleware,
-    BodySizeLimitMiddleware,
     JsonContentTypeMiddleware,
+    RequestBodyMiddleware,
     RequestContextMiddleware,
 )
 from service.schemas import field_path, score_request_openapi
@@ -113,8 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
     # Innermost first; RequestContextMiddleware is outermost, so 408s, 413s and 415s are logged too.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyReadGuardMiddleware, timeout_s=settings.body_timeout_s,
+    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
                        drain=app.state.lifecycle.drain_started)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -91,7 +91,7 @@ class Ticket:
         self.out: np.ndarray | None = None
         self.entries: deque[Entry] = deque()  # inputs not yet taken into a batch, in input order
         self.queued_tokens = 0  # their tokens
-        self.longest = 0  # their longest input
+        self.longest = 0  # their longest input (an upper bound once a batch has taken some)
         self.outstanding = n  # admitted inputs not yet finished (for capacity accounting)
         self.released = False
         self.wait_observed = False

@@ -32,7 +32,7 @@ class Lifecycle:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.draining = False
-        # Set with ``draining``: request bodies still being read are cut short (BodyReadGuardMiddleware).
+        # Set with ``draining``: request bodies still being read are cut short (RequestBodyMiddleware).
         self.drain_started = asyncio.Event()
         # Set by the server runner: "exit now, with this many seconds of the grace period left".
         self.on_drained: Callable[[float], None] | None = None

@@ -1,6 +1,6 @@
 """Plain ASGI middleware: per-request bookkeeping (request id, metrics, one JSON log line), the JSON
-content type of request bodies, the body read timeout (and cutting slow uploads short at drain), and
-the body size limit of every route."""
+content type of request bodies, and every route's request body: its size limit, its read timeout,
+and cutting slow uploads short at drain."""
 
 from __future__ import annotations
 
@@ -74,56 +74,6 @@ class RequestContextMiddleware:
             })
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodySizeLimitMiddleware:
-    """Every request body is capped at ``max_bytes`` (RELEVANCE_MAX_BODY_BYTES) → 413, whichever route
-    reads it: by Content-Length before reading, else by counting while the route reads (the route's
-    own answer to the cut-off body is replaced by the 413)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _error(self) -> ApiError:
-        return ApiError(413, "payload_too_large",
-                        f"request body is larger than {self.max_bytes} bytes (RELEVANCE_MAX_BODY_BYTES)")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._error())(scope, receive, send)
-            return
-        received = 0
-        too_large = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
-
-        async def send_unless_too_large(message: Message) -> None:
-            if not too_large:
-                await send(message)
-
-        try:
-            await self.app(scope, counting_receive, send_unless_too_large)
-        except _BodyTooLarge:
-            pass
-        if too_large:
-            await error_response(self._error())(scope, receive, send)
-
-
 JSON_MEDIA_TYPES = ("application/json",)
 
 
@@ -156,50 +106,78 @@ class _BodyCutShort(Exception):
     pass
 
 
-class BodyReadGuardMiddleware:
-    """A request's body must have arrived within ``timeout_s`` of the request's start → else 408, and
-    the connection is closed (a slow or stalled upload cannot hold a worker or the shutdown). When
-    ``drain`` is set (SIGTERM), bodies still being read are cut short at once → 503 ``shutting_down``.
+class RequestBodyMiddleware:
+    """Every request body, whichever route reads it:
 
-    The header timeout, for connections that never finish their headers, is in service/server.py."""
+    - is capped at ``max_bytes`` (RELEVANCE_MAX_BODY_BYTES) → 413: by Content-Length before reading,
+      else by counting while the route reads;
+    - must have arrived within ``timeout_s`` of the request's start → else 408 and the connection is
+      closed (a slow or stalled upload cannot hold a worker or the shutdown);
+    - is cut short at once when ``drain`` is set (SIGTERM) → 503 ``shutting_down``.
 
-    def __init__(self, app: ASGIApp, timeout_s: float, drain: asyncio.Event) -> None:
+    The route's own answer to a cut-off body is held back and replaced by the real reason. The header
+    timeout, for connections that never finish their headers, is in service/server.py."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, drain: asyncio.Event) -> None:
         self.app = app
+        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.drain = drain
 
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "payload_too_large",
+                        f"request body is larger than {self.max_bytes} bytes (RELEVANCE_MAX_BODY_BYTES)")
+
+    async def _next_chunk(self, receive: Receive, give_up: float) -> Message | ApiError:
+        """The next message, or why the body will not arrive (drain, timeout)."""
+        message_task = asyncio.ensure_future(receive())
+        drain_task = asyncio.ensure_future(self.drain.wait())
+        try:
+            done, _ = await asyncio.wait({message_task, drain_task}, timeout=give_up - time.monotonic(),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain_task.cancel()
+        if message_task in done:
+            return message_task.result()
+        message_task.cancel()
+        if drain_task in done:
+            return ApiError(503, "shutting_down", "this replica is shutting down; the request body had not "
+                            "arrived yet; retry on another one", headers={"Retry-After": "1", "Connection": "close"})
+        return ApiError(408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s "
+                        "(RELEVANCE_BODY_TIMEOUT_S)", headers={"Connection": "close"})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):  # no body to wait for
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._too_large())(scope, receive, send)
+            return
+        timed = scope["method"] not in ("GET", "HEAD")  # no body to wait for
         give_up = time.monotonic() + self.timeout_s
+        received = 0
         body_done = False
         cut: ApiError | None = None
         started = False
 
         async def guarded_receive() -> Message:
-            nonlocal body_done, cut
-            if body_done:  # afterwards the route only listens for a disconnect: no time limit
+            nonlocal received, body_done, cut
+            if body_done:  # afterwards the route only listens for a disconnect: no limit
                 return await receive()
-            message_task = asyncio.ensure_future(receive())
-            drain_task = asyncio.ensure_future(self.drain.wait())
-            try:
-                done, _ = await asyncio.wait({message_task, drain_task}, timeout=give_up - time.monotonic(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                drain_task.cancel()
-            if message_task in done:
-                message = message_task.result()
-                body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            message = await self._next_chunk(receive, give_up) if timed else await receive()
+            if isinstance(message, ApiError):
+                cut = message
+                raise _BodyCutShort
+            if message["type"] != "http.request":
+                body_done = True
                 return message
-            message_task.cancel()
-            if drain_task in done:
-                cut = ApiError(503, "shutting_down", "this replica is shutting down; the request body had not "
-                               "arrived yet; retry on another one", headers={"Retry-After": "1", "Connection": "close"})
-            else:
-                cut = ApiError(408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s "
-                               "(RELEVANCE_BODY_TIMEOUT_S)", headers={"Connection": "close"})
-            raise _BodyCutShort
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                cut = self._too_large()
+                raise _BodyCutShort
+            body_done = not message.get("more_body", False)
+            return message
 
         async def send_unless_cut(message: Message) -> None:
             nonlocal started
@@ -211,7 +189,6 @@ class BodyReadGuardMiddleware:
             await self.app(scope, guarded_receive, send_unless_cut)
         except _BodyCutShort:
             pass
-        # The route may have answered the cut-off body itself (FastAPI turns a failed body read into a
-        # 400): that answer was held back, the real reason is sent instead.
+        # FastAPI, for one, turns a failed body read into a 400 of its own: that answer was held back.
         if cut is not None and not started:
             await error_response(cut)(scope, receive, send)
