@@ -24,6 +24,10 @@ class ApiKeyConfigError(ValueError):
     """The configured keys cannot be read; the message names the setting or file."""
 
 
+# Who a caller is on a route that needs no key (ApiKeyAuth with required=False and no keys configured).
+ANONYMOUS = "anonymous"
+
+
 def key_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
@@ -72,13 +76,15 @@ class ApiKeyAuth:
     def __init__(
         self, keys: Iterable[str], *, required: bool = True, setting: str = "RELEVANCE_API_KEYS"
     ) -> None:
+        keys = list(keys)
         self._keys = [k.encode("utf-8") for k in keys]
+        self._ids = [key_id(k) for k in keys]
         self.required = required
         self.setting = setting
 
     def key_ids(self) -> list[str]:
         """The ids of the configured keys (what a request with one of them is identified as)."""
-        return [key_id(k.decode("utf-8")) for k in self._keys]
+        return list(self._ids)
 
     @property
     def enabled(self) -> bool:
@@ -87,7 +93,7 @@ class ApiKeyAuth:
     async def __call__(self, request: Request) -> str:
         if not self._keys:
             if not self.required:
-                return "anonymous"
+                return ANONYMOUS
             raise _unauthorized(
                 f"no API keys are configured on this server; set {self.setting} or {self.setting}_FILE"
             )

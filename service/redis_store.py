@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from service.auth import ANONYMOUS
 from service.explain.metrics import ExplainMetrics
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class RedisGuard:
         return deleted
 
 
-ANONYMOUS_WRITER = "anonymous"  # what service.auth.ApiKeyAuth returns when /score needs no key
+ANONYMOUS_WRITER = ANONYMOUS  # the writer of items from a /score that needs no key
 
 
 class ItemStore:
