@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from core.text_template import DEFAULT_TEMPLATE, TextTemplate
 from distill.data.schema import LabelledPair
-from service.text_template import DEFAULT_TEMPLATE, TextTemplate
 
 _WORD = re.compile(r"\w+")
 K1, B = 1.5, 0.75

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.schema import GRADE_LEVELS, LabelledPair
+from core.grades import GRADE_LEVELS
+from distill.data.schema import LabelledPair
 
 CONCURRENT_REQUESTS = 8  # × max_items (500) + 8 stays below the service's default queue capacity
 
@@ -21,7 +22,7 @@ CONCURRENT_REQUESTS = 8  # × max_items (500) + 8 stays below the service's defa
 def score_bundle(bundle_dir: str | Path, pairs: list[LabelledPair]
                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """(score per pair, grade probabilities over GRADE_LEVELS per pair or None, bundle info)."""
-    from service.bundle import read_manifest
+    from core.bundle import read_manifest
     from service.settings import Settings
 
     manifest = read_manifest(bundle_dir)  # BundleError (a ValueError) names the problem
@@ -31,16 +32,15 @@ def score_bundle(bundle_dir: str | Path, pairs: list[LabelledPair]
     settings = Settings(bundle=Path(bundle_dir), ort_intra_op_threads=threads, request_deadline_ms=600_000,
                         provider="cpu")
     scores, probs = asyncio.run(_score_all(settings, pairs))
-    info = {"bundle": manifest.name, "version": manifest.version, "kind": manifest.kind,
-            "score_method": manifest.score.method}
-    return scores, probs if manifest.has_grades else None, info
+    return scores, probs if manifest.has_grades else None, manifest.summary()
 
 
 async def _score_all(settings, pairs: list[LabelledPair]) -> tuple[np.ndarray, np.ndarray]:
     from tqdm import tqdm
 
+    from core.item import Item
     from service.metrics import Metrics
-    from service.schemas import ScoreItem, ScoreRequest
+    from service.schemas import ScoreRequest
     from service.scorer import Scorer
 
     scorer = Scorer(settings, Metrics())
@@ -57,7 +57,7 @@ async def _score_all(settings, pairs: list[LabelledPair]) -> tuple[np.ndarray, n
     for query, rows in by_query.items():
         for start in range(0, len(rows), settings.max_items):
             chunk = rows[start:start + settings.max_items]
-            items = [ScoreItem(**pairs[i].item.as_mapping()) for i in chunk]
+            items = [Item(**pairs[i].item.as_mapping()) for i in chunk]
             requests.append((ScoreRequest(query=query, items=items), chunk))
     gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
     progress = tqdm(total=len(pairs), desc=f"scoring with {settings.bundle.name}", unit="pair", disable=None)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
 
+from core.datasets import Split
 from distill.data.loaders import load_pairs
 from distill.data.reading import DataError, LoadReport
 from distill.data.schema import LabelledPair
@@ -25,8 +25,6 @@ SOURCES: tuple[tuple[str, str], ...] = (
     ("esci_us_subset.tsv", "esci-tsv"),
     ("esci_us_sample_full.csv", "esci-csv"),
 )
-
-Split = Literal["train", "dev", "all"]
 
 
 def _sha256(path: Path) -> str:

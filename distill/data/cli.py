@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from core.datasets import SPEC_HELP
 from distill.data.reading import DataError
 
 
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("transfer-set")
     def transfer_set(
         output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (generic format)")],
-        input: Annotated[str, typer.Option("--input", "-i", help="labelled pairs: bundled:train|dev|all or a file")]
+        input: Annotated[str, typer.Option("--input", "-i", help="labelled pairs: " + SPEC_HELP)]
             = "bundled:train",
         per_query: Annotated[int, typer.Option(min=1, help="unjudged items per query, best BM25 first")] = 4,
         include_labelled: Annotated[bool, typer.Option(

@@ -15,7 +15,7 @@ Every mapping lives here so docs/DATA.md, the loaders and the reports agree:
 
 from __future__ import annotations
 
-from distill.data.schema import GRADE_LEVELS
+from core.grades import GRADE_LEVELS
 
 ESCI_LABELS: dict[str, str] = {
     "E": "Exact",

@@ -7,20 +7,13 @@ Formats (``fmt``): ``wands`` (folder), ``esci`` (folder with the official parque
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from distill.data.formats import esci, generic, kaggle, wands
 from distill.data.reading import DataError, LoadReport, LoadResult
 
-__all__ = ["FORMATS", "DataError", "LoadReport", "LoadResult", "detect_format", "external_dataset", "load_pairs"]
-
-# Kaggle sets are never bundled: they are read from $RELEVANCE_SHARED_DATA (default ../shared/data).
-EXTERNAL_DATASETS: dict[str, str] = {
-    "home-depot": "home-depot/train.csv",
-    "crowdflower": "crowdflower/train.csv",
-}
+__all__ = ["FORMATS", "DataError", "LoadReport", "LoadResult", "detect_format", "load_pairs"]
 
 FORMATS: dict[str, Callable[..., LoadResult]] = {
     "wands": wands.load,
@@ -77,15 +70,3 @@ def detect_format(path: Path) -> str:
         return "csv"
     raise DataError(f"{path}: cannot tell the format from its header ({header_line[:120]!r}); "
                     f"pass one of {', '.join(FORMATS)}")
-
-
-def external_dataset(name: str) -> Path:
-    """Path of a named external dataset (``home-depot``, ``crowdflower``); DataError when absent."""
-    if name not in EXTERNAL_DATASETS:
-        raise DataError(f"unknown dataset {name!r}; named datasets: {', '.join(EXTERNAL_DATASETS)}")
-    root = Path(os.environ.get("RELEVANCE_SHARED_DATA", "../shared/data"))
-    path = root / EXTERNAL_DATASETS[name]
-    if not path.is_file():
-        raise DataError(f"{path}: {name} data not found. It is Kaggle competition data and is not bundled: "
-                        "put its train.csv there, set RELEVANCE_SHARED_DATA to the folder above it, or pass the path")
-    return path

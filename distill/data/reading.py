@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.datasets import DatasetError
 from distill.data.schema import LabelledPair
 
 OnError = Literal["skip", "raise"]
@@ -23,7 +24,7 @@ MALFORMED = "__malformed__"  # key read_table sets on a row whose cell count is 
 MAX_EXAMPLES_PER_REASON = 5
 
 
-class DataError(ValueError):
+class DataError(DatasetError):
     """Input that cannot be loaded; the message names the file (and line) and what is wrong."""
 
 

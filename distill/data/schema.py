@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.bundle import DEFAULT_GRADE_LEVELS
+from core.item import Item, pair_hash
 
-GRADE_LEVELS: tuple[str, ...] = DEFAULT_GRADE_LEVELS  # ("Irrelevant", "Partial", "Exact")
-# Graded gains for NDCG (linear in the grade index).
-GRADE_GAINS: dict[str, float] = {"Irrelevant": 0.0, "Partial": 1.0, "Exact": 2.0}
-
-
-class Item(BaseModel):
-    """A catalogue item. Extra top-level fields (brand, color, description, ...) are kept."""
-
-    model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1)
-    title: str = ""
-    attributes: dict[str, str] = Field(default_factory=dict)
-
-    def as_mapping(self) -> dict[str, Any]:
-        return self.model_dump()
+__all__ = ["LabelledPair"]
 
 
 class LabelledPair(BaseModel):
@@ -39,10 +22,3 @@ class LabelledPair(BaseModel):
     def pair_id(self) -> str:
         """Stable id of the (query, item content) pair."""
         return pair_hash(self.query, self.item.as_mapping())
-
-
-def pair_hash(query: str, item: dict[str, Any]) -> str:
-    import orjson
-
-    blob = orjson.dumps({"q": query, "i": item}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(blob).hexdigest()[:24]

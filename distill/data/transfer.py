@@ -4,8 +4,8 @@ Knowledge distillation adds most where the teacher labels pairs that have no hum
 builds such pairs from a labelled set alone: each query is paired with the catalogue items it has
 no judgement for that score highest under BM25 (``distill/baselines/bm25.py``), i.e. the near
 misses a search engine would show for it. The pairs are written in the generic JSONL format with
-an empty label, so every loader, ``relevance annotate``, ``relevance sft --predict`` and
-``relevance train`` read them; the student's hard-label loss skips them.
+an empty label, so every loader, ``relevance teacher annotate``, ``relevance teacher sft --predict`` and
+``relevance student train`` read them; the student's hard-label loss skips them.
 """
 
 from __future__ import annotations

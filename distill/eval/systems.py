@@ -1,4 +1,4 @@
-"""System specs for ``relevance eval --system``: each turns a list of pairs into a SystemOutput.
+"""System specs for ``relevance eval run --system``: each turns a list of pairs into a SystemOutput.
 
 * ``bm25`` — distill.baselines.bm25 over the dataset's whole catalogue.
 * ``bundle:PATH`` — a model bundle scored in-process through the service's scoring code.
@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import orjson
-from pydantic import ValidationError
 
-from distill.data.reading import DataError, read_text
-from distill.data.schema import GRADE_LEVELS, LabelledPair
+from core.cot import CoTFileError, CoTRecord, grade_distribution, read_records
+from core.grades import GRADE_LEVELS, LEVEL_VALUES
+from distill.data.reading import DataError
+from distill.data.schema import LabelledPair
 from distill.eval.evaluate import SystemOutput
-from distill.teacher.cot import CoTRecord
-from service.bundle import DEFAULT_LEVEL_VALUES
 
 KINDS = ("bm25", "bundle:PATH", "annotations:PATH")
 
@@ -40,40 +38,25 @@ def score_system(spec: str, pairs: list[LabelledPair], catalogue: list[LabelledP
     raise ValueError(f"system {spec!r} is not one of {', '.join(KINDS)}")
 
 
-def read_annotations(path: str | Path) -> tuple[list[CoTRecord], list[str]]:
-    """CoTRecords of a JSONL file, and the 'file:line: problem' of each line that is not one."""
-    records, problems = [], []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(CoTRecord.model_validate(orjson.loads(line)))
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            problems.append(f"{path}:{n}: not a CoTRecord ({str(exc).splitlines()[0]})")
-    return records, problems
-
-
 def record_distribution(record: CoTRecord) -> np.ndarray | None:
-    """The record's grade distribution over GRADE_LEVELS, or None when it has none."""
-    if record.grade_distribution:
-        probs = np.array([record.grade_distribution.get(g, 0.0) for g in GRADE_LEVELS], dtype=float)
-        if probs.sum() > 0:
-            return probs / probs.sum()
-    if record.grade in GRADE_LEVELS:
+    """The record's grade distribution (core.cot's rule), else its grade as one-hot, else None."""
+    dist = grade_distribution(record, GRADE_LEVELS)
+    if dist is None and record.grade in GRADE_LEVELS:
         return np.eye(len(GRADE_LEVELS))[GRADE_LEVELS.index(record.grade)]
-    return None
+    return dist
 
 
 def annotations_output(path: str, pairs: list[LabelledPair]) -> SystemOutput:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: annotations file not found")
-    records, problems = read_annotations(path)
+    try:
+        records, _ = read_records(path)
+    except CoTFileError as exc:
+        raise DataError(str(exc)) from None
     by_pair_id = {r.pair_id: r for r in records}
     by_query_item = {(r.query, r.item_id): r for r in records}
     scores = np.full(len(pairs), np.nan)
     probs = np.zeros((len(pairs), len(GRADE_LEVELS)))
     missing = no_grade = 0
-    values = np.asarray(DEFAULT_LEVEL_VALUES)
+    values = np.asarray(LEVEL_VALUES)
     for i, pair in enumerate(pairs):
         record = by_pair_id.get(pair.pair_id) or by_query_item.get((pair.query, pair.item.id))
         if record is None:
@@ -85,7 +68,6 @@ def annotations_output(path: str, pairs: list[LabelledPair]) -> SystemOutput:
             continue
         probs[i] = dist
         scores[i] = float(dist @ values)
-    info = {"spec": f"annotations:{path}", "records": len(records), "unreadable_lines": len(problems),
-            "unreadable_examples": problems[:3], "pairs_without_record": missing,
+    info = {"spec": f"annotations:{path}", "records": len(records), "pairs_without_record": missing,
             "records_without_grade": no_grade}
     return SystemOutput(f"annotations:{Path(path).stem}", scores, probs, info=info)

@@ -22,18 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from core.cot import CoTRecord, read_records
 from distill.data.schema import LabelledPair
-from distill.teacher.cot import CoTRecord
-from distill.teacher.prompt import Mode
-from distill.teacher.teacher import Teacher
+from teacher.prompt import Mode
+from teacher.runtime import Teacher
 
 CacheKey = tuple[str, str, str, str]
-
-
-class AnnotationFileError(ValueError):
-    """An annotation JSONL that cannot be read; the message names the file and line."""
 
 
 class AnnotationSummary(BaseModel):
@@ -59,30 +55,6 @@ class AnnotationSummary(BaseModel):
 
 def record_key(record: CoTRecord) -> CacheKey:
     return (record.teacher_id, record.prompt_version, record.mode, record.pair_id)
-
-
-def read_annotations(path: Path, *, repair: bool = False) -> tuple[list[CoTRecord], int]:
-    """Records of an annotation file and the number of torn last lines (0 or 1).
-
-    With ``repair`` a torn last line is cut off the file; without, it is only counted.
-    """
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    *complete, tail = data.split(b"\n")  # tail: bytes after the last newline, empty unless torn
-    records: list[CoTRecord] = []
-    for number, line in enumerate(complete, start=1):
-        try:
-            records.append(CoTRecord.model_validate_json(line))
-        except ValidationError as exc:
-            raise AnnotationFileError(f"{path}:{number}: not a CoT record: {str(exc)[:300]}") from exc
-    if not tail:
-        return records, 0
-    # Records are written as one line ending in a newline: a tail without one was torn by a kill.
-    if repair:
-        with path.open("r+b") as f:
-            f.truncate(len(data) - len(tail))
-    return records, 1
 
 
 class _Writer:
@@ -111,7 +83,7 @@ async def annotate(
     progress: bool = True,
 ) -> AnnotationSummary:
     """Judge every pair not yet in ``out`` and append its record; returns the run's summary."""
-    existing, torn = read_annotations(out, repair=True)
+    existing, torn = read_records(out, missing_ok=True, torn="cut")
     done = {record_key(r) for r in existing}
     summary = AnnotationSummary(
         out=str(out),
@@ -178,7 +150,7 @@ def write_parquet(jsonl: Path, parquet: Path) -> int:
     """Flat Parquet copy of an annotation file (nested fields as JSON strings); returns rows."""
     import pandas as pd
 
-    records, _ = read_annotations(jsonl)
+    records, _ = read_records(jsonl)
     rows: list[dict[str, Any]] = []
     for record in records:
         row = record.model_dump()

@@ -27,19 +27,17 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from distill.data.schema import GRADE_LEVELS, LabelledPair
-from distill.teacher.attributes import ATTRIBUTE_PATTERNS, NEGATION_WORDS, AttributeValue, find_values
-from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
-from service.text_template import DEFAULT_TEMPLATE, TextTemplate
+from core.cot import EXCLUSION_DIMENSION, OVERLAP_DIMENSION, CoTRecord, DimensionJudgement, EvidenceSpan
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE, TextTemplate
+from distill.data.schema import LabelledPair
+from teacher.attributes import ATTRIBUTE_PATTERNS, NEGATION_WORDS, AttributeValue, find_values
 
 # (teacher id, prompt version) by whether attribute dimensions are judged; v1 is overlap only.
 BOOTSTRAP_VERSIONS = {
     False: ("bootstrap:label+lexical-overlap", "bootstrap-v1"),
     True: ("bootstrap:label+attributes+overlap", "bootstrap-v2"),
 }
-OVERLAP_DIMENSION = "lexical_overlap"
-EXCLUSION_DIMENSION = "exclusion"
-BOOTSTRAP_DIMENSIONS = (EXCLUSION_DIMENSION, OVERLAP_DIMENSION)  # written besides cot.DIMENSIONS
 MAX_ITEM_VALUES = 3  # conflicting item values cited per dimension
 
 _WORD = re.compile(r"[0-9a-z]+(?:['.-][0-9a-z]+)*", re.IGNORECASE)

@@ -1,4 +1,4 @@
-"""Teacher subcommands of `relevance`: annotate, collaborate, sft, sft-lora, convert-teacher-base, bootstrap-cot."""
+"""`relevance teacher`: annotate, collaborate, sft, sft-lora, convert-base, bootstrap-cot."""
 
 from __future__ import annotations
 
@@ -8,32 +8,35 @@ from pathlib import Path
 
 import typer
 
+from core.datasets import SPEC_HELP
 from distill.data.schema import LabelledPair
+from distill.teacher.lora import LoRAPrecision, Targets
+from teacher.prompt import Mode
 
 
 def load_input_pairs(source: str, fmt: str | None) -> list[LabelledPair]:
-    """Pairs from ``bundled:train|dev|all`` or any file the data loaders read (skips reported)."""
-    if source.startswith("bundled:"):
-        from distill.data.bundled import load_bundled
+    """Pairs of a dataset spec (core/datasets.py); what the loader skipped is printed."""
+    from distill.data.datasets import DataError, load_dataset
 
-        split = source.split(":", 1)[1]
-        if split not in ("train", "dev", "all"):
-            raise typer.BadParameter(f"{source!r}: use bundled:train, bundled:dev or bundled:all", param_hint="--input")
-        return load_bundled(split)  # type: ignore[arg-type]
-    from distill.data.loaders import load_pairs
-
-    result = load_pairs(source, fmt)
-    typer.echo(f"loaded {len(result.pairs)} pairs from {source}; load report: {result.report}", err=True)
-    return result.pairs
+    try:
+        dataset = load_dataset(source, fmt)
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--input") from None
+    typer.echo(f"loaded {len(dataset.pairs)} pairs: {dataset.description}", err=True)
+    return dataset.pairs
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    teacher_app = typer.Typer(help="Teacher: judge pairs with the LLM into CoT records; fine-tune the LLM.",
+                              no_args_is_help=True)
+    app.add_typer(teacher_app, name="teacher")
+
+    @teacher_app.command()
     def annotate(
-        input: str = typer.Option(..., "--input", "-i", help="bundled:train|dev|all, or a data file/folder"),
+        input: str = typer.Option(..., "--input", "-i", help=SPEC_HELP),
         out: Path = typer.Option(..., "--out", "-o", help="JSONL of CoT records (appended to; resumes)"),
         teacher: str = typer.Option("llamacpp", help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR"),
-        mode: str = typer.Option("score", help="score (verdict only, fast) or cot (reasoning + verdict)"),
+        mode: Mode = typer.Option(Mode.score, help="score (verdict only, fast) or cot (reasoning + verdict)"),
         fmt: str | None = typer.Option(None, "--format", help="input format (default: detected)"),
         concurrency: int = typer.Option(1, min=1, help="judgements in flight (HTTP teachers benefit)"),
         limit: int | None = typer.Option(None, min=1, help="annotate only the first N input pairs"),
@@ -41,18 +44,16 @@ def register(app: typer.Typer) -> None:
         summary_out: Path | None = typer.Option(None, "--summary", help="write the run summary JSON here"),
     ) -> None:
         """Judge pairs with an ELLM-rele teacher → CoT records (JSONL, resumable)."""
-        from distill.teacher import load_teacher
         from distill.teacher.annotate import annotate as run_annotation
         from distill.teacher.annotate import write_parquet
+        from teacher import load_teacher
 
-        if mode not in ("score", "cot"):
-            raise typer.BadParameter(f"{mode!r}: use score or cot", param_hint="--mode")
         pairs = load_input_pairs(input, fmt)[:limit]
         judge = load_teacher(teacher)
 
         async def run() -> None:
             try:
-                summary = await run_annotation(judge, pairs, out, mode=mode, concurrency=concurrency)  # type: ignore[arg-type]
+                summary = await run_annotation(judge, pairs, out, mode=mode, concurrency=concurrency)
             finally:
                 await judge.aclose()
             text = summary.model_dump_json(indent=1)
@@ -67,14 +68,14 @@ def register(app: typer.Typer) -> None:
 
         asyncio.run(run())
 
-    @app.command()
+    @teacher_app.command()
     def collaborate(
-        input: str = typer.Option(..., "--input", "-i", help="bundled:train|dev|all, or a data file/folder"),
+        input: str = typer.Option(..., "--input", "-i", help=SPEC_HELP),
         out_dir: Path = typer.Option(..., "--out-dir", "-o", help="folder for annotator files, kept CoTs, summary"),
         annotator_a: str = typer.Option("llamacpp?temperature=0.3&seed=1", "--annotator-a"),
         annotator_b: str = typer.Option("llamacpp?temperature=0.7&seed=2", "--annotator-b"),
         samples: int = typer.Option(3, min=1, help="self-consistency samples per annotator"),
-        mode: str = typer.Option("cot", help="cot (reasoning kept for distillation) or score"),
+        mode: Mode = typer.Option(Mode.cot, help="cot (reasoning kept for distillation) or score"),
         fmt: str | None = typer.Option(None, "--format"),
         limit: int | None = typer.Option(None, min=1),
         concurrency: int = typer.Option(1, min=1),
@@ -82,18 +83,16 @@ def register(app: typer.Typer) -> None:
         """Collaborative CoT annotation: two annotators + self-consistency, kept where they agree."""
         from distill.teacher.collaborative import collaborate as run_collaboration
 
-        if mode not in ("score", "cot"):
-            raise typer.BadParameter(f"{mode!r}: use score or cot", param_hint="--mode")
         pairs = load_input_pairs(input, fmt)[:limit]
         summary = asyncio.run(
             run_collaboration(
-                pairs, out_dir, annotators=(annotator_a, annotator_b), samples=samples, mode=mode,  # type: ignore[arg-type]
+                pairs, out_dir, annotators=(annotator_a, annotator_b), samples=samples, mode=mode,
                 concurrency=concurrency,
             )
         )
         typer.echo(json.dumps(summary, indent=1))
 
-    @app.command()
+    @teacher_app.command()
     def sft(
         out: Path = typer.Option(..., "--out", "-o", help="output folder (model.gguf + sft.json)"),
         train: str = typer.Option("bundled:train", help="labelled pairs to fine-tune on"),
@@ -113,7 +112,7 @@ def register(app: typer.Typer) -> None:
         predict_out: Path | None = typer.Option(None, help="JSONL of CoT records for --predict"),
     ) -> None:
         """Verdict-row SFT: refit the grade tokens' output rows on human labels → a GGUF teacher
-        (llamacpp:OUT/model.gguf). For LoRA fine-tuning on CoT records use `relevance sft-lora`."""
+        (llamacpp:OUT/model.gguf). For LoRA fine-tuning on CoT records use `relevance teacher sft-lora`."""
         from distill.teacher.sft import SFTConfig, run_sft
 
         if (predict is None) != (predict_out is None):
@@ -125,12 +124,12 @@ def register(app: typer.Typer) -> None:
         report = run_sft(pairs, out, config, base_gguf=base, predict=held, predict_out=predict_out)
         typer.echo(json.dumps(report, indent=1))
 
-    @app.command("sft-lora")
+    @teacher_app.command("sft-lora")
     def sft_lora(
         records: Path = typer.Option(..., "--records", "-r", help="JSONL of CoT records (annotate, collaborate, bootstrap-cot)"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder: merged checkpoint (teacher hf:OUT) + lora.json"),
         base: Path = typer.Option(Path("models/smollm2-135m-hf"), help="transformers base checkpoint (made from the embedded GGUF when missing)"),
-        targets: str = typer.Option("both", help="assistant turns to train: cot, score or both (per record)"),
+        targets: Targets = typer.Option(Targets.both, help="assistant turns to train, per record"),
         rank: int = typer.Option(8, min=1, help="LoRA rank r"),
         alpha: int = typer.Option(16, min=1, help="LoRA alpha"),
         target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated module names"),
@@ -146,30 +145,26 @@ def register(app: typer.Typer) -> None:
         eval_every: int = typer.Option(25, min=1, help="steps between held-out evaluations"),
         patience: int = typer.Option(3, min=1, help="evaluations without improvement before stopping"),
         device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N"),
-        precision: str = typer.Option("auto", help="auto, fp32 or bf16 (autocast; auto: bf16 on CUDA and on CPUs with native bf16)"),
+        precision: LoRAPrecision = typer.Option(LoRAPrecision.auto, help="autocast; auto: bf16 on CUDA and on CPUs with native bf16"),
         threads: int = typer.Option(2, min=1, help="CPU threads for torch"),
         seed: int = typer.Option(0),
-        gguf: bool = typer.Option(True, help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-teacher-base)"),
+        gguf: bool = typer.Option(True, help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-base)"),
     ) -> None:
         """LoRA SFT of SmolLM2-135M-Instruct on CoT records (loss on assistant tokens only) → teacher hf:OUT."""
-        from distill.teacher.annotate import AnnotationFileError, read_annotations
+        from core.cot import CoTFileError, read_records
         from distill.teacher.lora import DEFAULT_HF_BASE, LoRAConfig, convert_gguf_to_hf, run_lora_sft
 
-        if targets not in ("cot", "score", "both"):
-            raise typer.BadParameter(f"{targets!r}: use cot, score or both", param_hint="--targets")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise typer.BadParameter(f"{precision!r}: use auto, fp32 or bf16", param_hint="--precision")
         if not records.is_file():
             raise typer.BadParameter(f"file not found: {records}", param_hint="--records")
         try:
-            loaded, torn = read_annotations(records)
-        except AnnotationFileError as exc:
+            loaded, torn = read_records(records, torn="count")
+        except CoTFileError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
         if torn:
             typer.echo(f"{records}: ignoring 1 torn last line", err=True)
         config = LoRAConfig(
-            targets=targets, rank=rank, alpha=alpha, target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],  # type: ignore[arg-type]
+            targets=targets, rank=rank, alpha=alpha, target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
             lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
             max_length=max_length, max_records=max_records, eval_fraction=eval_fraction,
             max_eval_examples=max_eval_examples, eval_every=eval_every, patience=patience, device=device,
@@ -189,12 +184,12 @@ def register(app: typer.Typer) -> None:
             (out / "lora.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         typer.echo(json.dumps(report, indent=1))
 
-    @app.command("convert-teacher-base")
-    def convert_teacher_base(
+    @teacher_app.command("convert-base")
+    def convert_base(
         out: Path = typer.Option(Path("models/smollm2-135m-hf"), "--out", "-o", help="checkpoint folder to write"),
         gguf_file: Path | None = typer.Option(None, "--gguf", help="GGUF to convert (default: the embedded SmolLM2-135M-Instruct)"),
     ) -> None:
-        """De-quantise a GGUF into a transformers checkpoint (the base of `relevance sft-lora`), once."""
+        """De-quantise a GGUF into a transformers checkpoint (the base of `relevance teacher sft-lora`), once."""
         from distill.teacher.lora import convert_gguf_to_hf
 
         if (out / "config.json").is_file():
@@ -202,9 +197,9 @@ def register(app: typer.Typer) -> None:
             return
         convert_gguf_to_hf(out, gguf_file, echo=lambda m: typer.echo(m, err=True))
 
-    @app.command("bootstrap-cot")
+    @teacher_app.command("bootstrap-cot")
     def bootstrap_cot(
-        input: str = typer.Option("bundled:train", "--input", "-i", help="labelled pairs: bundled:train|dev|all or a file"),
+        input: str = typer.Option("bundled:train", "--input", "-i", help="labelled pairs: " + SPEC_HELP),
         fmt: str | None = typer.Option(None, "--format"),
         output: Path = typer.Option(..., "--output", "-o", help="JSONL of CoT records"),
         attributes: bool = typer.Option(

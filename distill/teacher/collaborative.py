@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.cot import CoTRecord, read_records
 from distill.data.schema import LabelledPair
-from distill.teacher.annotate import annotate, read_annotations
-from distill.teacher.cot import CoTRecord
-from distill.teacher.prompt import Mode
+from distill.teacher.annotate import annotate
+from teacher.prompt import Mode
 
 
 def majority(grades: Sequence[str | None]) -> tuple[str | None, float]:
@@ -45,7 +45,7 @@ async def collaborate(
     concurrency: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from distill.teacher import load_teacher, split_spec_options
+    from teacher import load_teacher, split_spec_options
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"a": out_dir / "annotator_a.jsonl", "b": out_dir / "annotator_b.jsonl"}
@@ -64,7 +64,7 @@ async def collaborate(
     by_pair: dict[str, dict[str, list[CoTRecord]]] = defaultdict(lambda: {"a": [], "b": []})
     for name, path in files.items():
         wanted = set(teacher_ids[name])
-        for record in read_annotations(path)[0]:
+        for record in read_records(path)[0]:
             if record.teacher_id in wanted and record.mode == mode:
                 by_pair[record.pair_id][name].append(record)
 

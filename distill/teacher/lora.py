@@ -1,6 +1,6 @@
-"""`relevance sft-lora`: LoRA fine-tuning of a causal LM on CoT records → an ELLM-rele checkpoint.
+"""`relevance teacher sft-lora`: LoRA fine-tuning of a causal LM on CoT records → an ELLM-rele checkpoint.
 
-Each CoT record (``cot.CoTRecord``, as written by ``relevance annotate``, ``collaborate`` or
+Each CoT record (``cot.CoTRecord``, as written by ``relevance teacher annotate``, ``collaborate`` or
 ``bootstrap-cot``) becomes training text in exactly the teacher's protocol (``prompt.py``): the
 same chat messages through the tokenizer's chat template, then the assistant turn as the JSON the
 prompt asks for — dimensions, rationale, and the grade LAST — starting with the same prefill the
@@ -21,7 +21,6 @@ as teacher ``hf:OUT``, plus ``lora.json`` (config, data counts, losses, timings)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,23 +31,38 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from distill.teacher.cot import CoTRecord
-from distill.teacher.prompt import GRADE_KEY_PREFIX, PROMPT_VERSION, Mode, build_messages, prefill
+from core.cot import CoTRecord
+from core.datasets import unit_hash
+from teacher.prompt import GRADE_KEY_PREFIX, PROMPT_VERSION, Mode, build_messages, prefill
 
 DEFAULT_HF_BASE = Path("models/smollm2-135m-hf")
 LORA_REPORT = "lora.json"
 IGNORE = -100  # label value the loss skips
 
-Targets = Literal["cot", "score", "both"]
+class Targets(StrEnum):
+    """The assistant turns a record trains: its CoT, the score-mode verdict, or both."""
+
+    cot = "cot"
+    score = "score"
+    both = "both"
+
+
+class LoRAPrecision(StrEnum):
+    """Autocast precision of training (LoRAConfig.precision)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class LoRAConfig(BaseModel):
-    targets: Targets = "both"  # which assistant turns to train: CoT, score mode, or both per record
+    targets: Targets = Targets.both  # which assistant turns to train: CoT, score mode, or both per record
     rank: int = Field(default=8, ge=1)
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
@@ -68,7 +82,7 @@ class LoRAConfig(BaseModel):
     device: str = "auto"
     # bf16 autocast: the weights and the saved checkpoint stay float32. auto: bf16 on CUDA with
     # bf16 support and on CPUs with native bf16 (avx512_bf16/amx_bf16; ~3x faster here), else fp32.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: LoRAPrecision = LoRAPrecision.auto
     threads: int = Field(default=2, ge=1)
     seed: int = 0
 
@@ -83,7 +97,7 @@ def convert_gguf_to_hf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.teacher.backends.llamacpp import default_gguf_path
+    from teacher.backends.llamacpp import default_gguf_path
 
     gguf_path = Path(gguf_path) if gguf_path else default_gguf_path()
     if not gguf_path.is_file():
@@ -220,8 +234,7 @@ def split_by_query(examples: Sequence[Example], eval_fraction: float, seed: int)
     """(train, held-out): a query's examples all fall on one side (hash of seed and query)."""
     def held(group: str) -> bool:
         # Salted: the bundled train/dev split hashes "{seed}:{query}" the same way, so unsalted no train query would be held out.
-        h = int(hashlib.sha256(f"lora-eval:{seed}:{group}".encode()).hexdigest()[:8], 16)
-        return h / 0xFFFFFFFF < eval_fraction
+        return unit_hash(f"lora-eval:{seed}:{group}") < eval_fraction
 
     train = [e for e in examples if not held(e.group)]
     return train, [e for e in examples if held(e.group)]
@@ -337,7 +350,7 @@ def run_lora_sft(
 
     started = time.perf_counter()
     if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base checkpoint not found (no config.json): {base}; run `relevance convert-teacher-base`")
+        raise FileNotFoundError(f"base checkpoint not found (no config.json): {base}; run `relevance teacher convert-base`")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)

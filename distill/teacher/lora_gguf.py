@@ -57,7 +57,7 @@ def export_gguf(checkpoint: Path, *, echo: Callable[[str], None] = print) -> dic
     base = Path(report["base"])
     source = base / "source.json"
     if not source.is_file():
-        reason = f"{base} was not made by `relevance convert-teacher-base` (no source.json): no base GGUF to copy"
+        reason = f"{base} was not made by `relevance teacher convert-base` (no source.json): no base GGUF to copy"
         echo(f"GGUF export skipped: {reason}")
         return {"written": False, "reason": reason}
     base_gguf = Path(json.loads(source.read_text(encoding="utf-8"))["gguf"])

@@ -1,4 +1,4 @@
-"""`relevance sft`: make ELLM-rele stronger by fine-tuning its verdict on human labels.
+"""`relevance teacher sft`: make ELLM-rele stronger by fine-tuning its verdict on human labels.
 
 What is trained, plainly: the teacher's grade distribution is a softmax over the output-layer
 rows ("unembeddings") of the grade levels' first tokens, applied to the model's final hidden
@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from distill.data.schema import GRADE_LEVELS, LabelledPair
-from distill.teacher.bootstrap import EXCLUSION_DIMENSION, rule_judgements, rule_rationale
-from distill.teacher.cot import VERDICTS, DimensionJudgement
-from distill.teacher.prompt import PROMPT_VERSION, SCORE_PREFILL, build_messages
-from service.text_template import DEFAULT_TEMPLATE
+from core.cot import EXCLUSION_DIMENSION, VERDICTS, DimensionJudgement
+from core.datasets import fold_of
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE
+from distill.data.schema import LabelledPair
+from distill.teacher.bootstrap import rule_judgements, rule_rationale
+from teacher.prompt import PROMPT_VERSION, SCORE_PREFILL, build_messages
 
 SFT_GGUF = "model.gguf"
 SFT_REPORT = "sft.json"
@@ -74,7 +76,7 @@ class VerdictFeatures:
     """
 
     def __init__(self, gguf_path: Path, output: np.ndarray, *, threads: int = 2) -> None:
-        from distill.teacher.backends.llamacpp import LlamaCppBackend
+        from teacher.backends.llamacpp import LlamaCppBackend
 
         self.backend = LlamaCppBackend(gguf_path, n_threads=threads)
         w = output.astype(np.float64)
@@ -212,9 +214,7 @@ def choose_l2(
 ) -> tuple[float, dict[str, float], np.ndarray]:
     """The L2 weight of L2_GRID with the lowest cross-validated CE (folds split by query), its CV CE
     per weight, and the chosen weight's out-of-fold grade distributions [n, levels]."""
-    import hashlib
-
-    fold = np.array([int(hashlib.sha256(g.encode()).hexdigest(), 16) % CV_FOLDS for g in groups])
+    fold = np.array([fold_of(g, CV_FOLDS, salt="sft-cv") for g in groups])
     cv: dict[str, float] = {}
     oof: dict[float, np.ndarray] = {}
     for l2 in L2_GRID:
@@ -237,11 +237,11 @@ def write_distribution_records(
     path: Path, pairs: Sequence[LabelledPair], probs: np.ndarray, levels: Sequence[str], *, teacher_id: str,
     with_cot: bool = False,
 ) -> None:
-    """Grade distributions as CoT records, readable by `relevance eval` and `relevance train`:
+    """Grade distributions as CoT records, readable by `relevance eval run` and `relevance student train`:
     score mode, or (``with_cot``) with the rule judgements the head read as their dimensions."""
     from datetime import UTC, datetime
 
-    from distill.teacher.cot import CoTRecord
+    from core.cot import CoTRecord
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ def run_sft(
     With ``config.cot_features`` the head reads [h; v] (v: ``cot_features``): no GGUF can hold
     it, so it is saved as COT_HEAD_FILE and its records carry the rule judgements as their CoT.
     ``predict`` pairs (e.g. the dev split) are scored by the fitted head into ``predict_out``."""
-    from distill.teacher.backends.llamacpp import default_gguf_path
+    from teacher.backends.llamacpp import default_gguf_path
 
     base = Path(base_gguf) if base_gguf else default_gguf_path()
     labelled = [p for p in pairs if p.label in levels]

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from core.item import Item, is_blank
 from distill.data.labels import LabelError, esci_grade
 from distill.data.reading import DataError, LoadResult, OnError, PairCollector, clean, read_table
-from distill.data.schema import Item, LabelledPair
+from distill.data.schema import LabelledPair
 
 EXAMPLES_FILE = "shopping_queries_dataset_examples.parquet"
 PRODUCTS_FILE = "shopping_queries_dataset_products.parquet"
@@ -46,6 +47,9 @@ def _pair(row: Mapping[str, object], where: str, out: PairCollector, dataset: st
         return
     if not pid:
         out.skip("empty product_id", where, "product_id is empty")
+        return
+    if is_blank(cell("product_title")):
+        out.skip("empty product_title", where, "product_title is empty")
         return
     try:
         grade = esci_grade(cell("esci_label"))

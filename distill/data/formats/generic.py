@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from core.item import Item
 from distill.data.labels import LabelError, generic_grade
 from distill.data.reading import DataError, LoadResult, OnError, PairCollector, read_table, read_text
-from distill.data.schema import Item, LabelledPair
+from distill.data.schema import LabelledPair
 
 REQUIRED = ("query", "item_id")
 _RESERVED = {"query", "query_id", "item_id", "title", "label", "attributes"}

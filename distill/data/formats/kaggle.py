@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from core.item import Item, is_blank
+from core.text_template import normalise_text
 from distill.data.labels import LabelError, crowdflower_grade, home_depot_grade
 from distill.data.reading import LoadResult, OnError, PairCollector, clean, read_table
-from distill.data.schema import Item, LabelledPair
-from service.text_template import normalise_text
+from distill.data.schema import LabelledPair
 
 HOME_DEPOT_COLUMNS = ("id", "product_uid", "product_title", "search_term", "relevance")
 CROWDFLOWER_COLUMNS = ("id", "query", "product_title", "product_description", "median_relevance")
@@ -39,6 +40,9 @@ def load_home_depot(path: str | Path, *, on_error: OnError = "skip", encoding: s
         if not uid:
             out.skip("empty product_uid", where, "product_uid is empty")
             continue
+        if is_blank(clean(row["product_title"])):
+            out.skip("empty product_title", where, "product_title is empty")
+            continue
         try:
             grade, mean = home_depot_grade(clean(row["relevance"]))
         except LabelError as exc:
@@ -58,7 +62,7 @@ def load_crowdflower(path: str | Path, *, on_error: OnError = "skip") -> LoadRes
         if not query:
             out.skip("empty query", where, "query is empty")
             continue
-        if not title:
+        if is_blank(title):
             out.skip("empty product_title", where, "product_title is empty")
             continue
         try:

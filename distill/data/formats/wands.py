@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.item import Item, is_blank
 from distill.data.labels import LabelError, wands_grade
 from distill.data.reading import DataError, LoadResult, OnError, PairCollector, clean, read_table
-from distill.data.schema import Item, LabelledPair
+from distill.data.schema import LabelledPair
 
 FILES = ("query.csv", "product.csv", "label.csv")
 
@@ -41,6 +42,7 @@ def load(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:
         for _, row in read_table(folder / "query.csv", required=("query_id", "query"), delimiter="\t")
     }
     products: dict[str, Item] = {}
+    untitled: set[str] = set()  # products whose name is blank: their label rows are skipped, and say why
     for _, row in read_table(folder / "product.csv", required=("product_id", "product_name"), delimiter="\t"):
         fields = {
             key: clean(row.get(key))
@@ -51,6 +53,9 @@ def load(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:
             fields["category_hierarchy"] = fields.pop("category hierarchy")
         if "product_description" in fields:
             fields["description"] = fields.pop("product_description")
+        if is_blank(clean(row["product_name"])):
+            untitled.add(clean(row["product_id"]))
+            continue
         products[clean(row["product_id"])] = Item(
             id=clean(row["product_id"]),
             title=clean(row["product_name"]),
@@ -67,6 +72,9 @@ def load(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:
             continue
         if not queries[qid]:
             out.skip("empty query", where, f"query_id {qid!r} has an empty query in query.csv")
+            continue
+        if pid in untitled:
+            out.skip("empty product_name", where, f"product_id {pid!r} has an empty product_name in product.csv")
             continue
         if pid not in products:
             out.skip("unknown product_id", where, f"product_id {pid!r} is not in product.csv")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.teacher.backends.base import (
+from teacher.backends.base import (
     Backend,
     VerdictRequest,
     VerdictResult,
@@ -31,7 +31,7 @@ from distill.teacher.backends.base import (
     level_distribution,
     run_abortable,
 )
-from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
+from teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
 DEFAULT_GGUF_GLOB = "*.gguf"
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 # Words that negate the next one in a query ("bags without handles"); the negation slice of
-# `relevance eval` and the bootstrap's exclusion rule use the same list.
+# `relevance eval run` and the bootstrap's exclusion rule use the same list.
 NEGATION_WORDS: tuple[str, ...] = ("without", "non", "not", "no")
 
 _COLORS = (

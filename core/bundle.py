@@ -2,7 +2,7 @@
 
 A bundle is a folder::
 
-    model.onnx       the network (see ``OnnxSignature`` for inputs and outputs per kind)
+    model.onnx       the network (``ONNX_SIGNATURES``: inputs and output per kind)
     tokenizer.json   a Hugging Face `tokenizers` file
     bundle.json      this module's ``BundleManifest``; ``files`` records the SHA-256 of the other
                      two, written by ``write_manifest`` and checked by ``verify_files`` before loading
@@ -22,21 +22,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.text_template import TextTemplate
+from core.grades import GRADE_LEVELS, LEVEL_VALUES
+from core.text_template import TextTemplate
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "bundle.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
-# The project's grade scale (human labels of every dataset are mapped onto it by distill/data).
-DEFAULT_GRADE_LEVELS: tuple[str, ...] = ("Irrelevant", "Partial", "Exact")
-DEFAULT_LEVEL_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """The inputs and the one output of a bundle's model.onnx, by kind: the exporter writes these names
+    (distill/export/onnx_bert.py) and the service's session checks them (service/onnx_model.py)."""
+
+    inputs: tuple[str, ...]
+    output: str
+    output_width: str  # what the output's second axis is, as bundle.json states it
+
+    def width(self, manifest: BundleManifest) -> int | None:
+        return len(manifest.grade_levels) if self.output_width == "grade_levels" else manifest.embedding_dim
+
+
+BERT_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_SIGNATURES: dict[str, OnnxSignature] = {
+    "cross": OnnxSignature(BERT_INPUTS, "logits", "grade_levels"),
+    "bi": OnnxSignature(BERT_INPUTS, "embedding", "embedding_dim"),
+}
 
 
 class BundleError(ValueError):
@@ -87,6 +105,10 @@ class Provenance(BaseModel):
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
+# The keys of ``BundleManifest.summary``.
+SummaryField = Literal["name", "version", "kind", "score_method", "precision"]
+
+
 class BundleManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,8 +116,8 @@ class BundleManifest(BaseModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     kind: Literal["cross", "bi"]
-    grade_levels: list[str] = Field(default_factory=lambda: list(DEFAULT_GRADE_LEVELS), min_length=2)
-    level_values: list[float] = Field(default_factory=lambda: list(DEFAULT_LEVEL_VALUES))
+    grade_levels: list[str] = Field(default_factory=lambda: list(GRADE_LEVELS), min_length=2)
+    level_values: list[float] = Field(default_factory=lambda: list(LEVEL_VALUES))
     score: ScoreMapping
     max_query_tokens: int = Field(default=32, ge=4)
     max_item_tokens: int = Field(default=96, ge=4)
@@ -133,8 +155,19 @@ class BundleManifest(BaseModel):
         return self
 
     @property
+    def onnx(self) -> OnnxSignature:
+        return ONNX_SIGNATURES[self.kind]
+
+    @property
     def has_grades(self) -> bool:
         return self.score.method != "cosine"
+
+    def summary(self, *fields: SummaryField) -> dict[str, str]:
+        """What names the bundle in responses, metrics and reports: name, version, kind, score_method,
+        precision; only ``fields`` of them (in that order) where a contract fixes fewer keys."""
+        full = {"name": self.name, "version": self.version, "kind": self.kind,
+                "score_method": self.score.method, "precision": self.provenance.precision}
+        return {field: full[field] for field in fields} if fields else full
 
 
 def read_manifest(bundle_dir: str | Path) -> BundleManifest:

@@ -1,10 +1,10 @@
-"""Model outputs → scores in [0, 1] (and grade distributions), as service/bundle.py's ``score`` prescribes."""
+"""Model outputs → scores in [0, 1] (and grade distributions), as core/bundle.py's ``score`` prescribes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from service.bundle import BundleManifest, CosineGradeHeadScore, CosineScore
+from core.bundle import BundleManifest, CosineGradeHeadScore, CosineScore
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

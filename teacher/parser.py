@@ -23,8 +23,7 @@ from typing import Any
 
 import json_repair
 
-from distill.teacher.bootstrap import BOOTSTRAP_DIMENSIONS
-from distill.teacher.cot import DIMENSIONS, DimensionJudgement, EvidenceSpan
+from core.cot import BOOTSTRAP_DIMENSIONS, DIMENSIONS, DimensionJudgement, EvidenceSpan
 
 _VERDICT_SYNONYMS: dict[str, str] = {
     "match": "match",
@@ -119,7 +118,7 @@ def normalise_dimension(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     key = re.sub(r"[\s\-]+", "_", value.strip().lower())
-    # A model fine-tuned on bootstrap records (`relevance sft-lora`) writes their dimensions.
+    # A model fine-tuned on bootstrap records (`relevance teacher sft-lora`) writes their dimensions.
     if key in DIMENSIONS or key in BOOTSTRAP_DIMENSIONS:
         return key
     return _DIMENSION_SYNONYMS.get(key)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from distill.teacher.prompt import Mode
+from teacher.prompt import Mode
 
 
 @dataclass(frozen=True)

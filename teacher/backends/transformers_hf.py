@@ -1,4 +1,4 @@
-"""Local transformers checkpoint as teacher (e.g. a fine-tuned ELLM-rele from `relevance sft`).
+"""Local transformers checkpoint as teacher (e.g. a fine-tuned ELLM-rele from `relevance teacher sft`).
 
 Same protocol as the llama.cpp backend: the tokenizer's chat template, the assistant prefill,
 CoT generation stopped at the ``"grade"`` key, then the next-token logits at ``"grade": "`` give
@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from distill.teacher.backends.base import (
+from teacher.backends.base import (
     Backend,
     VerdictRequest,
     VerdictResult,
@@ -20,8 +20,8 @@ from distill.teacher.backends.base import (
     level_distribution,
     run_abortable,
 )
-from distill.teacher.backends.llamacpp import TeacherModelError
-from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
+from teacher.backends.llamacpp import TeacherModelError
+from teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
 
 class TransformersBackend(Backend):

@@ -7,7 +7,7 @@
 * ``score`` mode: no reasoning; the assistant turn is prefilled with ``{"grade": "`` so the
   prompt ends exactly at the verdict position (the fast path for annotation and ranking).
 
-The item text is always ``service.text_template.DEFAULT_TEMPLATE.item_text(item)``, the same text
+The item text is always ``core.text_template.DEFAULT_TEMPLATE.item_text(item)``, the same text
 the students see, so evidence offsets refer to it. Bump ``PROMPT_VERSION`` on any change of the
 wording: annotation caches are keyed by it.
 """
@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Literal
+from enum import StrEnum
 
-from distill.teacher.cot import DIMENSIONS, VERDICTS
+from core.cot import DIMENSIONS, VERDICTS
 
 PROMPT_VERSION = "ellm-rele-v1"
 
-Mode = Literal["cot", "score"]
+
+class Mode(StrEnum):
+    """How the teacher answers (the two modes above)."""
+
+    cot = "cot"
+    score = "score"
+
 
 # The text right before the grade value: the verdict position is the next token.
 GRADE_KEY = '"grade"'

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import httpx
 
-from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult, softmax
-from distill.teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
+from teacher.backends.base import Backend, VerdictRequest, VerdictResult, softmax
+from teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
 API_KEY_ENV = "RELEVANCE_TEACHER_API_KEY"
 _GRADE_VALUE_START = re.compile(re.escape(GRADE_KEY) + r'\s*:\s*"')

@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from distill.data.schema import GRADE_LEVELS, pair_hash
-from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult
-from distill.teacher.cot import CoTRecord
-from distill.teacher.parser import parse_output
-from distill.teacher.prompt import PROMPT_VERSION, Mode, build_messages, prefill
-from service.text_template import DEFAULT_TEMPLATE, TextTemplate
+from core.cot import CoTRecord
+from core.grades import GRADE_LEVELS
+from core.item import pair_hash
+from core.text_template import DEFAULT_TEMPLATE, TextTemplate
+from teacher.backends.base import Backend, VerdictRequest, VerdictResult
+from teacher.parser import parse_output
+from teacher.prompt import PROMPT_VERSION, Mode, build_messages, prefill
 
 DEFAULT_MAX_TOKENS = {"cot": 320, "score": 8}
 
