@@ -42,7 +42,7 @@ from loadtest.targets import Target
 from loadtest.workload import SizeDistribution, Workload
 
 QUEUE_DEPTH_GAUGE = "relevance_queue_depth_pairs"
-RUNS_DIR = Path("runs")  # student runs (distill/train.py), for the HF copy Infinity reranks with
+RUNS_DIR = Path("runs")  # student run folders (distill/students/run_folder.py), for the HF copy Infinity reranks with
 READY_PATH = "/readyz"
 
 
@@ -93,7 +93,9 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
     if opts.infinity_rerank_model is not None:
         return "infinity-rerank", opts.infinity_rerank_model
     run_dir = RUNS_DIR / str(run) if run else None
-    if run_dir is None or not (run_dir / "checkpoint.pt").is_file():
+    from distill.students.run_folder import CHECKPOINT_FILE
+
+    if run_dir is None or not (run_dir / CHECKPOINT_FILE).is_file():
         return (f"no student run for this cross bundle (provenance.run {run!r}, looked in {RUNS_DIR}); "
                 "pass --infinity-rerank-model")
     from loadtest.hf_cross import export_hf_cross_encoder
@@ -103,7 +105,7 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
 
 
 def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
-    from service.bundle import MODEL_FILE, read_manifest
+    from core.bundle import MODEL_FILE, read_manifest
 
     started = time.monotonic()
     date = datetime.now(UTC).strftime("%Y%m%d-%H%M")
@@ -120,8 +122,7 @@ def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
     results: dict[str, Any] = {"machine": machine, "options": _jsonable(opts.__dict__), "bundles": {}}
     for bundle in opts.bundles:
         manifest = read_manifest(bundle)
-        entry: dict[str, Any] = {"kind": manifest.kind, "name": manifest.name, "version": manifest.version,
-                                 "precision": manifest.provenance.precision}
+        entry: dict[str, Any] = manifest.summary()
         results["bundles"][str(bundle)] = entry
         extra = {"RELEVANCE_REQUEST_DEADLINE_MS": str(int(opts.timeout_s * 1000))}
         if not opts.embedding_cache:

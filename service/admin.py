@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import error_responses
+from service.state import app_state
 
 router = APIRouter(prefix="/admin")
 
@@ -45,6 +46,7 @@ class ReloadResponse(BaseModel):
     }),
 )
 async def reload(request: Request, body: ReloadRequest | None = None) -> Response:
-    await request.app.state.explain.auth(request)
-    result = await request.app.state.reloader.reload(body.bundle if body else None)
+    state = app_state(request)
+    await state.explain.auth(request)
+    result = await state.reloader.reload(body.bundle if body else None)
     return Response(orjson.dumps(result), media_type="application/json")

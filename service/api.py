@@ -18,6 +18,7 @@ from service.middleware import REQUEST_ID_HEADER, clean_request_id
 from service.schemas import ScoreResponse, error_responses, parse_score_request
 from service.scorer import Scorer
 from service.settings import MIN_DEADLINE_MS, Settings
+from service.state import app_state
 
 router = APIRouter()
 T = TypeVar("T")
@@ -88,14 +89,14 @@ def request_deadline_ms(request: Request, settings: Settings) -> float:
 
 
 def _current_scorer(request: Request) -> Scorer:
-    state = request.app.state
+    state = app_state(request)
     if state.lifecycle.draining:
         state.metrics.rejected.labels("shutting_down").inc()
         # Connection: close, so clients reconnect (to another replica, or to this port once it is back)
         # instead of sending on a kept-alive connection the server is about to close.
         raise ApiError(503, "shutting_down", "this replica is shutting down; retry on another one",
                        headers={"Retry-After": "1", "Connection": "close"})
-    scorer: Scorer | None = state.scorer
+    scorer = state.scorer
     if scorer is None or not scorer.ready:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
     return scorer
@@ -114,8 +115,9 @@ def _current_scorer(request: Request) -> Scorer:
 )
 async def score(request: Request) -> Response:
     start = time.perf_counter()
-    settings: Settings = request.app.state.settings
-    caller = await request.app.state.score_auth(request)  # open ("anonymous") unless RELEVANCE_SCORE_API_KEYS is set
+    state = app_state(request)
+    settings = state.settings
+    caller = await state.score_auth(request)  # open ("anonymous") unless RELEVANCE_SCORE_API_KEYS is set
     deadline_ms = request_deadline_ms(request, settings)
     # Refuse at once, before reading and parsing the body, when not ready, draining or already
     # too far behind for this deadline (under overload, refusals must stay cheap).
@@ -141,10 +143,9 @@ async def score(request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED)
     except DeadlineExceeded:  # the batcher knows the remaining time; the caller set the whole budget
         raise DeadlineExceeded(deadline_ms) from None
-    request.app.state.explain.remember_items(parsed.items, caller)  # for GET /explain?item_id=; never blocks
-    m = scorer.manifest
+    state.explain.remember_items(parsed.items, caller)  # for GET /explain?item_id=; never blocks
     return _json({
-        "model": {"name": m.name, "version": m.version},
+        "model": scorer.manifest.summary("name", "version"),
         "scores": results,
         "took_ms": round((time.perf_counter() - start) * 1000, 3),
     })
@@ -158,17 +159,16 @@ async def healthz() -> Response:
 @router.get("/readyz", summary="Readiness: bundle loaded and warmed up",
             responses={503: {"description": "Not ready yet, or draining before shutdown"}})
 async def readyz(request: Request) -> Response:
-    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
-    if request.app.state.lifecycle.draining:
+    state = app_state(request)
+    scorer = state.scorer
+    if state.lifecycle.draining:
         return _json({"status": "draining"}, status=503)
     if scorer is None or not scorer.ready:
         return _json({"status": "not_ready"}, status=503)
-    m = scorer.manifest
     return _json({
         "status": "ready",
         # The folder's name only: /readyz is unauthenticated (POST /admin/reload shows the full path).
-        "bundle": {"name": m.name, "version": m.version, "kind": m.kind, "dir": scorer.bundle_dir.name,
-                   "score_method": m.score.method, "precision": m.provenance.precision},
+        "bundle": {**scorer.manifest.summary(), "dir": scorer.bundle_dir.name},
         "provider": scorer.model.provider,
         "providers": scorer.model.providers_in_use,
     })
@@ -176,4 +176,4 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(app_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,5 @@
-"""The app factory: ``create_app(settings)`` wires settings, metrics, the scorer, routes and middleware."""
+"""The app factory: ``create_app(settings)`` wires settings, metrics, the scorer, routes and middleware;
+all of it is held by one ``AppState`` (service/state.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from service.errors import ApiError, error_response
 from service.explain.components import ExplainComponents, bundle_student
 from service.explain.metrics import ExplainMetrics
 from service.explain.router import router as explain_router
-from service.explain.settings import ExplainSettings
 from service.lifecycle import BundleReloader, Lifecycle, publish_model_info
 from service.logs import configure_logging
 from service.metrics import Metrics
@@ -35,6 +35,7 @@ from service.middleware import (
 from service.schemas import field_path, score_request_openapi
 from service.scorer import Scorer
 from service.settings import Settings
+from service.state import AppState, app_state
 
 log = logging.getLogger(__name__)
 
@@ -48,46 +49,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app_state(app)
         # `relevance serve` loads and checks the bundle before uvicorn starts (one-line errors); else
         # here, where a failure raises BundleError with the file and the problem.
-        scorer = app.state.preloaded_scorer or Scorer(settings, metrics)
-        app.state.preloaded_scorer = None
+        scorer = state.preloaded_scorer or Scorer(settings, metrics)
+        state.preloaded_scorer = None
         await scorer.start()
-        app.state.scorer = scorer
+        state.scorer = scorer
         publish_model_info(metrics, scorer)
-        app.state.reloader = BundleReloader(settings, metrics, get_scorer=lambda: app.state.scorer,
-                                            set_scorer=lambda new: setattr(app.state, "scorer", new))
-        # /explain: settings and teacher factory from app.state (set below; tests may replace them).
-        explain = ExplainComponents(app.state.explain_settings, teacher_factory=app.state.explain_teacher,
-                                    student=bundle_student(lambda: app.state.scorer),
-                                    metrics=app.state.explain_metrics)
+        state.reloader = BundleReloader(settings, metrics, get_scorer=lambda: state.scorer,
+                                        set_scorer=lambda new: setattr(state, "scorer", new))
+        # /explain: settings and teacher factory read from the state now (tests may replace them).
+        explain = ExplainComponents(state.settings.explain, teacher_factory=state.explain_teacher,
+                                    student=bundle_student(lambda: state.scorer), metrics=state.explain_metrics)
         await explain.start()
-        app.state.explain = explain
-        sighup = _reload_on_sighup(app) if app.state.reload_on_sighup else None
+        state.explain = explain
+        sighup = _reload_on_sighup(state) if state.reload_on_sighup else None
         try:
             yield
         finally:
             if sighup is not None:
                 asyncio.get_running_loop().remove_signal_handler(sighup)
             await explain.stop()
-            await app.state.reloader.wait_retired()
-            await app.state.scorer.stop(settings.shutdown_grace_s)
+            await state.reloader.wait_retired()
+            await state.scorer.stop(settings.shutdown_grace_s)
 
     # /docs is served from local assets (service/docs.py): the default page loads Swagger UI from a CDN
     # and is blank offline. ReDoc has no local assets here, so it is off.
     app = FastAPI(title="relevance", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Online relevance scoring for e-commerce search (see docs/API.md).")
-    app.state.settings = settings
-    app.state.preloaded_scorer = None  # a Scorer built and checked before the server starts (service/cli.py)
-    app.state.score_auth = ApiKeyAuth(load_api_keys(settings.score_api_keys, setting="RELEVANCE_SCORE_API_KEYS"),
-                                      required=False, setting="RELEVANCE_SCORE_API_KEYS")
-    app.state.metrics = metrics
-    app.state.scorer = None
-    app.state.lifecycle = Lifecycle(settings.shutdown_grace_s)
-    app.state.reload_on_sighup = False  # set by service/server.py (a process-wide signal handler)
-    app.state.explain_settings = ExplainSettings()
-    app.state.explain_teacher = None  # a Teacher factory; None: load_teacher(RELEVANCE_EXPLAIN_TEACHER)
-    app.state.explain_metrics = ExplainMetrics(metrics.registry)
+    lifecycle = Lifecycle(settings.shutdown_grace_s)
+    app.state.relevance = AppState(
+        settings=settings, metrics=metrics, explain_metrics=ExplainMetrics(metrics.registry), lifecycle=lifecycle,
+        score_auth=ApiKeyAuth(load_api_keys(settings.score_api_keys, setting="RELEVANCE_SCORE_API_KEYS"),
+                              required=False, setting="RELEVANCE_SCORE_API_KEYS"),
+    )
     app.include_router(router)
     app.include_router(explain_router)
     app.include_router(admin_router)
@@ -113,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Innermost first; RequestContextMiddleware is outermost, so 408s, 413s and 415s are logged too.
     app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       drain=app.state.lifecycle.drain_started)
+                       drain=lifecycle.drain_started)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)
@@ -158,13 +154,13 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
     return openapi
 
 
-def _reload_on_sighup(app: FastAPI) -> signal.Signals:
+def _reload_on_sighup(state: AppState) -> signal.Signals:
     """SIGHUP reloads the serving bundle folder (e.g. after a new bundle was written in place)."""
     loop = asyncio.get_running_loop()
 
     async def reload() -> None:
         try:
-            await app.state.reloader.reload()
+            await state.reloader.reload()
         except ApiError as exc:  # already logged by the reloader; the old bundle keeps serving
             log.warning("SIGHUP reload: %s", exc.message)
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.tokenization import Encoded, pad_batch
 from service.errors import DeadlineExceeded, Overloaded, TooCostly
 from service.metrics import Metrics
-from service.tokenization import Encoded, pad_batch
 
 log = logging.getLogger(__name__)
 

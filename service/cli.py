@@ -21,20 +21,20 @@ def register(app: typer.Typer) -> None:
         SIGHUP reloads the bundle folder without dropping a request."""
         from pydantic import ValidationError
 
+        from core.bundle import BundleError
         from service import server
         from service.app import create_app
-        from service.auth import ApiKeyConfigError
-        from service.bundle import BundleError
-        from service.explain.settings import check_settings as check_explain_settings
+        from service.auth import ApiKeyConfigError, load_api_keys
         from service.providers import ProviderError
         from service.scorer import Scorer
         from service.settings import Settings, describe_settings_error
+        from service.state import app_state
 
         overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items()
                                      if v is not None}
         try:
             settings = Settings(**overrides)
-            check_explain_settings()  # /explain settings and API keys
+            load_api_keys(settings.explain.api_keys, settings.explain.api_keys_file)  # /explain's keys
         except ValidationError as exc:
             _fail(describe_settings_error(exc))
         except ApiKeyConfigError as exc:
@@ -43,12 +43,12 @@ def register(app: typer.Typer) -> None:
         # Load the bundle, verify its files and run its warm-up batch here, so that a bad bundle is one
         # line naming the file and the problem, not a traceback from inside uvicorn's startup.
         try:
-            scorer = Scorer(settings, app.state.metrics)
+            scorer = Scorer(settings, app_state(app).metrics)
             scorer.check()
         except (BundleError, ProviderError) as exc:
             _fail(f"cannot serve {settings.bundle}: {exc}\nBuild the default bundle with `relevance "
-                  "build-default-bundle --out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE.")
-        app.state.preloaded_scorer = scorer
+                  "student build-default --out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE.")
+        app_state(app).preloaded_scorer = scorer
         server.run(app, settings)
 
 

@@ -5,7 +5,7 @@ already admitted finish; when none is left (or RELEVANCE_SHUTDOWN_GRACE_S has pa
 told to exit (service/server.py).
 
 Reload: the new bundle is validated, loaded and warmed up while the old one keeps serving; then
-``app.state.scorer`` is replaced by one assignment on the event loop. A request picks its scorer
+``AppState.scorer`` is replaced by one assignment on the event loop. A request picks its scorer
 once, synchronously, inside ``Scorer.in_use``, so it runs wholly on the old bundle or wholly on the
 new one; the old scorer finishes the requests it holds, then stops.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.bundle import BundleError
+from core.bundle import BundleError
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.scorer import Scorer
@@ -66,15 +66,13 @@ class Lifecycle:
 
 
 def publish_model_info(metrics: Metrics, scorer: Scorer) -> None:
-    m = scorer.manifest
     # The folder's name, not its path: /metrics is unauthenticated and the path says how the host is laid out.
-    metrics.model_info.info({"name": m.name, "version": m.version, "kind": m.kind,
+    metrics.model_info.info({**scorer.manifest.summary("name", "version", "kind"),
                              "provider": scorer.model.provider, "bundle": scorer.bundle_dir.name})
 
 
 def bundle_summary(scorer: Scorer) -> dict[str, Any]:
-    m = scorer.manifest
-    return {"name": m.name, "version": m.version, "kind": m.kind, "path": str(scorer.bundle_dir)}
+    return {**scorer.manifest.summary("name", "version", "kind"), "path": str(scorer.bundle_dir)}
 
 
 class BundleReloader:

@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import MODEL_FILE, BundleError, BundleManifest
+from core.bundle import MODEL_FILE, BundleError, BundleManifest
 from service.providers import ProviderChoice, choose_provider
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAME = {"cross": "logits", "bi": "embedding"}
 
 # Memory (CPU). onnxruntime's CPU arena keeps what the largest batch needed (and grows further with
 # fragmentation), and glibc keeps the heap pages the arena frees: a server of the default bundle held
@@ -39,7 +37,7 @@ def _malloc_trim():
 
 
 class OnnxModel:
-    """Runs ``{input_ids, attention_mask, token_type_ids}`` → float32 ``logits`` (cross) or ``embedding`` (bi).
+    """Runs the bundle's inputs → its float32 output (core/bundle.py: ``ONNX_SIGNATURES``).
 
     Not thread-safe by design: the batcher calls ``run`` and ``release_memory`` from its single
     inference thread. On CPU, every ``release_every_s`` one run returns the memory at its end (0: never).
@@ -65,11 +63,12 @@ class OnnxModel:
             raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
         self.providers_in_use: list[str] = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = set(self.input_names) - set(INPUT_NAMES)
-        if unknown or "input_ids" not in self.input_names:
-            raise BundleError(f"{path}: inputs are {self.input_names}; expected a subset of {list(INPUT_NAMES)} "
-                              "including input_ids")
-        self.output_name = OUTPUT_NAME[manifest.kind]
+        signature = manifest.onnx
+        unknown = set(self.input_names) - set(signature.inputs)
+        if unknown or signature.inputs[0] not in self.input_names:
+            raise BundleError(f"{path}: inputs are {self.input_names}; expected a subset of {list(signature.inputs)} "
+                              f"including {signature.inputs[0]}")
+        self.output_name = signature.output
         outputs = [o.name for o in self.session.get_outputs()]
         if self.output_name not in outputs:
             raise BundleError(f"{path}: a {manifest.kind} bundle needs output {self.output_name!r}; it has {outputs}")
@@ -132,10 +131,10 @@ class OnnxModel:
     def check_output(self, out: np.ndarray, rows: int) -> None:
         """Called at warm-up: the output's shape must match what bundle.json promises."""
         m = self.manifest
-        width = len(m.grade_levels) if m.kind == "cross" else m.embedding_dim
+        width = m.onnx.width(m)
         if out.shape != (rows, width):
             raise BundleError(f"model output {self.output_name} has shape {out.shape}; bundle.json implies "
-                              f"({rows}, {width}) ({'grade levels' if m.kind == 'cross' else 'embedding_dim'})")
+                              f"({rows}, {width}) ({m.onnx.output_width})")
         if not np.isfinite(out).all():
             raise BundleError(f"model output {self.output_name} has NaN or infinite values at warm-up; the "
                               "weights are broken")

@@ -6,73 +6,23 @@ status and a message naming the field, e.g. ``items[3].title`` (see docs/API.md)
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.item import NOT_BLANK, Item, is_blank
 from service.errors import ApiError
 
 _SCALARS = (str, int, float, bool)
-
-# Characters that show nothing: whitespace, control and format characters (zero-width spaces and
-# joiners, the BOM, soft hyphens, bidi marks…) and a few letters and symbols that render as blanks.
-# A text made only of these is blank: a title of zero-width spaces must not score like a real title.
-# Only the Basic Multilingual Plane, so the published pattern (JSON Schema's ECMAScript regexes without
-# the u flag cannot name astral code points) and the server's check agree on every character.
-_BLANK_EXTRA = "\u034f\u115f\u1160\u2800\u3164\uffa0"
-BLANK_CHARS = frozenset(
-    c for c in map(chr, range(0x10000))
-    if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") or c in _BLANK_EXTRA
-)
-
-
-def is_blank(text: str) -> bool:
-    return all(c in BLANK_CHARS for c in text)
-
-
-def _char_class(chars: frozenset[str]) -> str:
-    codes = sorted(map(ord, chars))
-    ranges: list[tuple[int, int]] = []
-    for code in codes:
-        if ranges and code == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], code)
-        else:
-            ranges.append((code, code))
-    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
-
-
-# "Not blank" as a JSON Schema pattern: at least one character outside BLANK_CHARS.
-NOT_BLANK = f"[^{_char_class(BLANK_CHARS)}]"
-
-
-class ScoreItem(BaseModel):
-    """One item to score. Fields beyond ``id``, ``title`` and ``attributes`` are kept; the bundle's
-    text template decides which are rendered (by default brand, color, material, category)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str = Field(min_length=1, description="Caller's item id; echoed back. Duplicates are allowed.")
-    title: str = Field(description="Item title; must not be blank.")
-    attributes: dict[str, Any] | None = Field(
-        default=None, description="Structured attributes {name: value}; values are strings, numbers or booleans."
-    )
-
-    @field_validator("title")
-    @classmethod
-    def _title_not_blank(cls, value: str) -> str:
-        if is_blank(value):
-            raise ValueError("title must not be blank (it has no visible character)")
-        return value
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(description="The search query; must not be blank.")
-    items: list[ScoreItem] = Field(description="Items to score, at least one; results keep this order.")
+    items: list[Item] = Field(description="Items to score, at least one; results keep this order.")
     request_id: str | None = Field(default=None, max_length=128, description="Echoed as X-Request-ID.")
 
     @field_validator("query")
@@ -84,7 +34,7 @@ class ScoreRequest(BaseModel):
 
     @field_validator("items")
     @classmethod
-    def _items_not_empty(cls, value: list[ScoreItem]) -> list[ScoreItem]:
+    def _items_not_empty(cls, value: list[Item]) -> list[Item]:
         if not value:
             raise ValueError("items must contain at least one item")
         return value
@@ -140,10 +90,10 @@ def score_request_openapi(limits: Limits) -> dict[str, dict[str, Any]]:
     models check in code (non-blank text, scalar extra fields), so that a request valid by the published
     schema is a request this server accepts."""
     schemas = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = {"ScoreItem": schemas.pop("$defs")["ScoreItem"], "ScoreRequest": schemas}
+    components = {"Item": schemas.pop("$defs")["Item"], "ScoreRequest": schemas}
     text = {"maxLength": limits.max_field_chars}
     scalar = {"anyOf": [{"type": "string", **text}, *_SCALAR_TYPES]}
-    request, item = components["ScoreRequest"]["properties"], components["ScoreItem"]
+    request, item = components["ScoreRequest"]["properties"], components["Item"]
     request["query"] |= {"pattern": NOT_BLANK, **text}
     request["items"] |= {"minItems": 1, "maxItems": limits.max_items}
     item["properties"]["id"] |= text

@@ -1,8 +1,6 @@
 """Scores one request: render texts with the bundle's template, tokenise, run through the batcher, map.
 
-cross bundles: one model input per (query, item) pair; score from the grade logits.
-bi bundles: one input for the query plus one per item not in the embedding cache; score from the
-cosine of the (L2-normalised) embeddings.
+What depends on the bundle's kind (the model inputs, the mapping to scores) is in service/kinds.py.
 """
 
 from __future__ import annotations
@@ -19,21 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from service import score_mapping
+from core.bundle import TOKENIZER_FILE, BundleManifest, read_manifest, verify_files
+from core.item import Item
+from core.tokenization import BundleTokenizer, Encoded
 from service.batcher import RUN_OVERHEAD_TOKENS, Batcher, BatchPolicy
-from service.bundle import TOKENIZER_FILE, BundleManifest, read_manifest, verify_files
-from service.embedding_cache import EmbeddingCache, cache_key
+from service.kinds import KindScoring, scoring_for
 from service.metrics import Metrics
 from service.onnx_model import OnnxModel
-from service.schemas import ScoreItem, ScoreRequest
+from service.schemas import ScoreRequest
 from service.settings import Settings
-from service.tokenization import BundleTokenizer, Encoded
 
 log = logging.getLogger(__name__)
-
-# Warm-up texts of different lengths, so the first real request does not pay for graph initialisation.
-_WARMUP_QUERY = "red leather sofa"
-_WARMUP_ITEMS = ["sofa", "Three-seat red leather sofa with solid oak legs | color: red | material: leather"]
 
 
 class Scorer:
@@ -64,7 +58,7 @@ class Scorer:
         )
         self.batcher = Batcher(self.model.run, policy, metrics, pad_id=self.tokenizer.pad_id,
                                on_idle=self.model.release_memory, idle_s=settings.ort_release_idle_s)
-        self.cache = EmbeddingCache(settings.embedding_cache_size)
+        self.scoring: KindScoring = scoring_for(m, self.tokenizer, settings.embedding_cache_size, metrics)
         self.deadline_ms = settings.request_deadline_ms
         self._metrics = metrics
         self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="relevance-tokenize")
@@ -109,10 +103,7 @@ class Scorer:
         self._tokenize_pool.shutdown(wait=True)
 
     def _warm_up(self) -> None:
-        if self.manifest.kind == "cross":
-            encoded = self.tokenizer.encode_pairs([_WARMUP_QUERY] * len(_WARMUP_ITEMS), _WARMUP_ITEMS)
-        else:
-            encoded = self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
+        encoded = self.scoring.warmup_inputs()
         self.model.check_output(self.batcher.compute_now(encoded), len(encoded))
 
     async def score(self, request: ScoreRequest, deadline_ms: float | None = None) -> list[dict[str, Any]]:
@@ -121,12 +112,7 @@ class Scorer:
         deadline_ms = deadline_ms or self.deadline_ms
         query = self.template.query_text(request.query)
         texts = [self.template.item_text(_item_fields(item)) for item in request.items]
-        if self.manifest.kind == "cross":
-            logits = await self._run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts),
-                                     deadline_ms)
-            scores, probs = score_mapping.from_logits(self.manifest, logits)
-        else:
-            scores, probs = await self._score_bi(query, request.items, texts, deadline_ms)
+        scores, probs = await self.scoring.score(self._run, query, request.items, texts, deadline_ms)
         self._metrics.scored_pairs.inc(len(texts))
         levels = self.manifest.grade_levels
         results: list[dict[str, Any]] = []
@@ -136,27 +122,6 @@ class Scorer:
                 result["grades"] = {level: float(p) for level, p in zip(levels, probs[i], strict=True)}
             results.append(result)
         return results
-
-    async def _score_bi(self, query: str, items: list[ScoreItem], texts: list[str], deadline_ms: float
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
-        version = f"{self.manifest.name}@{self.manifest.version}"
-        keys = [cache_key(version, item.id, text) for item, text in zip(items, texts, strict=True)]
-        embeddings: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
-        missing: dict[tuple, int] = {}  # key → position of its first occurrence (duplicates embedded once)
-        for i, (key, emb) in enumerate(zip(keys, embeddings, strict=True)):
-            if emb is None and key not in missing:
-                missing[key] = i
-        self._metrics.cache_hits.inc(len(items) - len(missing))
-        self._metrics.cache_misses.inc(len(missing))
-        to_embed = [texts[i] for i in missing.values()]
-        out = await self._run(1 + len(to_embed), lambda: self.tokenizer.encode_queries([query])
-                              + self.tokenizer.encode_items(to_embed), deadline_ms)
-        for row, key in enumerate(missing, start=1):
-            self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
-        fresh = dict(zip(missing, out[1:], strict=True))
-        matrix = np.stack([emb if emb is not None else fresh[key] for key, emb in zip(keys, embeddings, strict=True)])
-        # float64 so the same item scores identically whatever its row (float32 BLAS blocking varies)
-        return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
 
     async def _run(self, n: int, encode, deadline_ms: float) -> np.ndarray:
         """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, queue them (or 503/413
@@ -175,7 +140,7 @@ class Scorer:
             self.batcher.release(ticket)  # no-op once finished; frees the room otherwise
 
 
-def _item_fields(item: ScoreItem) -> dict[str, Any]:
+def _item_fields(item: Item) -> dict[str, Any]:
     fields = dict(item.model_extra or {})
     fields["title"] = item.title
     fields["attributes"] = item.attributes

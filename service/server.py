@@ -26,6 +26,7 @@ from fastapi import FastAPI
 
 from service.errors import error_body
 from service.settings import Settings
+from service.state import app_state
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
-        app.state.lifecycle.on_drained = self._exit_now
+        app_state(app).lifecycle.on_drained = self._exit_now
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -100,7 +101,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        state = self._app.state
+        state = app_state(self._app)
         if state.lifecycle.draining or self._loop is None or state.scorer is None:
             super().handle_exit(sig, frame)  # second signal, or nothing started yet: uvicorn's own way
             return
@@ -110,7 +111,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(app: FastAPI, settings: Settings) -> None:
-    app.state.reload_on_sighup = True
+    app_state(app).reload_on_sighup = True
     protocol = header_timeout_protocol(settings.header_timeout_s)
     if protocol is None:
         log.warning("httptools is not installed: no header read timeout (RELEVANCE_HEADER_TIMEOUT_S is ignored)")

@@ -1,15 +1,27 @@
-"""Service settings, read from environment variables prefixed ``RELEVANCE_`` (documented in README.md)."""
+"""Service settings, read from environment variables prefixed ``RELEVANCE_`` (documented in README.md).
+
+One tree, read at once by ``Settings()``: the scoring service's settings, and ``Settings.explain``
+(service/explain/settings.py) for /explain, Redis and API keys. Every setting keeps its flat variable,
+``RELEVANCE_REDIS_URL`` as much as ``RELEVANCE_MAX_ITEMS``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from service.bundle import MANIFEST_FILE, BundleError, read_manifest
+from core.bundle import MANIFEST_FILE, BundleError, read_manifest
+from service.explain.settings import ExplainSettings
 from service.schemas import Limits
 
 # The shortest deadline a request may ask for. Below it, the fixed costs outside the model (parsing, the
@@ -38,6 +50,31 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+EXPLAIN = "explain"  # the field of Settings that holds ExplainSettings
+
+
+class _FlatExplainVariables(PydanticBaseSettingsSource):
+    """``Settings.explain`` from the environment the env source read, one flat variable per field
+    (``RELEVANCE_REDIS_URL``, not a nested ``RELEVANCE_EXPLAIN__REDIS_URL``)."""
+
+    def __init__(self, env: EnvSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # not used: __call__ reads the whole subtree
+
+    def __call__(self) -> dict[str, Any]:
+        env = self._env
+        found = {}
+        for name in ExplainSettings.model_fields:
+            variable = env.env_prefix + name
+            value = env.env_vars.get(variable if env.case_sensitive else variable.lower())
+            if value is not None:
+                found[name] = value
+        return {EXPLAIN: found} if found else {}
 
 
 class Settings(BaseSettings):
@@ -94,6 +131,22 @@ class Settings(BaseSettings):
     # CORS is off unless origins are listed (comma-separated, e.g. "https://search-admin.example.com").
     cors_origins: str = ""
 
+    # /explain, Redis, API keys (RELEVANCE_REDIS_URL, RELEVANCE_API_KEYS, RELEVANCE_EXPLAIN_*...).
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # After the constructor's arguments: an ``explain=`` argument wins over the variables.
+        assert isinstance(env_settings, EnvSettingsSource)
+        return init_settings, _FlatExplainVariables(env_settings), env_settings, dotenv_settings, file_secret_settings
+
     @property
     def limits(self) -> Limits:
         return Limits(self.max_items, self.max_field_chars, self.max_body_bytes)
@@ -115,6 +168,8 @@ def describe_settings_error(exc: ValidationError) -> str:
     for error in exc.errors():
         loc = error.get("loc") or ()
         message = str(error["msg"]).removeprefix("Value error, ")
+        if loc[:1] == (EXPLAIN,) and len(loc) > 1:
+            loc = loc[1:]  # Settings.explain's fields have flat variables too
         if loc:
             lines.append(f"RELEVANCE_{str(loc[0]).upper()}={error.get('input')!r}: {message}")
         else:  # a rule across several settings; its message names them

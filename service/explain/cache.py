@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from distill.teacher.cot import CoTRecord
+from core.cot import CoTRecord
 from service.redis_store import RedisGuard, RedisUnavailable
 
 

@@ -1,7 +1,7 @@
-"""Builds, starts and stops everything /explain needs, from ExplainSettings.
+"""Builds, starts and stops everything /explain needs, from ExplainSettings (``Settings.explain``).
 
-The app keeps one ``ExplainComponents`` on ``app.state.explain``; the router and the /score hook
-read it from there. ``start()``/``stop()`` run in the app's lifespan.
+The app keeps one ``ExplainComponents`` in its state (``AppState.explain``, service/state.py); the
+router and the /score hook read it from there. ``start()``/``stop()`` run in the app's lifespan.
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.item import Item
 from service.auth import ApiKeyAuth, load_api_keys
 from service.explain.cache import ExplanationCache
 from service.explain.engine import ExplainEngine
 from service.explain.metrics import ExplainMetrics
 from service.explain.models import StudentScore
 from service.explain.settings import ExplainSettings
-from service.explain.teacher_runner import Teacher, TeacherRunner, load_teacher_factory
+from service.explain.teacher_runner import TeacherRunner, load_teacher_factory
 from service.ratelimit import TokenBucketLimiter
 from service.redis_store import ANONYMOUS_WRITER, ItemStore, RedisGuard, connect
-from service.schemas import ScoreItem, ScoreRequest
+from service.schemas import ScoreRequest
 from service.scorer import Scorer
+from teacher import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def bundle_student(get_scorer: Callable[[], Scorer]) -> StudentScorer:
     through the same batcher as /score."""
 
     async def score(query: str, item: Mapping[str, Any]) -> StudentScore:
-        request = ScoreRequest(query=query, items=[ScoreItem.model_validate(dict(item))])
+        request = ScoreRequest(query=query, items=[Item.model_validate(dict(item))])
         scorer = get_scorer()
         with scorer.in_use():
             [result] = await scorer.score(request)
@@ -50,13 +52,13 @@ def bundle_student(get_scorer: Callable[[], Scorer]) -> StudentScorer:
 class ExplainComponents:
     def __init__(
         self,
-        settings: ExplainSettings | None = None,
+        settings: ExplainSettings,
         *,
         teacher_factory: Callable[[], Teacher] | None = None,
         student: StudentScorer | None = None,
         metrics: ExplainMetrics | None = None,
     ) -> None:
-        self.settings = s = settings or ExplainSettings()
+        self.settings = s = settings
         self.metrics = metrics or ExplainMetrics()
         keys = load_api_keys(s.api_keys, s.api_keys_file)
         self.auth = ApiKeyAuth(keys, required=True)

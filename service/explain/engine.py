@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from distill.teacher.cot import CoTRecord
+from core.cot import CoTRecord
 from service.breaker import STATE_VALUES, BreakerOpen, BreakerState, CircuitBreaker
 from service.errors import ApiError
 from service.explain.cache import ExplanationCache, explanation_key

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from distill.teacher.cot import CoTRecord
-from service.schemas import is_blank
-
-
-class ExplainItem(BaseModel):
-    """An item as /score receives it: ``id``, ``title``, ``attributes`` and any extra fields."""
-
-    model_config = ConfigDict(extra="allow")
-    id: str = Field(min_length=1)
-    title: str
-    attributes: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("title")
-    @classmethod
-    def _title_not_blank(cls, value: str) -> str:
-        if is_blank(value):  # the rule of /score (service/schemas.py)
-            raise ValueError("title must not be blank (it has no visible character)")
-        return value
-
-    @field_validator("attributes", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return {} if value is None else value  # /score accepts attributes: null
+from core.cot import CoTRecord
+from core.item import Item
 
 
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=1000)
-    item: ExplainItem
+    item: Item
 
 
 class StudentScore(BaseModel):

@@ -15,18 +15,20 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
+from core.item import Item
 from service.errors import ApiError
 from service.explain.components import ExplainComponents
 from service.explain.engine import ExplainError
-from service.explain.models import ExplainItem, ExplainRequest, ExplainResponse, StudentScore, Timings
+from service.explain.models import ExplainRequest, ExplainResponse, StudentScore, Timings
 from service.redis_store import ANONYMOUS_WRITER, RedisUnavailable
 from service.schemas import check_item_fields, error_responses
+from service.state import app_state
 
 router = APIRouter(tags=["explain"])
 
 
 def components(request: Request) -> ExplainComponents:
-    return request.app.state.explain
+    return app_state(request).explain
 
 
 def _fail(
@@ -93,7 +95,7 @@ async def explain_by_id(
             "item_store_disabled",
             "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); POST /explain with the item",
         )
-    writers = [writer] if writer else (request.app.state.score_auth.key_ids() or [ANONYMOUS_WRITER])
+    writers = [writer] if writer else (app_state(request).score_auth.key_ids() or [ANONYMOUS_WRITER])
     try:
         found = await parts.item_store.find(item_id, writers)
     except RedisUnavailable as exc:
@@ -122,7 +124,7 @@ async def explain_by_id(
             f"(writers {', '.join(sorted(found))}); pass writer=ID to choose one",
         )
     store_ms = (time.perf_counter() - started) * 1000
-    item = ExplainItem.model_validate(next(iter(versions.values())))
+    item = Item.model_validate(next(iter(versions.values())))
     return await _explain(parts, query, item, started, store_ms)
 
 
@@ -131,12 +133,12 @@ async def explain_item(
     request: Request, body: ExplainRequest, _key: str = Depends(rate_limited_key)
 ) -> ExplainResponse:
     # The item goes into the teacher's prompt: the same per-field limits as /score.
-    check_item_fields("item", body.item, request.app.state.settings.max_field_chars)
+    check_item_fields("item", body.item, app_state(request).settings.max_field_chars)
     return await _explain(components(request), body.query, body.item, time.perf_counter(), None)
 
 
 async def _explain(
-    parts: ExplainComponents, query: str, item: ExplainItem, started: float, store_ms: float | None
+    parts: ExplainComponents, query: str, item: Item, started: float, store_ms: float | None
 ) -> ExplainResponse:
     item_map = item.model_dump()
     teacher_started = time.perf_counter()

@@ -1,16 +1,19 @@
-"""Settings of the /explain slow path, Redis, API keys and rate limits (env prefix ``RELEVANCE_``)."""
+"""Settings of the /explain slow path, Redis, API keys and rate limits: ``Settings.explain``.
+
+Each is read from its own flat ``RELEVANCE_<FIELD>`` variable (RELEVANCE_REDIS_URL,
+RELEVANCE_EXPLAIN_TEACHER...) by service/settings.py, with the rest of the service's settings.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class ExplainSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELEVANCE_", extra="ignore")
+class ExplainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
     # Redis (explanation cache, item store, rate limits).
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -23,7 +26,7 @@ class ExplainSettings(BaseSettings):
     api_keys: str = Field(default="", description="comma-separated keys")
     api_keys_file: Path | None = Field(default=None, description="secret file, one key per line")
 
-    # The teacher behind /explain (a distill.teacher.load_teacher spec).
+    # The teacher behind /explain (a teacher spec: teacher/specs.py).
     explain_teacher: str = "llamacpp"
     explain_mode: Literal["cot", "score"] = "cot"
     explain_timeout_s: float = Field(default=60.0, gt=0, description="per request: slot wait + LLM call")
@@ -48,15 +51,3 @@ class ExplainSettings(BaseSettings):
     # of them can replace another's item: false stores none of them (GET /explain by id then only finds
     # items of keyed callers; POST /explain with the item always works).
     item_store_unkeyed_writes: bool = True
-
-
-def check_settings() -> ExplainSettings:
-    """Read the settings and API keys now, so ``relevance serve`` reports a bad value before starting.
-
-    Raises pydantic ``ValidationError`` (names the variable) or ``ApiKeyConfigError`` (names the file).
-    """
-    from service.auth import load_api_keys
-
-    settings = ExplainSettings()
-    load_api_keys(settings.api_keys, settings.api_keys_file)
-    return settings

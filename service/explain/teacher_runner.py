@@ -1,6 +1,6 @@
 """Runs the LLM teacher on its own thread and event loop.
 
-The teacher (``distill.teacher.load_teacher``) may do blocking work inside ``judge`` (llama.cpp
+The teacher (``teacher.load_teacher``) may do blocking work inside ``judge`` (llama.cpp
 inference) and is loaded once, slowly. Giving it a dedicated thread with its own event loop means
 neither loading nor a slow or hung call can ever stall the service's event loop or the batcher that
 serves ``/score``. Callers await ``judge`` from the service loop; cancelling that await (a request
@@ -13,25 +13,10 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from distill.teacher.cot import CoTRecord
-
-
-class Teacher(Protocol):
-    """What /explain needs of a teacher (see distill.teacher.load_teacher)."""
-
-    teacher_id: str
-    prompt_version: str
-
-    async def judge(
-        self,
-        query: str,
-        item: Mapping[str, Any],
-        *,
-        label: str | None = None,
-        mode: Literal["cot", "score"] = "cot",
-    ) -> CoTRecord: ...
+from core.cot import CoTRecord
+from teacher import Teacher, load_teacher
 
 
 class TeacherUnavailable(Exception):
@@ -39,12 +24,7 @@ class TeacherUnavailable(Exception):
 
 
 def load_teacher_factory(spec: str) -> Callable[[], Teacher]:
-    def load() -> Teacher:
-        from distill.teacher import load_teacher  # imports without torch; loads the model lazily here
-
-        return load_teacher(spec)
-
-    return load
+    return lambda: load_teacher(spec)  # the backend loads its model here, on the teacher thread
 
 
 class TeacherRunner:

@@ -1,0 +1,95 @@
+"""What differs between bundle kinds on the serving side, decided once per bundle (``scoring_for``).
+
+cross bundles: one model input per (query, item) pair; score from the grade logits.
+bi bundles: one input for the query plus one per item not in the embedding cache; score from the
+cosine of the (L2-normalised) embeddings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from core import score_mapping
+from core.bundle import BundleManifest
+from core.item import Item
+from core.tokenization import BundleTokenizer, Encoded
+from service.embedding_cache import EmbeddingCache, cache_key
+from service.metrics import Metrics
+
+# Scorer._run: admit n inputs, encode them (in the tokeniser thread), await their output rows.
+Run = Callable[[int, Callable[[], list[Encoded]], float], Awaitable[np.ndarray]]
+Scores = tuple[np.ndarray, np.ndarray | None]  # score per item, grade probabilities per item (or None)
+
+# Warm-up texts of different lengths, so the first real request does not pay for graph initialisation.
+_WARMUP_QUERY = "red leather sofa"
+_WARMUP_ITEMS = ["sofa", "Three-seat red leather sofa with solid oak legs | color: red | material: leather"]
+
+
+class KindScoring(ABC):
+    def __init__(self, manifest: BundleManifest, tokenizer: BundleTokenizer) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+
+    @abstractmethod
+    def warmup_inputs(self) -> list[Encoded]:
+        """The model inputs of the warm-up batch (Scorer checks the model's output on them)."""
+
+    @abstractmethod
+    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
+        """Scores for ``items`` (rendered as ``texts``) against the rendered ``query``."""
+
+
+class CrossScoring(KindScoring):
+    def warmup_inputs(self) -> list[Encoded]:
+        return self.tokenizer.encode_pairs([_WARMUP_QUERY] * len(_WARMUP_ITEMS), _WARMUP_ITEMS)
+
+    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
+        logits = await run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts), deadline_ms)
+        return score_mapping.from_logits(self.manifest, logits)
+
+
+class BiScoring(KindScoring):
+    def __init__(self, manifest: BundleManifest, tokenizer: BundleTokenizer, cache: EmbeddingCache,
+                 metrics: Metrics) -> None:
+        super().__init__(manifest, tokenizer)
+        self.cache = cache
+        self._metrics = metrics
+        self._version = f"{manifest.name}@{manifest.version}"
+
+    def warmup_inputs(self) -> list[Encoded]:
+        return self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
+
+    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
+        keys = [cache_key(self._version, item.id, text) for item, text in zip(items, texts, strict=True)]
+        embeddings: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
+        missing: dict[tuple, int] = {}  # key → position of its first occurrence (duplicates embedded once)
+        for i, (key, emb) in enumerate(zip(keys, embeddings, strict=True)):
+            if emb is None and key not in missing:
+                missing[key] = i
+        self._metrics.cache_hits.inc(len(items) - len(missing))
+        self._metrics.cache_misses.inc(len(missing))
+        to_embed = [texts[i] for i in missing.values()]
+        out = await run(1 + len(to_embed), lambda: self.tokenizer.encode_queries([query])
+                        + self.tokenizer.encode_items(to_embed), deadline_ms)
+        for row, key in enumerate(missing, start=1):
+            self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
+        fresh = dict(zip(missing, out[1:], strict=True))
+        matrix = np.stack([emb if emb is not None else fresh[key] for key, emb in zip(keys, embeddings, strict=True)])
+        # float64 so the same item scores identically whatever its row (float32 BLAS blocking varies)
+        return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
+
+
+_BY_KIND: dict[str, Callable[[BundleManifest, BundleTokenizer, int, Metrics], KindScoring]] = {
+    "cross": lambda manifest, tokenizer, _cache_size, _metrics: CrossScoring(manifest, tokenizer),
+    "bi": lambda manifest, tokenizer, cache_size, metrics: BiScoring(
+        manifest, tokenizer, EmbeddingCache(cache_size), metrics),
+}
+
+
+def scoring_for(manifest: BundleManifest, tokenizer: BundleTokenizer, embedding_cache_size: int,
+                metrics: Metrics) -> KindScoring:
+    """The strategy for the bundle's kind; the scorer asks once, when it loads the bundle."""
+    return _BY_KIND[manifest.kind](manifest, tokenizer, embedding_cache_size, metrics)
