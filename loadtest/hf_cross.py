@@ -1,4 +1,6 @@
-"""A cross student's run (runs/<name>/checkpoint.pt) as a Hugging Face folder Infinity's rerank endpoint loads.
+"""A cross student's training run (runs/<name>/) as a Hugging Face folder Infinity's rerank endpoint loads.
+
+The checkpoint is read through distill/students/run_folder.py, which owns the run folder's layout.
 
 Infinity serves cross-encoders through sentence-transformers' CrossEncoder, i.e. a
 ``BertForSequenceClassification`` folder. The student is a BertModel without pooler plus a linear
@@ -19,22 +21,20 @@ def export_hf_cross_encoder(run_dir: str | Path, out_dir: str | Path, *, max_len
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from distill.students.backbone import backbone_path
+    from distill.students.run_folder import read_checkpoint
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} not found: not a trained student run")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("kind") != "cross":
-        raise ValueError(f"{checkpoint}: kind is {state.get('kind')!r}; only cross students serve as rerankers")
-    config = BertConfig.from_dict(state["bert_config"])
+    out_dir = Path(out_dir)
+    checkpoint = read_checkpoint(run_dir)
+    if checkpoint.kind != "cross":
+        raise ValueError(f"{checkpoint.path}: kind is {checkpoint.kind!r}; only cross students serve as rerankers")
+    config = BertConfig.from_dict(checkpoint.bert_config)
     config.num_labels = 1
     model = BertForSequenceClassification(config).eval()
-    weights = state["state_dict"]
+    weights = checkpoint.state_dict
     encoder = {k.removeprefix("bert."): v for k, v in weights.items() if k.startswith("bert.")}
     missing, unexpected = model.bert.load_state_dict(encoder, strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise ValueError(f"{checkpoint}: encoder weights do not fit a BertModel "
+        raise ValueError(f"{checkpoint.path}: encoder weights do not fit a BertModel "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
         hidden = config.hidden_size

@@ -1,1 +1,1 @@
-"""Export: torch models → ONNX model bundles (service/bundle.py) that the scoring service serves."""
+"""Export: torch models → ONNX model bundles (core/bundle.py) that the scoring service serves."""

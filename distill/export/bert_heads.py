@@ -1,4 +1,4 @@
-"""Torch wrappers that give a BERT-family encoder the bundle's ONNX signature (see service/bundle.py).
+"""Torch wrappers that give a BERT-family encoder the bundle's ONNX signature (see core/bundle.py).
 
 Both take ``(input_ids, attention_mask, token_type_ids)`` and return one tensor, as
 ``onnx_bert.export_bert_onnx`` traces them:

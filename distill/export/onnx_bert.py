@@ -1,20 +1,22 @@
-"""BERT-family torch module → ONNX file with the bundle signature (service/bundle.py).
+"""BERT-family torch module → ONNX file with the bundle signature (core/bundle.py).
 
-Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, dynamic batch and sequence);
-one named output (``logits`` for cross bundles, ``embedding`` for bi bundles). One self-contained
-file (no external data), as a bundle holds a single ``model.onnx``.
+Inputs and output as ``core.bundle.ONNX_SIGNATURES`` names them for the bundle's kind (int64 inputs,
+dynamic batch and sequence). One self-contained file (no external data), as a bundle holds a single
+``model.onnx``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from core.bundle import ONNX_SIGNATURES
+
 OPSET = 17
 
 
-def export_bert_onnx(module, out_path: str | Path, output_name: str, *, opset: int = OPSET) -> Path:
-    """Trace ``module(input_ids, attention_mask, token_type_ids) -> tensor`` into ``out_path``."""
+def export_bert_onnx(module, out_path: str | Path, kind: str, *, opset: int = OPSET) -> Path:
+    """Trace ``module(input_ids, attention_mask, token_type_ids) -> tensor`` into ``out_path``, with the
+    signature of a ``kind`` bundle."""
     import warnings
 
     import torch
@@ -26,11 +28,13 @@ def export_bert_onnx(module, out_path: str | Path, output_name: str, *, opset: i
     ids = torch.tensor([[101, 2000, 2001, 2002, 102, 2003, 102], [101, 2004, 102, 2005, 102, 0, 0]])
     mask = (ids != 0).long()
     types = torch.zeros_like(ids)
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    signature = ONNX_SIGNATURES[kind]
+    output_name = signature.output
+    axes = {name: {0: "batch", 1: "sequence"} for name in signature.inputs}
     axes[output_name] = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(module, (ids, mask, types), str(out_path), input_names=list(INPUT_NAMES),
+        torch.onnx.export(module, (ids, mask, types), str(out_path), input_names=list(signature.inputs),
                           output_names=[output_name], dynamic_axes=axes, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
     return out_path

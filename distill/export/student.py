@@ -8,51 +8,36 @@ against it (distill/export/checks.py). A bundle that fails a check is not writte
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
+from core.bundle import MODEL_FILE, TOKENIZER_FILE, BundleManifest, Provenance, read_manifest, write_manifest
 from distill.data.schema import LabelledPair
 from distill.export.checks import bundle_scores, check_fp32, check_reduced
 from distill.export.onnx_bert import export_bert_onnx
-from service.bundle import (
-    MODEL_FILE,
-    TOKENIZER_FILE,
-    BundleManifest,
-    CosineGradeHeadScore,
-    Provenance,
-    SoftmaxScore,
-    read_manifest,
-    write_manifest,
-)
-
-Precision = Literal["fp32", "int8", "fp16"]
 
 
-def _manifest(model, config, precision: str, name: str, version: str, created_by: str) -> BundleManifest:
+class Precision(StrEnum):
+    """The bundle's weights: fp32, or derived from fp32 and checked against it."""
+
+    fp32 = "fp32"
+    int8 = "int8"  # dynamic, per-channel QInt8
+    fp16 = "fp16"  # float16 weights, float32 inputs and outputs
+
+
+def _provenance(model, config, precision: str, created_by: str) -> Provenance:
     from distill.students.backbone import BACKBONE_NAME
 
-    if config.kind == "cross":
-        score, dim = SoftmaxScore(), None
-    else:
-        score = CosineGradeHeadScore(weights=model.grade_weight.detach().tolist(),
-                                     bias=model.grade_bias.detach().tolist())
-        dim = model.embedding_dim
-    return BundleManifest(
-        name=name, version=version, kind=config.kind, score=score, embedding_dim=dim,
-        max_pair_tokens=config.max_tokens, max_query_tokens=config.max_query_tokens,
-        max_item_tokens=config.max_tokens, template=config.template,
-        provenance=Provenance(
-            base_model=f"{BACKBONE_NAME} (first {model.bert.config.num_hidden_layers} layers)",
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), created_by=created_by,
-            train_data=config.train_data, teacher=", ".join(f"{path} ({use})" for path, use in config.teacher_files()),
-            precision=precision,
-            run=config.name, losses=config.weights.model_dump(), temperature=config.temperature,
-            layers=config.layers, epochs=config.epochs, seed=config.seed),
-    )
+    return Provenance(
+        base_model=f"{BACKBONE_NAME} (first {model.bert.config.num_hidden_layers} layers)",
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), created_by=created_by,
+        train_data=config.train_data, teacher=", ".join(f"{path} ({use})" for path, use in config.teacher_files()),
+        precision=precision,
+        run=config.name, losses=config.weights.model_dump(), temperature=config.temperature,
+        layers=config.layers, epochs=config.epochs, seed=config.seed)
 
 
 def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
@@ -68,42 +53,40 @@ def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
 
 
 def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence[LabelledPair], *,
-                   precision: Precision = "int8", name: str | None = None, version: str | None = None,
-                   created_by: str = "relevance export") -> BundleManifest:
+                   precision: Precision = Precision.int8, name: str | None = None, version: str | None = None,
+                   created_by: str = "relevance student export") -> BundleManifest:
     """Export, check and write the bundle; raises ExportCheckError (nothing written) when a check fails."""
     import torch
 
+    from distill.students import run_folder
+    from distill.students.config import make_tokenizer
     from distill.students.data import build_examples
-    from distill.train import METRICS_FILE, load_run, make_tokenizer, predict_scores, ranking_metrics
+    from distill.students.predict import predict_scores, ranking_metrics, student_manifest
 
-    if precision not in ("fp32", "int8", "fp16"):
-        raise ValueError(f"precision must be fp32, int8 or fp16, not {precision!r}")
+    if precision not in tuple(Precision):
+        raise ValueError(f"precision must be one of {', '.join(Precision)}, not {precision!r}")
     if not any(p.label for p in dev_pairs):
         raise ValueError("export checks need labelled dev pairs")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, config = load_run(run_dir)
-    name = name or f"student-{config.kind}-{config.name}"
-    version = version or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
-    manifest = _manifest(model, config, precision, name, version, created_by)
+    model, config = run_folder.load_run(run_dir)
+    kind = config.student_kind
+    manifest = student_manifest(model, config, name=name,
+                                version=version or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"),
+                                provenance=_provenance(model, config, precision, created_by))
 
-    tokenizer = make_tokenizer(config, run_dir / TOKENIZER_FILE)
-    examples = build_examples(config.kind, dev_pairs, tokenizer, config.template)
+    run_tokenizer = run_dir / run_folder.TOKENIZER_FILE
+    tokenizer = make_tokenizer(config, run_tokenizer)
+    examples = build_examples(kind, dev_pairs, tokenizer, config.template)
     torch.set_num_threads(config.threads)
-    torch_scores = predict_scores(model, config.kind, examples, tokenizer.pad_id)
+    torch_scores = predict_scores(model, manifest, examples, tokenizer.pad_id)
 
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         fp32_dir = Path(tmp) / "fp32"
         fp32_dir.mkdir()
-        if config.kind == "cross":
-            from distill.students.cross import CrossLogits
-
-            export_bert_onnx(CrossLogits(model), fp32_dir / MODEL_FILE, "logits")
-        else:
-            from distill.students.bi import BiEmbedding
-
-            export_bert_onnx(BiEmbedding(model), fp32_dir / MODEL_FILE, "embedding")
-        shutil.copyfile(run_dir / TOKENIZER_FILE, fp32_dir / TOKENIZER_FILE)
-        fp32_scores = bundle_scores(fp32_dir, manifest, dev_pairs)
+        export_bert_onnx(kind.export_module(model), fp32_dir / MODEL_FILE, kind.name)
+        shutil.copyfile(run_tokenizer, fp32_dir / TOKENIZER_FILE)
+        write_manifest(fp32_dir, manifest)  # a whole bundle, so the checks score it with the service's Scorer
+        fp32_scores = bundle_scores(fp32_dir, dev_pairs)
         checks = check_fp32(torch_scores, fp32_scores)
         fp32_dev = ranking_metrics(dev_pairs, fp32_scores)
         bundle_dir, dev = fp32_dir, fp32_dev
@@ -111,13 +94,13 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence
             bundle_dir = Path(tmp) / precision
             bundle_dir.mkdir()
             _reduce(precision, fp32_dir / MODEL_FILE, bundle_dir / MODEL_FILE)
-            shutil.copyfile(run_dir / TOKENIZER_FILE, bundle_dir / TOKENIZER_FILE)
-            scores = bundle_scores(bundle_dir, manifest, dev_pairs)
+            shutil.copyfile(run_tokenizer, bundle_dir / TOKENIZER_FILE)
+            write_manifest(bundle_dir, manifest)
+            scores = bundle_scores(bundle_dir, dev_pairs)
             dev = ranking_metrics(dev_pairs, scores)
             checks |= check_reduced(precision, fp32_scores, scores, fp32_dev["ndcg@10"], dev["ndcg@10"])
 
-        run_metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")) \
-            if (run_dir / METRICS_FILE).is_file() else {}
+        run_metrics = run_folder.read_metrics(run_dir)
         manifest.metrics = {
             "dev": {"data": config.dev_data, **dev},
             "export_checks": checks,

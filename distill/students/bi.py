@@ -3,7 +3,7 @@
 Each tower pools its token states with learned weights, w = masked_softmax(u·h_t) (u starts at
 zero, i.e. mean pooling as all-MiniLM-L6-v2 was trained), and L2-normalises the result, so item
 vectors can be precomputed and cached. Score: cos = q·d, grade logits_i = a_i·cos + b_i — the
-``cosine_grade_head`` mapping of service/bundle.py, so the service computes grades from cached
+``cosine_grade_head`` mapping of core/bundle.py, so the service computes grades from cached
 vectors. Auxiliary heads predict the teacher's per-dimension verdicts from [q, d, |q−d|, q⊙d]
 (training only; not exported).
 """
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cot import DIMENSIONS, VERDICTS
 from distill.students.backbone import load_bert
-from distill.teacher.cot import DIMENSIONS, VERDICTS
 
 
 @dataclass
@@ -37,8 +37,6 @@ class BiOutput:
 
 
 class BiStudent(nn.Module):
-    kind = "bi"
-
     def __init__(self, num_levels: int, num_layers: int | None = None, *,
                  bert_config: dict[str, Any] | None = None) -> None:
         super().__init__()

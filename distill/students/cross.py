@@ -22,8 +22,6 @@ class CrossOutput:
 
 
 class CrossStudent(nn.Module):
-    kind = "cross"
-
     def __init__(self, num_levels: int, num_layers: int | None = None, *,
                  bert_config: dict[str, Any] | None = None, dropout: float = 0.1) -> None:
         super().__init__()
@@ -44,7 +42,7 @@ class CrossStudent(nn.Module):
 
 
 class CrossLogits(nn.Module):
-    """Export view: (input_ids, attention_mask, token_type_ids) → logits, as service/bundle.py specifies."""
+    """Export view: (input_ids, attention_mask, token_type_ids) → logits, as core/bundle.py specifies."""
 
     def __init__(self, student: CrossStudent) -> None:
         super().__init__()

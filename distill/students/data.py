@@ -1,7 +1,7 @@
 """Training examples for the students: labelled pairs + (optional) merged teacher signals.
 
-Every text goes through service.text_template and every encoding through
-service.tokenization.BundleTokenizer — the code the service runs — so there is no train/serve skew.
+Every text goes through core.text_template and every encoding through
+core.tokenization.BundleTokenizer — the code the service runs — so there is no train/serve skew.
 A teacher file is read for one or both signals: the grade distribution (score-distribution KD)
 and the CoT (per-dimension verdicts and evidence spans). Records are matched to pairs by
 ``pair_id``, else by (query, item id); per pair and signal, the first file (in the order given)
@@ -14,42 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import ValidationError
 
-from distill.data.schema import GRADE_LEVELS, LabelledPair
-from distill.students.evidence import EvidenceStats, record_spans, token_distribution
-from distill.teacher.cot import DIMENSIONS, VERDICTS, CoTRecord
-from service.text_template import TextTemplate
-from service.tokenization import BundleTokenizer, Encoded, pad_batch
+from core.cot import DIMENSIONS, VERDICTS, CoTRecord, grade_distribution
+from core.grades import GRADE_LEVELS
+from core.text_template import TextTemplate
+from core.tokenization import BundleTokenizer, Encoded
+from distill.data.schema import LabelledPair
+from distill.students.evidence import EvidenceStats, record_spans
+
+if TYPE_CHECKING:
+    from distill.students.kinds import StudentKind
 
 IGNORE = -100
-
-
-class TeacherFileError(ValueError):
-    """A teacher record file that cannot be read; the message names the file and line."""
-
-
-def read_teacher_records(path: str | Path) -> list[CoTRecord]:
-    """One CoTRecord JSON per line (blank lines allowed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherFileError(f"teacher record file {path} does not exist")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(CoTRecord.model_validate_json(line))
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "(root)"
-                raise TeacherFileError(f"{path}:{line_no}: not a CoT record ({where}: {first['msg']})") from exc
-    return records
 
 
 Use = Literal["all", "scores", "cot"]
@@ -135,7 +114,8 @@ def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource
                 continue
             slot = merged.setdefault(index, PairTeacher())
             if source.use in ("all", "scores"):
-                probs = teacher_distribution(record)
+                probs = grade_distribution(record, GRADE_LEVELS)
+                probs = None if probs is None else probs.astype(np.float32)
                 if probs is None:
                     stats.no_distribution += 1
                 elif slot.probs is not None:
@@ -155,19 +135,6 @@ def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource
     report.with_distribution = sum(t.probs is not None for t in merged.values())
     report.with_cot = sum(t.cot is not None for t in merged.values())
     return merged
-
-
-def teacher_distribution(record: CoTRecord) -> np.ndarray | None:
-    """The record's grade distribution in GRADE_LEVELS order, or None when it has none we can use."""
-    if record.distribution_source == "none" or not record.grade_distribution:
-        return None
-    if set(GRADE_LEVELS) - set(record.grade_distribution):
-        return None
-    probs = np.array([record.grade_distribution[g] for g in GRADE_LEVELS], dtype=np.float32)
-    total = float(probs.sum())
-    if not np.isfinite(total) or total <= 0 or (probs < 0).any():
-        return None
-    return probs / total
 
 
 def verdict_targets(record: CoTRecord) -> np.ndarray:
@@ -191,7 +158,7 @@ class Example:
     item_evidence: np.ndarray | None = None
 
 
-def build_examples(kind: str, pairs: Sequence[LabelledPair], tokenizer: BundleTokenizer,
+def build_examples(kind: StudentKind, pairs: Sequence[LabelledPair], tokenizer: BundleTokenizer,
                    template: TextTemplate, teacher: dict[int, PairTeacher] | None = None,
                    report: TeacherReport | None = None, cot_agree_only: bool = True) -> list[Example]:
     """Encode ``pairs`` for a ``kind`` student and attach the teacher's targets where merged."""
@@ -199,29 +166,20 @@ def build_examples(kind: str, pairs: Sequence[LabelledPair], tokenizer: BundleTo
     report = report or TeacherReport()
     queries = [template.query_text(p.query) for p in pairs]
     items = [template.item_text(p.item.as_mapping()) for p in pairs]
-    if kind == "cross":
-        pair_enc = tokenizer.encode_pairs(queries, items)
-    else:
-        query_enc = tokenizer.encode_queries(queries)
-        item_enc = tokenizer.encode_items(items)
-    examples = []
-    for i, pair in enumerate(pairs):
-        label = GRADE_LEVELS.index(pair.label) if pair.label in GRADE_LEVELS else IGNORE
-        ex = Example(label=label, teacher_probs=None, verdicts=np.full(len(DIMENSIONS), IGNORE, dtype=np.int64))
-        if kind == "cross":
-            ex.pair = pair_enc[i]
-        else:
-            ex.query, ex.item = query_enc[i], item_enc[i]
+    examples = [Example(label=GRADE_LEVELS.index(p.label) if p.label in GRADE_LEVELS else IGNORE,
+                        teacher_probs=None, verdicts=np.full(len(DIMENSIONS), IGNORE, dtype=np.int64))
+                for p in pairs]
+    kind.encode(examples, queries, items, tokenizer)
+    for i, (pair, ex) in enumerate(zip(pairs, examples, strict=True)):
         signals = teacher.get(i)
         if signals is not None:
             ex.teacher_probs = signals.probs
             if signals.cot is not None:
                 _attach_cot(ex, kind, signals.cot, queries[i], items[i], pair.label, report, cot_agree_only)
-        examples.append(ex)
     return examples
 
 
-def _attach_cot(ex: Example, kind: str, record: CoTRecord, query_text: str, item_text: str,
+def _attach_cot(ex: Example, kind: StudentKind, record: CoTRecord, query_text: str, item_text: str,
                 label: str | None, report: TeacherReport, cot_agree_only: bool) -> None:
     ex.verdicts = verdict_targets(record)
     report.with_verdicts += bool((ex.verdicts != IGNORE).any())
@@ -231,35 +189,10 @@ def _attach_cot(ex: Example, kind: str, record: CoTRecord, query_text: str, item
         report.evidence_skipped_disagree += 1
         return
     spans = record_spans(record, query_text, item_text, report.evidence)
-    if kind == "cross":
-        ex.pair_evidence = token_distribution(ex.pair, {0: spans.query, 1: spans.item}, report.evidence)
-        found = ex.pair_evidence is not None
-    else:
-        ex.query_evidence = token_distribution(ex.query, {0: spans.query}, report.evidence)
-        ex.item_evidence = token_distribution(ex.item, {0: spans.item}, report.evidence)
-        found = ex.query_evidence is not None or ex.item_evidence is not None
-    report.evidence.records_with_evidence += found
+    report.evidence.records_with_evidence += kind.attach_evidence(ex, spans, report.evidence)
 
 
-def _evidence_matrix(rows: list[np.ndarray | None], width: int):
-    import torch
-
-    out = torch.zeros(len(rows), width)
-    mask = torch.zeros(len(rows), dtype=torch.bool)
-    for r, row in enumerate(rows):
-        if row is not None:
-            out[r, : len(row)] = torch.from_numpy(row)
-            mask[r] = True
-    return out, mask
-
-
-def _tensors(encoded: list[Encoded], pad_id: int) -> dict:
-    import torch
-
-    return {k: torch.from_numpy(v) for k, v in pad_batch(encoded, pad_id).items()}
-
-
-def collate(examples: list[Example], kind: str, pad_id: int, num_levels: int) -> dict:
+def collate(examples: list[Example], kind: StudentKind, pad_id: int, num_levels: int) -> dict:
     """Pad a batch and stack its targets (masks mark rows that carry each kind of supervision)."""
     import torch
 
@@ -269,22 +202,10 @@ def collate(examples: list[Example], kind: str, pad_id: int, num_levels: int) ->
         if ex.teacher_probs is not None:
             probs[r] = torch.from_numpy(ex.teacher_probs)
             has_probs[r] = True
-    batch = {
+    return {
         "labels": torch.tensor([ex.label for ex in examples], dtype=torch.long),
         "teacher_probs": probs,
         "has_teacher_probs": has_probs,
         "verdicts": torch.from_numpy(np.stack([ex.verdicts for ex in examples])),
+        **kind.collate_inputs(examples, pad_id),
     }
-    if kind == "cross":
-        batch["pair"] = _tensors([ex.pair for ex in examples], pad_id)
-        width = batch["pair"]["input_ids"].shape[1]
-        batch["pair_evidence"], batch["has_pair_evidence"] = _evidence_matrix(
-            [ex.pair_evidence for ex in examples], width)
-    else:
-        batch["query"] = _tensors([ex.query for ex in examples], pad_id)
-        batch["item"] = _tensors([ex.item for ex in examples], pad_id)
-        batch["query_evidence"], batch["has_query_evidence"] = _evidence_matrix(
-            [ex.query_evidence for ex in examples], batch["query"]["input_ids"].shape[1])
-        batch["item_evidence"], batch["has_item_evidence"] = _evidence_matrix(
-            [ex.item_evidence for ex in examples], batch["item"]["input_ids"].shape[1])
-    return batch

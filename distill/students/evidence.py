@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from distill.teacher.cot import CoTRecord
-from service.tokenization import Encoded
+from core.cot import CoTRecord
+from core.tokenization import Encoded
 
 Span = tuple[int, int]
 
