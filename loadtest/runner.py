@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 import httpx
 import numpy as np
@@ -36,8 +36,13 @@ from loadtest.targets import Target
 from loadtest.workload import Request
 
 
+class LoadMode(StrEnum):
+    closed = "closed"
+    open = "open"
+
+
 class LoadConfig(BaseModel):
-    mode: Literal["closed", "open"] = "closed"
+    mode: LoadMode = LoadMode.closed
     concurrency: int = Field(default=8, ge=1, le=1024)  # closed loop
     rate: float = Field(default=10.0, gt=0)  # open loop: mean requests per second
     duration_s: float = Field(default=10.0, gt=0)

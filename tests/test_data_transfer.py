@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
+from core.item import Item
 from distill.cli import app
 from distill.data.loaders import load_pairs
-from distill.data.schema import Item, LabelledPair
+from distill.data.schema import LabelledPair
 from distill.data.transfer import transfer_pairs, write_generic_jsonl
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill.data.schema import GRADE_LEVELS, Item, LabelledPair
+from core.grades import GRADE_LEVELS
+from core.item import Item
+from distill.data.schema import LabelledPair
 from distill.eval.evaluate import EvalSet, Predictions, SystemOutput, evaluate, predictions
 from distill.eval.metrics import mean_ndcg
 

@@ -1,4 +1,4 @@
-"""`relevance eval` end to end on a tiny generated set: BM25 and teacher annotations → report files."""
+"""`relevance eval run` end to end on a tiny generated set: BM25 and teacher annotations → report files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.cot import CoTRecord
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE
 from distill.cli import app
 from distill.data.loaders import load_pairs
-from distill.data.schema import GRADE_LEVELS
-from distill.teacher.cot import CoTRecord
-from service.text_template import DEFAULT_TEMPLATE
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 COLOURS = ["red", "blue", "green", "black", "white", "grey", "pink", "brown"]
 THINGS = ["sofa", "lamp", "rug", "chair", "table", "desk", "bed", "shelf"]
@@ -47,7 +50,7 @@ def _write_annotations(data: Path, path: Path, skip: int) -> None:
                            grade=pair.label, grade_levels=list(GRADE_LEVELS), grade_distribution=dist,
                            distribution_source="logits")
         lines.append(record.model_dump_json())
-    path.write_text("\n".join(lines) + "\nnot json\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def test_eval_writes_report_folder(tmp_path):
@@ -55,7 +58,7 @@ def test_eval_writes_report_folder(tmp_path):
     _write_set(data)
     _write_annotations(data, ann, skip=0)
     result = CliRunner().invoke(app, [
-        "eval", "--data", str(data), "--split", "all", "--system", "bm25", "--system", f"annotations:{ann}",
+        "eval", "run", "--data", str(data), "--split", "all", "--system", "bm25", "--system", f"annotations:{ann}",
         "--out", str(out), "--slice", "long-tail", "--slice", "negation", "--resamples", "50",
     ])
     assert result.exit_code == 0, result.output
@@ -67,7 +70,7 @@ def test_eval_writes_report_folder(tmp_path):
     section = metrics["sections"]["All queries"]
     assert section["pairs"] == 3 * 64 - 1 and section["queries"] == 64
     teacher = section["systems"]["annotations:teacher"]
-    assert teacher["info"]["unreadable_lines"] == 1
+    assert teacher["info"]["records"] == 3 * 64 - 1
     # The teacher's distributions encode the labels: perfect ranking and grades.
     assert teacher["metrics"]["auc_relevant"]["value"] == pytest.approx(1.0)
     assert teacher["metrics"]["macro_f1"]["value"] == pytest.approx(1.0)
@@ -85,7 +88,7 @@ def test_eval_writes_report_folder(tmp_path):
 def test_eval_dev_split_calibrates_score_only_systems(tmp_path):
     data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
     _write_set(data)
-    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "dev", "--system", "bm25",
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "dev", "--system", "bm25",
                                       "--out", str(out), "--resamples", "20"])
     assert result.exit_code == 0, result.output
     bm25 = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]["bm25"]
@@ -95,26 +98,26 @@ def test_eval_dev_split_calibrates_score_only_systems(tmp_path):
 
 def test_eval_reports_bad_input_clearly(tmp_path):
     runner = CliRunner()
-    missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.jsonl"), "--system", "bm25",
+    missing = runner.invoke(app, ["eval", "run", "--data", str(tmp_path / "nope.jsonl"), "--system", "bm25",
                                   "--out", str(tmp_path / "r")])
     assert missing.exit_code == 2 and "nope.jsonl: no such file or folder" in missing.output
     data = tmp_path / "pairs.jsonl"
     _write_set(data)
-    bad = runner.invoke(app, ["eval", "--data", str(data), "--system", "magic", "--out", str(tmp_path / "r")])
+    bad = runner.invoke(app, ["eval", "run", "--data", str(data), "--system", "magic", "--out", str(tmp_path / "r")])
     assert bad.exit_code == 2 and "system 'magic' is not one of" in bad.output
     unlabelled = tmp_path / "unlabelled.jsonl"
     unlabelled.write_text('{"query": "sofa", "item_id": "1", "title": "Sofa"}\n', encoding="utf-8")
-    nolabel = runner.invoke(app, ["eval", "--data", str(unlabelled), "--system", "bm25", "--out", str(tmp_path / "r")])
+    nolabel = runner.invoke(app, ["eval", "run", "--data", str(unlabelled), "--system", "bm25", "--out", str(tmp_path / "r")])
     assert nolabel.exit_code == 2 and "1 pairs have no label (e.g. generic:" in nolabel.output
 
 
 def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
     bundle = Path(__file__).resolve().parents[1] / "models" / "minilm-zero-shot-bi"
     if not (bundle / "bundle.json").is_file():
-        pytest.skip(f"{bundle} not built (make test builds it with `relevance build-default-bundle`)")
+        pytest.skip(f"{bundle} not built (make test builds it with `relevance student build-default`)")
     data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
     _write_set(data)
-    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "all", "--system", "bm25",
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", "bm25",
                                       "--system", f"bundle:{bundle}", "--out", str(out), "--resamples", "20"])
     assert result.exit_code == 0, result.output
     systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
@@ -138,11 +141,11 @@ def test_eval_seeds_averages_paired_differences_and_counts_significant_ones(tmp_
     a = _report(tmp_path / "s1", {"auc_exact": (0.04, 0.01, 0.07)})
     b = _report(tmp_path / "s2", {"auc_exact": (-0.02, -0.05, 0.01)})
     c = _report(tmp_path / "s3", {"auc_exact": (0.01, -0.02, 0.04)})
-    result = CliRunner().invoke(app, ["eval-seeds", str(a), str(b), str(c)])
+    result = CliRunner().invoke(app, ["eval", "seeds", str(a), str(b), str(c)])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("| bundle:kd − bundle:label"))
     assert "+0.010 (-0.020…+0.040; ↑1 ↓0)" in row  # mean of +0.04, −0.02, +0.01; only s1's CI is above 0
-    missing = CliRunner().invoke(app, ["eval-seeds", str(a), "--section", "Negation queries"])
+    missing = CliRunner().invoke(app, ["eval", "seeds", str(a), "--section", "Negation queries"])
     assert missing.exit_code == 2 and "has no section 'Negation queries'" in missing.output
 
 
@@ -154,8 +157,20 @@ def test_systems_with_the_same_file_name_keep_apart(tmp_path):
     _write_annotations(data, tmp_path / "a" / "oof.jsonl", skip=0)
     _write_annotations(data, tmp_path / "b" / "oof.jsonl", skip=1)
     specs = [f"annotations:{tmp_path / 'a' / 'oof.jsonl'}", f"annotations:{tmp_path / 'b' / 'oof.jsonl'}"]
-    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--split", "all", "--system", specs[0],
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", specs[0],
                                       "--system", specs[1], "--system", "bm25", "--out", str(out), "--resamples", "20"])
     assert result.exit_code == 0, result.output
     systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
     assert list(systems) == [*specs, "bm25"]
+
+
+def test_an_unreadable_annotation_line_fails_the_run_naming_file_and_line(tmp_path: Path) -> None:
+    data, ann = tmp_path / "pairs.jsonl", tmp_path / "teacher.jsonl"
+    _write_set(data)
+    _write_annotations(data, ann, skip=0)
+    with ann.open("a", encoding="utf-8") as f:
+        f.write("not json\n")
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", "bm25",
+                                      "--system", f"annotations:{ann}", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert f"{ann}:{3 * 64}: not a CoT record" in result.output

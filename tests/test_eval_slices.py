@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from distill.data.schema import Item, LabelledPair
+from core.item import Item
+from distill.data.schema import LabelledPair
 from distill.eval.slices import long_tail_queries, negation_queries, query_rarity
 
 

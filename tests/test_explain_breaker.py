@@ -141,7 +141,7 @@ class SlowTeacher:
         self.peak = 0
 
     async def judge(self, query, item, *, label=None, mode="cot"):
-        from distill.teacher.cot import CoTRecord
+        from core.cot import CoTRecord
 
         self.running += 1
         self.peak = max(self.peak, self.running)

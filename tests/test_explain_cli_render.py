@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
+from core.cot import CoTRecord, DimensionJudgement, EvidenceSpan
 from service.explain.cli import _print_explanation
 
 

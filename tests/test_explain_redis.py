@@ -14,9 +14,12 @@ from pydantic import ValidationError
 from service.auth import ApiKeyAuth, ApiKeyConfigError, key_id, load_api_keys
 from service.errors import ApiError, error_response
 from service.explain.metrics import ExplainMetrics
-from service.explain.settings import check_settings
+from service.explain.settings import ExplainSettings
 from service.ratelimit import TokenBucketLimiter
 from service.redis_store import ItemStore, RedisGuard, RedisUnavailable, connect
+from service.settings import Settings, describe_settings_error
+
+pytestmark = pytest.mark.redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -60,16 +63,26 @@ def test_api_keys_from_env_string_and_file(tmp_path) -> None:
 
 
 def test_settings_check_names_the_bad_variable_or_file(monkeypatch, tmp_path) -> None:
+    def check() -> ExplainSettings:  # as `relevance serve` checks them before starting
+        explain = Settings().explain
+        load_api_keys(explain.api_keys, explain.api_keys_file)
+        return explain
+
     monkeypatch.setenv("RELEVANCE_EXPLAIN_TIMEOUT_S", "soon")
-    with pytest.raises(ValidationError, match="explain_timeout_s"):
-        check_settings()
+    with pytest.raises(ValidationError, match="explain_timeout_s") as raised:
+        check()
+    assert describe_settings_error(raised.value).startswith("RELEVANCE_EXPLAIN_TIMEOUT_S='soon': ")
     monkeypatch.delenv("RELEVANCE_EXPLAIN_TIMEOUT_S")
     monkeypatch.setenv("RELEVANCE_API_KEYS_FILE", str(tmp_path / "absent"))
     with pytest.raises(ApiKeyConfigError, match="RELEVANCE_API_KEYS_FILE: cannot read .*absent"):
-        check_settings()
+        check()
     (tmp_path / "absent").write_text("file-key-0001\n", encoding="utf-8")
     monkeypatch.setenv("RELEVANCE_EXPLAIN_BREAKER_FAILURES", "7")
-    assert check_settings().explain_breaker_failures == 7
+    monkeypatch.setenv("RELEVANCE_REDIS_URL", "redis://127.0.0.1:6390/3")
+    explain = check()
+    assert explain.explain_breaker_failures == 7 and explain.redis_url == "redis://127.0.0.1:6390/3"
+    # An explain= argument replaces the variables, as any constructor argument does.
+    assert Settings(explain=ExplainSettings(api_keys="")).explain.explain_breaker_failures == 5
 
 
 def test_api_key_dependency_accepts_both_headers_and_refuses_others() -> None:
@@ -190,7 +203,6 @@ async def test_item_store_write_failures_are_counted_not_raised_when_redis_is_do
 
 async def test_without_api_keys_explain_is_off_no_teacher_is_loaded_and_no_items_are_stored() -> None:
     from service.explain.components import ExplainComponents
-    from service.explain.settings import ExplainSettings
 
     loads: list[str] = []
     parts = ExplainComponents(ExplainSettings(api_keys=""), teacher_factory=lambda: loads.append("x"))

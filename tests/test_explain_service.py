@@ -22,16 +22,17 @@ import httpx
 import pytest
 import uvicorn
 
-from distill.teacher import Teacher, load_teacher
-from distill.teacher.backends.base import Backend, VerdictRequest, VerdictResult
 from loadtest.reliability import start_redis_server
 from loadtest.servers import free_port
 from service.app import create_app
 from service.explain.components import ExplainComponents
 from service.explain.settings import ExplainSettings
 from service.settings import Settings
+from service.state import app_state
+from teacher import Teacher, load_teacher
+from teacher.backends.base import Backend, VerdictRequest, VerdictResult
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.llm]
 
 BUNDLE = Path("models/minilm-zero-shot-bi")
 KEY = "explain-test-key-0001"
@@ -70,10 +71,10 @@ class LiveServer:
     """create_app() served by uvicorn on a loopback port, in a thread of this process."""
 
     def __init__(self, explain: ExplainSettings, backend: Backend, **service: Any) -> None:
-        settings = Settings(bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING", **service)
+        settings = Settings(bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING", explain=explain, **service)
         self.app = create_app(settings)
-        self.app.state.explain_settings = explain
-        self.app.state.explain_teacher = lambda: Teacher(backend)
+        self.state = app_state(self.app)
+        self.state.explain_teacher = lambda: Teacher(backend)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
@@ -96,10 +97,10 @@ class LiveServer:
 
     @property
     def explain(self) -> ExplainComponents:
-        return self.app.state.explain
+        return self.state.explain
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.app.state.metrics.registry.get_sample_value(name, labels or None)
+        value = self.state.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else value
 
     def wait_metric(self, name: str, at_least: float, timeout_s: float = 5.0, **labels: str) -> float:

@@ -8,12 +8,16 @@ import pytest
 from onnx import numpy_helper
 
 import distill.export.student as export_module
+from core.bundle import read_manifest
 from distill.data.bundled import load_bundled
 from distill.export.checks import ExportCheckError, check_reduced
 from distill.export.student import export_student
 from distill.students.backbone import tokenizer_file
-from distill.train import TrainConfig, build_student, save_run
-from service.bundle import read_manifest
+from distill.students.config import TrainConfig
+from distill.students.run_folder import save_run
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def _run(tmp_path, kind: str):
 
     torch.manual_seed(0)
     config = TrainConfig(name=f"tiny-{kind}", kind=kind, layers=2, max_tokens=32, max_query_tokens=16)
-    model = build_student(kind, 2)
+    model = config.student_kind.build(2)
     run_dir = tmp_path / "runs" / config.name
     save_run(run_dir, model, config, tokenizer_file())
     return run_dir
@@ -48,13 +52,15 @@ def test_fp32_export_writes_a_checked_bundle(tmp_path, dev_pairs, kind):
     # The service's scoring path (Scorer: template → tokeniser → batcher → ONNX → mapping) gives the
     # PyTorch student's scores.
     from distill.baselines.bundle import score_bundle
+    from distill.students.config import make_tokenizer
     from distill.students.data import build_examples
-    from distill.train import load_run, make_tokenizer, predict_scores
+    from distill.students.predict import predict_scores
+    from distill.students.run_folder import load_run
 
     model, config = load_run(tmp_path / "runs" / f"tiny-{kind}")
     tokenizer = make_tokenizer(config, tokenizer_file())
-    expected = predict_scores(model, kind, build_examples(kind, dev_pairs, tokenizer, config.template),
-                              tokenizer.pad_id)
+    expected = predict_scores(model, manifest, build_examples(config.student_kind, dev_pairs, tokenizer,
+                                                              config.template), tokenizer.pad_id)
     served, _, _ = score_bundle(out, dev_pairs)
     assert np.max(np.abs(served - expected)) <= 1e-4
 
@@ -79,8 +85,8 @@ def test_int8_export_refused_when_quantisation_reorders_scores(tmp_path, dev_pai
 def test_broken_export_is_refused_with_the_measured_difference(tmp_path, dev_pairs, monkeypatch):
     real_export = export_module.export_bert_onnx
 
-    def export_then_perturb(module, out_path, output_name, **kw):
-        real_export(module, out_path, output_name, **kw)
+    def export_then_perturb(module, out_path, kind, **kw):
+        real_export(module, out_path, kind, **kw)
         model = onnx.load(str(out_path))
         target = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the biggest weight
         weights = numpy_helper.to_array(target).copy()

@@ -11,6 +11,9 @@ import pytest
 from loadtest.bench import BenchOptions, run_bench
 from loadtest.servers import INFINITY_VENV
 
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
 DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
 
 

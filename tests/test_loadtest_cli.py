@@ -11,7 +11,7 @@ from distill.cli import app
 @pytest.mark.parametrize(("args", "message"), [
     (["bench", "--bundle", "/nonexistent/bundle"], "bundle folder /nonexistent/bundle does not exist"),
     (["bench", "--clients", "1,x"], "--clients: expected comma-separated integers"),
-    (["loadtest", "--mode", "sideways"], "mode: Input should be 'closed' or 'open'"),
+    (["loadtest", "--mode", "sideways"], "'sideways' is not one of 'closed', 'open'"),
     (["loadtest", "--items", "uniform:9-3"], "items spec 'uniform:9-3'"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(args, message):

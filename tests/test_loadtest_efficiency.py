@@ -13,6 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 from loadtest.efficiency import ModelFlops, matmul_peak_flops, raw_onnx_throughput
 from loadtest.workload import SizeDistribution, Workload
 
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
 DEFAULT_BUNDLE = Path("models/minilm-zero-shot-bi")
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from distill.students.backbone import tokenizer_file
-from distill.train import TrainConfig, build_student, save_run
+from distill.students.config import TrainConfig
+from distill.students.kinds import STUDENT_KINDS
+from distill.students.run_folder import save_run
 from loadtest.hf_cross import export_hf_cross_encoder
 
 TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -17,7 +19,7 @@ def test_student_encoder_and_head_carry_over(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
-    student = build_student("cross", None, bert_config=TINY_BERT).eval()
+    student = STUDENT_KINDS["cross"].build(None, bert_config=TINY_BERT).eval()
     save_run(tmp_path / "run", student, TrainConfig(name="tiny", kind="cross", layers=2), tokenizer_file())
     out = export_hf_cross_encoder(tmp_path / "run", tmp_path / "hf", max_length=24)
 
@@ -43,7 +45,7 @@ def test_student_encoder_and_head_carry_over(tmp_path):
 def test_bi_runs_and_missing_runs_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         export_hf_cross_encoder(tmp_path / "nothing", tmp_path / "hf", max_length=32)
-    student = build_student("bi", None, bert_config=TINY_BERT)
+    student = STUDENT_KINDS["bi"].build(None, bert_config=TINY_BERT)
     save_run(tmp_path / "bi", student, TrainConfig(name="b", kind="bi", layers=2), tokenizer_file())
     with pytest.raises(ValueError, match="only cross students"):
         export_hf_cross_encoder(tmp_path / "bi", tmp_path / "hf", max_length=32)

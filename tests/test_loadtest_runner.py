@@ -21,6 +21,9 @@ from loadtest.servers import free_port
 from loadtest.targets import Target
 from loadtest.workload import SizeDistribution, Workload
 
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
 SERVICE_S = 0.02  # the fake scorer's time per request
 
 

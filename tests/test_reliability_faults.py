@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 from loadtest.servers import free_port
 
+pytestmark = pytest.mark.redis
+
 KEY = "faults-test-key-0001"
 ITEM = {"id": "sofa", "title": "Three-seat red leather sofa"}
 

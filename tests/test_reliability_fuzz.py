@@ -11,6 +11,8 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from service_harness import Server, tiny_bundle
 
+pytestmark = pytest.mark.llm
+
 ADMIN_KEY = "fuzz-admin-key-0123"
 
 

@@ -11,12 +11,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.cot import DIMENSIONS
+from core.tokenization import Encoded
 from distill.data.formats.generic import load_jsonl
-from distill.teacher.cot import DIMENSIONS
-from distill.teacher.parser import parse_output
 from service.batcher import Batcher, BatchPolicy
 from service.metrics import Metrics
-from service.tokenization import Encoded
+from teacher.parser import parse_output
 
 LEVELS = ("Irrelevant", "Partial", "Exact")
 QUERY = "red leather sofa"

@@ -17,7 +17,9 @@ import httpx
 import pytest
 from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric
 
-from service.bundle import MODEL_FILE, read_manifest, write_manifest
+from core.bundle import MODEL_FILE, read_manifest, write_manifest
+
+pytestmark = pytest.mark.llm
 
 ADMIN_KEY = "admin-key-0123456789"
 BODY = {"query": "red leather sofa", "items": items(3, 6)}

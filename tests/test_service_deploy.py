@@ -60,7 +60,7 @@ def test_dockerfile_serves_with_the_cli_on_all_interfaces():
     assert "FROM ${BASE}" in text and "ARG BASE=python:3.11-slim" in text
     assert 'ENTRYPOINT ["relevance"]' in text and 'CMD ["serve"]' in text
     assert "RELEVANCE_HOST=0.0.0.0" in text
-    assert "relevance build-default-bundle --out /bundles/minilm-zero-shot-bi" in text
+    assert "relevance student build-default --out /bundles/minilm-zero-shot-bi" in text
     assert "download.pytorch.org/whl/cpu" in text  # never the multi-GB CUDA torch
 
 

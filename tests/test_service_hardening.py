@@ -16,6 +16,9 @@ from service_harness import Server, items
 
 from service.settings import DEFAULT_BUNDLE
 
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
 BODY = {"query": "red leather sofa", "items": items(3, 6)}
 
 
@@ -248,7 +251,7 @@ def test_a_corrupted_model_at_startup_is_reported_in_one_line_without_a_tracebac
 
     from service_harness import RELEVANCE, REPO
 
-    from service.bundle import MODEL_FILE, read_manifest, write_manifest
+    from core.bundle import MODEL_FILE, read_manifest, write_manifest
 
     corrupted = tmp_path / "corrupted"
     shutil.copytree(bundles["cross"], corrupted)

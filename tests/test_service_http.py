@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from service_harness import API_KEY, RELEVANCE, REPO, Server, items, metric
 
-from service.bundle import (
+from core.bundle import (
     CosineGradeHeadScore,
     read_manifest,
 )
 from service.schemas import ScoreResponse
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +265,9 @@ def test_serve_refuses_a_missing_or_mismatched_bundle(bundles, tmp_path):
     missing = subprocess.run([RELEVANCE, "serve", "--bundle", str(tmp_path / "nope")], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    assert "build-default-bundle" in missing.stderr
+    assert "relevance student build-default" in missing.stderr
 
-    from service.bundle import BundleError
+    from core.bundle import BundleError
     from service.onnx_model import OnnxModel
 
     # A cross model described as a bi bundle: the graph has `logits`, bundle.json promises `embedding`.

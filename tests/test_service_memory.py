@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 from service_harness import Server, tiny_bundle
 
-from service.bundle import read_manifest, write_manifest
+from core.bundle import read_manifest, write_manifest
 from service.onnx_model import OnnxModel
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 # The onnxruntime run option that frees the CPU arena's unused regions at the end of a run.
 ARENA_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -114,9 +117,9 @@ def test_under_continuous_load_one_run_per_period_returns_the_memory(bi_bundle):
 
 
 async def test_the_batcher_calls_its_idle_hook_once_after_work_never_while_busy():
+    from core.tokenization import Encoded
     from service.batcher import Batcher, BatchPolicy
     from service.metrics import Metrics
-    from service.tokenization import Encoded
 
     calls: list[float] = []
 

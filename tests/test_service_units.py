@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 
+from core.bundle import BundleManifest, CosineGradeHeadScore, CosineScore, SoftmaxScore
+from core.score_mapping import from_cosine, from_logits
+from core.tokenization import Encoded
 from service.batcher import Batcher, BatchPolicy, Entry, Ticket, plan_runs, take_batch
-from service.bundle import BundleManifest, CosineGradeHeadScore, CosineScore, SoftmaxScore
 from service.embedding_cache import EmbeddingCache, cache_key
 from service.errors import ApiError, DeadlineExceeded, Overloaded, TooCostly
 from service.metrics import Metrics
 from service.providers import CPU, CUDA, ProviderError, choose_provider
 from service.schemas import Limits, field_path, parse_score_request
-from service.score_mapping import from_cosine, from_logits
 from service.settings import DEFAULT_BUNDLE, STUDENT_BUNDLE, Settings, default_bundle_path
-from service.tokenization import Encoded
 
 # --- provider choice ---
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from core.cot import CoTRecord, DimensionJudgement, EvidenceSpan
+from core.tokenization import BundleTokenizer
 from distill.students.backbone import tokenizer_file
 from distill.students.evidence import EvidenceStats, record_spans, token_distribution
-from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
-from service.tokenization import BundleTokenizer
 
 QUERY = "hydroflask water bottle"
 ITEM = "Hydro Flask Wide Mouth Bottle 32 oz | color: black"

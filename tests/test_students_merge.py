@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.cot import CoTRecord, DimensionJudgement
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE
 from distill.data.bundled import load_bundled
-from distill.data.schema import GRADE_LEVELS
 from distill.students.backbone import tokenizer_file
+from distill.students.config import TrainConfig, make_tokenizer
 from distill.students.data import IGNORE, TeacherReport, TeacherSource, build_examples, merge_teacher
 from distill.teacher.bootstrap import bootstrap_record
-from distill.teacher.cot import CoTRecord, DimensionJudgement
-from distill.train import TrainConfig, make_tokenizer
-from service.text_template import DEFAULT_TEMPLATE
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 SCORES_A = {"Irrelevant": 0.1, "Partial": 0.2, "Exact": 0.7}
 SCORES_C = {"Irrelevant": 0.6, "Partial": 0.3, "Exact": 0.1}
@@ -38,7 +41,8 @@ def pairs():
 def _examples(pairs, sources, report, kind="cross"):
     config = TrainConfig(name="t", kind=kind, max_tokens=64)
     merged = merge_teacher(pairs, sources, report)
-    return build_examples(kind, pairs, make_tokenizer(config, tokenizer_file()), DEFAULT_TEMPLATE, merged, report)
+    return build_examples(config.student_kind, pairs, make_tokenizer(config, tokenizer_file()), DEFAULT_TEMPLATE,
+                          merged, report)
 
 
 @pytest.mark.parametrize("kind", ["cross", "bi"])
@@ -95,18 +99,18 @@ def test_train_cli_merges_files_and_refuses_a_term_with_no_coverage(tmp_path):
     scores.write_text("".join(_score_record(p, SCORES_A).model_dump_json() + "\n" for p in train[:10]))
     runner = CliRunner()
     # Score-mode records carry no evidence: --w-cot would silently train without its term.
-    result = runner.invoke(app, ["train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
                                  str(scores), "--w-score-kd", "1", "--w-cot", "0.5", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "the cot weight is > 0 but no training pair got usable evidence spans" in result.output
     assert "score_kd weight" not in result.output  # 10 pairs did get a distribution
     assert not (tmp_path / "x").exists()
 
-    result = runner.invoke(app, ["train", "--name", "x", "--teacher-scores", str(scores), "--w-cot", "0.5"])
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--w-cot", "0.5"])
     assert result.exit_code == 2 and "--teacher-cot" in result.output
 
     bad = tmp_path / "cot.jsonl"
     bad.write_text(bootstrap_record(train[0], DEFAULT_TEMPLATE).model_dump_json() + "\n{}\n")
-    result = runner.invoke(app, ["train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
                                  str(bad), "--w-cot", "0.5", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and f"{bad}:2: not a CoT record" in result.output

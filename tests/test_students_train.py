@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from core.cot import CoTRecord, DimensionJudgement, EvidenceSpan
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE
 from distill.data.bundled import load_bundled
-from distill.data.schema import GRADE_LEVELS
+from distill.students.config import LossWeights, TrainConfig, make_tokenizer
 from distill.students.data import TeacherReport, TeacherSource, build_examples, merge_teacher
-from distill.teacher.cot import CoTRecord, DimensionJudgement, EvidenceSpan
-from distill.train import LossWeights, TrainConfig, load_run, make_tokenizer, predict_scores, train
-from service.text_template import DEFAULT_TEMPLATE
+from distill.students.kinds import STUDENT_KINDS
+from distill.students.loop import train
+from distill.students.predict import predict_scores, student_manifest
+from distill.students.run_folder import load_run
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 def _teacher_record(pair, *, grade: str | None = None, distribution: dict[str, float] | None = None,
@@ -56,8 +63,8 @@ def test_teacher_records_are_matched_and_counted(data):
     config = TrainConfig(name="t", weights=LossWeights(score_kd=1, cot=1), teacher=["x"], max_tokens=32)
     from distill.students.backbone import tokenizer_file
 
-    examples = build_examples("cross", train_pairs, make_tokenizer(config, tokenizer_file()), DEFAULT_TEMPLATE,
-                              matched, report)
+    examples = build_examples(STUDENT_KINDS["cross"], train_pairs, make_tokenizer(config, tokenizer_file()),
+                              DEFAULT_TEMPLATE, matched, report)
     assert sum(ex.teacher_probs is not None for ex in examples) == 6
     assert report.evidence_skipped_disagree == 1  # its distribution is used, its evidence is not
     with_evidence = [ex for ex in examples if ex.pair_evidence is not None]
@@ -92,12 +99,10 @@ def test_two_step_training_run(tmp_path, data, kind, weights):
     from distill.students.backbone import tokenizer_file
 
     tokenizer = make_tokenizer(config, tokenizer_file())
-    examples = build_examples(kind, dev_pairs, tokenizer, config.template)
-    scores = predict_scores(model, kind, examples, tokenizer.pad_id)
+    examples = build_examples(config.student_kind, dev_pairs, tokenizer, config.template)
+    scores = predict_scores(model, student_manifest(model, config), examples, tokenizer.pad_id)
     assert scores.shape == (len(dev_pairs),) and ((scores >= 0) & (scores <= 1)).all()
-    from distill.train import build_student
-
-    fresh = build_student(kind, 2)
+    fresh = config.student_kind.build(2)
     # The backbone starts from the same pretrained weights every time, so a difference is training's.
     changed = any(not torch.equal(a, b) for a, b in zip(fresh.bert.state_dict().values(),
                                                        model.bert.state_dict().values(), strict=True))
@@ -117,17 +122,17 @@ def test_train_cli_errors_name_the_problem(tmp_path):
     from distill.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "--name", "x", "--w-score-kd", "1"])
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--w-score-kd", "1"])
     assert result.exit_code == 2 and "needs teacher records (--teacher or --teacher-scores FILE)" in result.output
 
     missing = tmp_path / "missing.jsonl"
-    result = runner.invoke(app, ["train", "--name", "x", "--teacher", str(missing), "--w-score-kd", "1"])
-    assert result.exit_code == 2 and f"{missing} does not exist" in result.output
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher", str(missing), "--w-score-kd", "1"])
+    assert result.exit_code == 2 and f"{missing}: CoT record file not found" in result.output
 
     bad = tmp_path / "records.jsonl"
     good = _teacher_record(load_bundled("train")[0]).model_dump_json()
     bad.write_text(good + "\n" + '{"teacher_id": "t"}\n', encoding="utf-8")
-    result = runner.invoke(app, ["train", "--name", "x", "--teacher", str(bad), "--w-score-kd", "1",
+    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher", str(bad), "--w-score-kd", "1",
                                  "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and f"{bad}:2: not a CoT record" in result.output
     assert not (tmp_path / "x").exists()

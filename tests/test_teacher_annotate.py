@@ -1,4 +1,4 @@
-"""`relevance annotate`: resume after a kill without duplicates, corrupt lines, or lost pairs."""
+"""`relevance teacher annotate`: resume after a kill without duplicates, corrupt lines, or lost pairs."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from distill.teacher.annotate import AnnotationFileError, read_annotations, record_key
-from distill.teacher.cot import CoTRecord
+from core.cot import CoTFileError, CoTRecord, read_records
+from distill.teacher.annotate import record_key
+
+pytestmark = pytest.mark.llm
 
 N_PAIRS = 6
 
 
 def _cli(out: Path, summary: Path) -> list[str]:
     relevance = str(Path(sys.executable).with_name("relevance"))
-    return [relevance, "annotate", "-i", "bundled:dev", "--limit", str(N_PAIRS), "-o", str(out),
+    return [relevance, "teacher", "annotate", "-i", "bundled:dev", "--limit", str(N_PAIRS), "-o", str(out),
             "--mode", "score", "--summary", str(summary)]  # fmt: skip
 
 
@@ -55,7 +57,7 @@ def test_resume_after_sigint_and_sigkill(tmp_path: Path) -> None:
     assert report["already_done"] == done
     assert report["annotated"] == N_PAIRS - done and report["judge_errors"] == 0
 
-    records, torn = read_annotations(out)
+    records, torn = read_records(out)
     assert torn == 0 and out.read_bytes().endswith(b"\n")
     keys = [record_key(r) for r in records]
     assert len(records) == N_PAIRS and len(set(keys)) == N_PAIRS
@@ -74,15 +76,31 @@ def _record(pair_id: str) -> CoTRecord:
 def test_corrupt_line_in_the_middle_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(_record("a").model_dump_json() + "\n{not json}\n" + _record("b").model_dump_json() + "\n")
-    with pytest.raises(AnnotationFileError, match=r"bad\.jsonl:2: not a CoT record"):
-        read_annotations(path)
+    with pytest.raises(CoTFileError, match=r"bad\.jsonl:2: not a CoT record"):
+        read_records(path)
 
 
-def test_torn_tail_is_counted_and_only_cut_when_repairing(tmp_path: Path) -> None:
+def test_torn_tail_is_an_error_or_counted_and_only_cut_when_asked(tmp_path: Path) -> None:
     path = tmp_path / "torn.jsonl"
     whole = _record("a").model_dump_json() + "\n"
     path.write_text(whole + '{"teacher_id": "t", "prom')
-    records, torn = read_annotations(path)
+    with pytest.raises(CoTFileError, match=r"torn\.jsonl:2: torn last line"):
+        read_records(path)
+    records, torn = read_records(path, torn="count")
     assert (len(records), torn) == (1, 1) and path.read_text() != whole
-    records, torn = read_annotations(path, repair=True)
+    records, torn = read_records(path, torn="cut")
     assert (len(records), torn) == (1, 1) and path.read_text() == whole
+
+
+def test_a_partial_distribution_is_no_distribution_for_training_and_eval_alike(tmp_path: Path) -> None:
+    from core.cot import grade_distribution
+    from distill.eval.systems import record_distribution
+
+    levels = ["Irrelevant", "Partial", "Exact"]
+    partial = _record("a").model_copy(update={"grade_distribution": {"Exact": 0.9, "Partial": 0.1},
+                                              "distribution_source": "logits", "grade": "Exact"})
+    assert grade_distribution(partial, levels) is None
+    # eval scores such a record by its grade (one-hot), never by the partial distribution
+    assert list(record_distribution(partial)) == [0.0, 0.0, 1.0]
+    whole = partial.model_copy(update={"grade_distribution": {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 1.0}})
+    assert list(grade_distribution(whole, levels)) == [0.25, 0.25, 0.5]

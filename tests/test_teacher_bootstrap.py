@@ -1,10 +1,11 @@
 """Label-conditioned bootstrap rationales: verified overlap spans, label as grade, no fake distribution."""
 
-from distill.data.schema import Item, LabelledPair
-from distill.students.data import teacher_distribution
+from core.cot import grade_distribution
+from core.item import Item
+from core.text_template import DEFAULT_TEMPLATE
+from distill.data.schema import LabelledPair
 from distill.students.evidence import EvidenceStats, record_spans
 from distill.teacher.bootstrap import bootstrap_record, overlap_spans
-from service.text_template import DEFAULT_TEMPLATE
 
 
 def _pair(query: str, title: str, label: str | None = "Exact") -> LabelledPair:
@@ -29,7 +30,7 @@ def test_record_carries_label_and_evidence_the_students_accept():
     pair = _pair("usb c cable 2m", "Anker USB C cable, 2m braided")
     record = bootstrap_record(pair)
     assert record.grade == "Exact" and record.label == "Exact" and record.parse_ok
-    assert record.distribution_source == "none" and teacher_distribution(record) is None
+    assert record.distribution_source == "none" and grade_distribution(record, record.grade_levels) is None
     stats = EvidenceStats()
     spans = record_spans(record, DEFAULT_TEMPLATE.query_text(pair.query),
                          DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), stats)

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from distill.data.schema import GRADE_LEVELS
-from distill.teacher import Teacher, load_teacher
-from distill.teacher.backends.base import GenerationAborted, VerdictRequest
-from distill.teacher.backends.llamacpp import LlamaCppBackend
-from distill.teacher.prompt import build_messages, prefill
-from service.text_template import DEFAULT_TEMPLATE
+from core.grades import GRADE_LEVELS
+from core.text_template import DEFAULT_TEMPLATE
+from teacher import Teacher, load_teacher
+from teacher.backends.base import GenerationAborted, VerdictRequest
+from teacher.backends.llamacpp import LlamaCppBackend
+from teacher.prompt import build_messages, prefill
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.llm]
 
 # One thread, as in test_teacher_llamacpp (the same model instance is shared with it).
 SPEC = "llamacpp?threads=1"

@@ -17,10 +17,12 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from distill.data.schema import GRADE_LEVELS
-from distill.teacher import Teacher, load_teacher
-from distill.teacher.backends.llamacpp import default_gguf_path
-from distill.teacher.backends.openai_http import OpenAIBackend, TeacherHTTPError
+from core.grades import GRADE_LEVELS
+from teacher import Teacher, load_teacher
+from teacher.backends.llamacpp import default_gguf_path
+from teacher.backends.openai_http import OpenAIBackend, TeacherHTTPError
+
+pytestmark = pytest.mark.llm
 
 QUERY = "wireless mouse"
 ITEM = {"id": "m1", "title": "Logitech M185 Wireless Mouse, 2.4GHz with USB Mini Receiver", "color": "Grey"}

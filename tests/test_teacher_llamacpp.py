@@ -7,12 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from distill.data.schema import GRADE_LEVELS, pair_hash
-from distill.teacher import Teacher, TeacherSpecError, load_teacher
-from distill.teacher.backends.llamacpp import default_gguf_path
-from distill.teacher.cot import CoTRecord
-from distill.teacher.prompt import SCORE_PREFILL, build_messages
-from service.text_template import DEFAULT_TEMPLATE
+from core.cot import CoTRecord
+from core.grades import GRADE_LEVELS
+from core.item import pair_hash
+from core.text_template import DEFAULT_TEMPLATE
+from teacher import Teacher, TeacherSpecError, load_teacher
+from teacher.backends.llamacpp import default_gguf_path
+from teacher.prompt import SCORE_PREFILL, build_messages
+
+pytestmark = pytest.mark.llm
 
 QUERY = "110cfm bathroom exhaust fan without light"
 ITEM = {"id": "B076Q7V5WX", "title": "Panasonic FV-0511VQ1 WhisperCeiling DC Ventilation Fan, Quiet", "color": "White"}

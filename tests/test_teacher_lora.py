@@ -1,4 +1,4 @@
-"""`relevance sft-lora`: training text in the teacher's protocol, assistant-only loss, a real LoRA run.
+"""`relevance teacher sft-lora`: training text in the teacher's protocol, assistant-only loss, a real LoRA run.
 
 The model is a tiny randomly initialised Llama with SmolLM2's tokenizer and chat template (the
 pattern of test_teacher_transformers.py): what is checked is the protocol and the training
@@ -14,7 +14,6 @@ import pytest
 from tiny_llama import save_tiny_llama, smollm2_tokenizer
 
 from distill.data.bundled import load_bundled
-from distill.teacher import load_teacher
 from distill.teacher.bootstrap import bootstrap_record
 from distill.teacher.lora import (
     IGNORE,
@@ -28,8 +27,12 @@ from distill.teacher.lora import (
     split_by_query,
 )
 from distill.teacher.lora_gguf import export_gguf, permute_for_rope
-from distill.teacher.parser import parse_output
-from distill.teacher.prompt import COT_PREFILL, GRADE_KEY_PREFIX, SCORE_PREFILL, build_messages
+from teacher import load_teacher
+from teacher.parser import parse_output
+from teacher.prompt import COT_PREFILL, GRADE_KEY_PREFIX, SCORE_PREFILL, build_messages
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +159,7 @@ async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, 
     assert record.distribution_source == "logits" and record.parse_ok
     assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
 
-    # A base not made by `relevance convert-teacher-base` has no GGUF to copy: said, not faked.
+    # A base not made by `relevance teacher convert-base` has no GGUF to copy: said, not faked.
     result = export_gguf(out, echo=lambda _: None)
     assert result["written"] is False and "source.json" in result["reason"]
     assert not (out / "model.gguf").exists()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from distill.teacher.parser import locate_span, normalise_grade, parse_output
-from distill.teacher.prompt import PROMPT_VERSION, build_messages, prefill
+from teacher.parser import locate_span, normalise_grade, parse_output
+from teacher.prompt import PROMPT_VERSION, build_messages, prefill
 
 LEVELS = ["Irrelevant", "Partial", "Exact"]
 QUERY = "red nike running shoes"
@@ -141,7 +141,7 @@ def test_teacher_package_imports_without_torch() -> None:
 
     code = (
         "import sys, distill.teacher, distill.teacher.annotate, distill.teacher.collaborative, "
-        "distill.teacher.backends.llamacpp, distill.teacher.backends.openai_http, distill.teacher.cli; "
+        "teacher.backends.llamacpp, teacher.backends.openai_http, distill.teacher.cli; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from distill.teacher.sft import SFTConfig, choose_l2, fit_rows
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 
 def _data(signal: float, n: int = 240, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -65,8 +69,9 @@ def test_an_interrupted_run_keeps_the_states_it_read_and_the_next_run_resumes(tm
 
 
 def test_cot_features_count_rule_verdicts_and_never_read_the_label() -> None:
-    from distill.data.schema import Item, LabelledPair
-    from distill.teacher.cot import VERDICTS
+    from core.cot import VERDICTS
+    from core.item import Item
+    from distill.data.schema import LabelledPair
     from distill.teacher.sft import COT_FEATURE_DIMENSIONS, cot_features
 
     def pair(label):

@@ -11,9 +11,12 @@ import math
 import pytest
 from tiny_llama import save_tiny_llama
 
-from distill.data.schema import GRADE_LEVELS
-from distill.teacher import Teacher, load_teacher
-from distill.teacher.prompt import SCORE_PREFILL, build_messages
+from core.grades import GRADE_LEVELS
+from teacher import Teacher, load_teacher
+from teacher.prompt import SCORE_PREFILL, build_messages
+
+# Starts servers, trains or exports models: not part of make test-fast.
+pytestmark = pytest.mark.slow
 
 ITEM = {"id": "m1", "title": "Logitech M185 Wireless Mouse", "color": "Grey"}
 
@@ -57,9 +60,9 @@ async def test_a_cancelled_generation_stops_within_a_token(checkpoint) -> None:
     import asyncio
     import time
 
-    from distill.data.schema import GRADE_LEVELS as LEVELS
-    from distill.teacher.backends.base import VerdictRequest
-    from distill.teacher.prompt import COT_PREFILL
+    from core.grades import GRADE_LEVELS as LEVELS
+    from teacher.backends.base import VerdictRequest
+    from teacher.prompt import COT_PREFILL
 
     backend = load_teacher(f"hf:{checkpoint}").backend
     # Random weights never write the grade key: this generation would run all 3000 tokens.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from distill.teacher.backends.llamacpp import default_gguf_path
+from teacher.backends.llamacpp import default_gguf_path
 
 
 def smollm2_tokenizer():

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.schema import GRADE_GAINS, GRADE_LEVELS, LabelledPair
+from core.grades import GRADE_GAINS, GRADE_LEVELS
+from distill.data.schema import LabelledPair
 from distill.eval import metrics as M
 
 METRICS: tuple[str, ...] = ("ndcg@10", "ndcg@all", "map", "auc_exact", "auc_relevant", "macro_f1", "ece")

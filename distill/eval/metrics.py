@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distill.data.schema import GRADE_LEVELS
+from core.grades import GRADE_LEVELS
 
 ECE_BINS = 10
 

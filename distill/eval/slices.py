@@ -1,4 +1,4 @@
-"""Query slices reported by ``relevance eval --slice``.
+"""Query slices reported by ``relevance eval run --slice``.
 
 negation: queries with "without", "no", "not" or "non" as a word ("paper bags without handles"),
 where matching words are a poor guide to relevance.
@@ -18,12 +18,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
+from enum import StrEnum
 
 import numpy as np
 
+from core.text_template import DEFAULT_TEMPLATE, TextTemplate
 from distill.data.schema import LabelledPair
-from distill.teacher.attributes import NEGATION_WORDS
-from service.text_template import DEFAULT_TEMPLATE, TextTemplate
+from teacher.attributes import NEGATION_WORDS
 
 LONG_TAIL_QUANTILE = 0.75
 _WORD = re.compile(r"\w+")
@@ -62,8 +63,13 @@ def negation_queries(catalogue: Iterable[LabelledPair]) -> set[str]:
     return {pair.query_id for pair in catalogue if words(pair.query) & set(NEGATION_WORDS)}
 
 
-# --slice name -> (report section title, the query ids in the slice given the catalogue)
+class Slice(StrEnum):
+    long_tail = "long-tail"
+    negation = "negation"
+
+
+# slice -> (report section title, the query ids in the slice given the catalogue)
 SLICES = {
-    "long-tail": ("Long-tail queries", long_tail_queries),
-    "negation": ("Negation queries", negation_queries),
+    Slice.long_tail: ("Long-tail queries", long_tail_queries),
+    Slice.negation: ("Negation queries", negation_queries),
 }
