@@ -9,8 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from core.bundle import BundleManifest, CosineGradeHeadScore, CosineScore, SoftmaxScore
-from core.score_mapping import from_cosine, from_logits
 from core.tokenization import Encoded
 from service.batcher import Batcher, BatchPolicy, Entry, Ticket, plan_runs, take_batch
 from service.embedding_cache import EmbeddingCache, cache_key
@@ -322,31 +320,6 @@ def test_parse_accepts_extras_attributes_and_duplicate_ids():
 def test_field_path():
     assert field_path(("items", 3, "title")) == "items[3].title"
     assert field_path(("query",)) == "query"
-
-
-# --- score mappings ---
-
-
-def _manifest(kind: str, score) -> BundleManifest:
-    return BundleManifest(name="t", version="1", kind=kind, score=score, embedding_dim=4 if kind == "bi" else None)
-
-
-def test_softmax_expected_score_and_grades():
-    scores, probs = from_logits(_manifest("cross", SoftmaxScore()), np.array([[0.0, 0.0, 0.0], [-50, -50, 50.0]]))
-    np.testing.assert_allclose(probs[0], [1 / 3] * 3)
-    np.testing.assert_allclose(scores, [0.5, 1.0])
-
-
-def test_cosine_affine_map_clips_to_unit_interval():
-    scores, probs = from_cosine(_manifest("bi", CosineScore(low=0.0, high=1.0)), np.array([-0.3, 0.25, 1.2]))
-    np.testing.assert_allclose(scores, [0.0, 0.25, 1.0])
-    assert probs is None
-
-
-def test_cosine_grade_head():
-    head = CosineGradeHeadScore(weights=[-10.0, 0.0, 10.0], bias=[0.0, 0.0, 0.0])
-    scores, probs = from_cosine(_manifest("bi", head), np.array([1.0, -1.0]))
-    assert probs.shape == (2, 3) and scores[0] > 0.99 and scores[1] < 0.01
 
 
 # --- settings and cache ---

@@ -10,8 +10,8 @@ import pytest
 from core.datasets import DatasetError, external_dataset_path
 from distill.data.loaders import DataError, detect_format, load_pairs
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def test_wands_official_tsvs():
@@ -97,7 +97,7 @@ def test_esci_parquet_missing_column(tmp_path):
 
 
 def test_esci_flat_csv_and_judgments_tsv_from_bundle():
-    bundled = Path(__file__).resolve().parents[1] / "distill" / "data" / "bundled"
+    bundled = Path(__file__).resolve().parents[2] / "distill" / "data" / "bundled"
     flat = load_pairs(bundled / "esci_us_sample_full.csv")
     assert flat.report.format == "esci-csv" and flat.report.pairs == 200 and flat.report.skipped_total == 0
     full = flat.pairs[0].item.as_mapping()
@@ -247,27 +247,6 @@ def test_missing_external_dataset_says_where_and_why(tmp_path, monkeypatch):
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(tmp_path))
     with pytest.raises(DatasetError, match=r"crowdflower/train\.csv: crowdflower data not found\. It is Kaggle"):
         external_dataset_path("crowdflower")
-
-
-@pytest.mark.parametrize(("spec", "name", "path", "split"), [
-    ("bundled:dev", "bundled", None, "dev"), ("home-depot:train", "home-depot", None, "train"),
-    ("crowdflower", "crowdflower", None, "all"), ("data/pairs.csv:dev", None, "data/pairs.csv", "dev"),
-    ("C:/data/pairs.csv", None, "C:/data/pairs.csv", "all"),
-])
-def test_one_grammar_of_dataset_specs(spec, name, path, split):
-    from pathlib import Path
-
-    from core.datasets import parse_dataset
-
-    parsed = parse_dataset(spec)
-    assert (parsed.name, parsed.path, parsed.split) == (name, Path(path) if path else None, split)
-
-
-def test_a_named_dataset_with_an_unknown_split_is_refused():
-    from core.datasets import parse_dataset
-
-    with pytest.raises(DatasetError, match="split must be one of train, dev, all"):
-        parse_dataset("home-depot:test")
 
 
 def test_every_command_reads_named_datasets_through_one_resolver(tmp_path, monkeypatch):

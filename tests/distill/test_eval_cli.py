@@ -112,7 +112,7 @@ def test_eval_reports_bad_input_clearly(tmp_path):
 
 
 def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
-    bundle = Path(__file__).resolve().parents[1] / "models" / "minilm-zero-shot-bi"
+    bundle = Path(__file__).resolve().parents[2] / "models" / "minilm-zero-shot-bi"
     if not (bundle / "bundle.json").is_file():
         pytest.skip(f"{bundle} not built (make test builds it with `relevance student build-default`)")
     data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
