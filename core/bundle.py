@@ -142,7 +142,9 @@ class BundleManifest(BaseModel):
                 f"level_values has {len(self.level_values)} entries but grade_levels has {len(self.grade_levels)}"
             )
         if self.kind == "cross" and self.score.method != "softmax_expected":
-            raise ValueError(f"score.method {self.score.method!r} is not valid for a cross bundle (use softmax_expected)")
+            raise ValueError(
+                f"score.method {self.score.method!r} is not valid for a cross bundle (use softmax_expected)"
+            )
         if self.kind == "bi":
             if self.score.method == "softmax_expected":
                 raise ValueError("score.method softmax_expected is not valid for a bi bundle")
@@ -165,8 +167,13 @@ class BundleManifest(BaseModel):
     def summary(self, *fields: SummaryField) -> dict[str, str]:
         """What names the bundle in responses, metrics and reports: name, version, kind, score_method,
         precision; only ``fields`` of them (in that order) where a contract fixes fewer keys."""
-        full = {"name": self.name, "version": self.version, "kind": self.kind,
-                "score_method": self.score.method, "precision": self.provenance.precision}
+        full = {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "score_method": self.score.method,
+            "precision": self.provenance.precision,
+        }
         return {field: full[field] for field in fields} if fields else full
 
 
@@ -205,9 +212,13 @@ def write_manifest(bundle_dir: str | Path, manifest: BundleManifest) -> Path:
     (so write it last)."""
     folder = Path(bundle_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {name: file_sha256(folder / name) for name in (MODEL_FILE, TOKENIZER_FILE) if (folder / name).is_file()}
+    files = {
+        name: file_sha256(folder / name) for name in (MODEL_FILE, TOKENIZER_FILE) if (folder / name).is_file()
+    }
     path = folder / MANIFEST_FILE
-    path.write_text(manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n", encoding="utf-8")
+    path.write_text(
+        manifest.model_copy(update={"files": files}).model_dump_json(indent=2) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -218,5 +229,7 @@ def verify_files(bundle_dir: str | Path, manifest: BundleManifest) -> None:
         path = Path(bundle_dir) / name
         actual = file_sha256(path)
         if actual != expected:
-            raise BundleError(f"{path}: cannot load it, its SHA-256 is {actual[:12]}… but bundle.json records "
-                              f"{expected[:12]}… (the file is corrupted or was replaced without its bundle.json)")
+            raise BundleError(
+                f"{path}: cannot load it, its SHA-256 is {actual[:12]}… but bundle.json records "
+                f"{expected[:12]}… (the file is corrupted or was replaced without its bundle.json)"
+            )

@@ -97,8 +97,9 @@ class CoTFileError(ValueError):
 TornLine = Literal["error", "count", "cut"]
 
 
-def read_records(path: str | Path, *, missing_ok: bool = False, torn: TornLine = "error"
-                 ) -> tuple[list[CoTRecord], int]:
+def read_records(
+    path: str | Path, *, missing_ok: bool = False, torn: TornLine = "error"
+) -> tuple[list[CoTRecord], int]:
     """The records of a CoT JSONL file and the number of torn last lines (0 or 1): the one reader.
 
     Every line ending in a newline must be a record (blank lines are allowed), else CoTFileError
@@ -127,8 +128,10 @@ def read_records(path: str | Path, *, missing_ok: bool = False, torn: TornLine =
     if not tail.strip():
         return records, 0
     if torn == "error":
-        raise CoTFileError(f"{path}:{len(complete) + 1}: torn last line (no newline; the run writing it was "
-                           "killed): resume the annotation run, which cuts it, or delete the line")
+        raise CoTFileError(
+            f"{path}:{len(complete) + 1}: torn last line (no newline; the run writing it was "
+            "killed): resume the annotation run, which cuts it, or delete the line"
+        )
     if torn == "cut":
         with path.open("r+b") as f:
             f.truncate(len(data) - len(tail))

@@ -90,8 +90,10 @@ def external_dataset_path(name: str) -> Path:
         raise DatasetError(f"unknown dataset {name!r}; named datasets: {', '.join(NAMES)}")
     path = shared_data_root() / EXTERNAL_DATASETS[name]
     if not path.is_file():
-        raise DatasetError(f"{path}: {name} data not found. It is Kaggle competition data and is not bundled: "
-                           f"put its train.csv there, set {SHARED_DATA_ENV} to the folder above it, or pass the path")
+        raise DatasetError(
+            f"{path}: {name} data not found. It is Kaggle competition data and is not bundled: "
+            f"put its train.csv there, set {SHARED_DATA_ENV} to the folder above it, or pass the path"
+        )
     return path
 
 
@@ -100,7 +102,9 @@ def unit_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
-def split_of(query_id: str, *, dev_fraction: float = DEV_FRACTION, seed: int = SPLIT_SEED) -> Literal["train", "dev"]:
+def split_of(
+    query_id: str, *, dev_fraction: float = DEV_FRACTION, seed: int = SPLIT_SEED
+) -> Literal["train", "dev"]:
     """``unit_hash(f"{seed}:{query_id}") < dev_fraction`` → dev. No query is on two sides, and adding or
     removing other queries never moves a query."""
     return "dev" if unit_hash(f"{seed}:{query_id}") < dev_fraction else "train"

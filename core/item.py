@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # the u flag cannot name astral code points) and the server's check agree on every character.
 _BLANK_EXTRA = "\u034f\u115f\u1160\u2800\u3164\uffa0"
 BLANK_CHARS = frozenset(
-    c for c in map(chr, range(0x10000))
+    c
+    for c in map(chr, range(0x10000))
     if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") or c in _BLANK_EXTRA
 )
 

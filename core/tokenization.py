@@ -29,8 +29,9 @@ class Encoded:
 class BundleTokenizer:
     """Encodes (query, item) pairs for cross bundles and single texts for bi bundles."""
 
-    def __init__(self, tokenizer_file: str | Path, *, max_pair_tokens: int, max_query_tokens: int,
-                 max_item_tokens: int) -> None:
+    def __init__(
+        self, tokenizer_file: str | Path, *, max_pair_tokens: int, max_query_tokens: int, max_item_tokens: int
+    ) -> None:
         self.max_query_tokens = max_query_tokens
         self.max_item_tokens = max_item_tokens
         self._pair = Tokenizer.from_file(str(tokenizer_file))

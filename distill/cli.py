@@ -35,5 +35,7 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
-if __name__ == "__main__":  # `python -m distill.cli …`, as `accelerate launch -m distill.cli student train` needs
+if (
+    __name__ == "__main__"
+):  # `python -m distill.cli …`, as `accelerate launch -m distill.cli student train` needs
     app()

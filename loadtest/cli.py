@@ -36,22 +36,44 @@ def _int_list(text: str, option: str) -> list[int]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        bundle: Annotated[list[Path] | None, typer.Option(help="Bundle folder(s); default: the default bundle "
-                                                               "and every student bundle under models/.")] = None,
+        bundle: Annotated[
+            list[Path] | None,
+            typer.Option(
+                help="Bundle folder(s); default: the default bundle and every student bundle under models/."
+            ),
+        ] = None,
         clients: Annotated[str, typer.Option(help="Closed-loop client counts to sweep.")] = "1,8,32,64",
-        items: Annotated[str, typer.Option(help="Items per request: 'fixed:50' or 'uniform:20-200'.")] = "fixed:50",
+        items: Annotated[
+            str, typer.Option(help="Items per request: 'fixed:50' or 'uniform:20-200'.")
+        ] = "fixed:50",
         duration: Annotated[float, typer.Option(help="Measured seconds per load level.")] = 10.0,
         warmup: Annotated[float, typer.Option(help="Unmeasured warm-up seconds per load level.")] = 2.0,
-        infinity: Annotated[bool, typer.Option(help="Run Infinity side by side (needs .venv-infinity).")] = True,
-        infinity_venv: Annotated[Path, typer.Option(help="Virtualenv holding infinity_emb.")] = Path(".venv-infinity"),
-        infinity_rerank_model: Annotated[Path | None, typer.Option(
-            help="HF-format cross-encoder folder for Infinity's rerank endpoint (cross bundles).")] = None,
-        efficiency: Annotated[bool, typer.Option(help="Measure matmul peak share and the raw ONNX session.")] = True,
+        infinity: Annotated[
+            bool, typer.Option(help="Run Infinity side by side (needs .venv-infinity).")
+        ] = True,
+        infinity_venv: Annotated[Path, typer.Option(help="Virtualenv holding infinity_emb.")] = Path(
+            ".venv-infinity"
+        ),
+        infinity_rerank_model: Annotated[
+            Path | None,
+            typer.Option(
+                help="HF-format cross-encoder folder for Infinity's rerank endpoint (cross bundles)."
+            ),
+        ] = None,
+        efficiency: Annotated[
+            bool, typer.Option(help="Measure matmul peak share and the raw ONNX session.")
+        ] = True,
         raw_seconds: Annotated[float, typer.Option(help="Seconds of raw ONNX scoring per bundle.")] = 10.0,
-        embedding_cache: Annotated[bool, typer.Option(
-            help="Keep the service's item-embedding cache on (off by default: compute-bound, like Infinity).")] = False,
+        embedding_cache: Annotated[
+            bool,
+            typer.Option(
+                help="Keep the service's item-embedding cache on (off by default: compute-bound, like Infinity)."
+            ),
+        ] = False,
         quick: Annotated[bool, typer.Option(help="Short smoke run: 1 and 8 clients, 4 s each.")] = False,
-        out: Annotated[Path | None, typer.Option(help="Report folder (default reports/bench-<date>).")] = None,
+        out: Annotated[
+            Path | None, typer.Option(help="Report folder (default reports/bench-<date>).")
+        ] = None,
     ) -> None:
         """Benchmark the service (real uvicorn) against Infinity and the raw ONNX session; print Markdown."""
         from core.bundle import BundleError, read_manifest
@@ -60,8 +82,10 @@ def register(app: typer.Typer) -> None:
 
         bundles = bundle or _default_bundles()
         if not bundles:
-            raise typer.BadParameter(f"no bundle found: build one (make default-bundle) or pass --bundle "
-                                     f"(looked for {DEFAULT_BUNDLE}, models/student*/ and models/students/*/)")
+            raise typer.BadParameter(
+                f"no bundle found: build one (make default-bundle) or pass --bundle "
+                f"(looked for {DEFAULT_BUNDLE}, models/student*/ and models/students/*/)"
+            )
         for path in bundles:  # fail before starting anything, naming the bundle and the problem
             try:
                 read_manifest(path)
@@ -71,10 +95,20 @@ def register(app: typer.Typer) -> None:
             SizeDistribution.parse(items)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--items") from None
-        opts = BenchOptions(bundles=bundles, clients=_int_list(clients, "--clients"), items=items,
-                            duration_s=duration, warmup_s=warmup, infinity=infinity, infinity_venv=infinity_venv,
-                            infinity_rerank_model=infinity_rerank_model, efficiency=efficiency,
-                            raw_onnx_seconds=raw_seconds, embedding_cache=embedding_cache, out_dir=out)
+        opts = BenchOptions(
+            bundles=bundles,
+            clients=_int_list(clients, "--clients"),
+            items=items,
+            duration_s=duration,
+            warmup_s=warmup,
+            infinity=infinity,
+            infinity_venv=infinity_venv,
+            infinity_rerank_model=infinity_rerank_model,
+            efficiency=efficiency,
+            raw_onnx_seconds=raw_seconds,
+            embedding_cache=embedding_cache,
+            out_dir=out,
+        )
         if quick:
             opts.clients, opts.duration_s, opts.warmup_s = [1, 8], 4.0, 1.0
             opts.raw_onnx_seconds = 3.0
@@ -83,11 +117,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def loadtest(
-        url: Annotated[str, typer.Option(help="Base URL of a running service (loopback).")] = "http://127.0.0.1:8080",
-        mode: Annotated[LoadMode, typer.Option(help="closed (fixed concurrency) or open (Poisson arrivals).")] = LoadMode.closed,
+        url: Annotated[
+            str, typer.Option(help="Base URL of a running service (loopback).")
+        ] = "http://127.0.0.1:8080",
+        mode: Annotated[
+            LoadMode, typer.Option(help="closed (fixed concurrency) or open (Poisson arrivals).")
+        ] = LoadMode.closed,
         concurrency: Annotated[int, typer.Option(help="Closed loop: concurrent clients.")] = 8,
         rate: Annotated[float, typer.Option(help="Open loop: mean requests per second.")] = 10.0,
-        items: Annotated[str, typer.Option(help="Items per request: 'fixed:50' or 'uniform:20-200'.")] = "fixed:50",
+        items: Annotated[
+            str, typer.Option(help="Items per request: 'fixed:50' or 'uniform:20-200'.")
+        ] = "fixed:50",
         duration: Annotated[float, typer.Option(help="Measured seconds.")] = 10.0,
         warmup: Annotated[float, typer.Option(help="Unmeasured warm-up seconds.")] = 2.0,
         server_pid: Annotated[int | None, typer.Option(help="Server pid, to report its peak RSS.")] = None,
@@ -102,16 +142,26 @@ def register(app: typer.Typer) -> None:
         from loadtest.workload import SizeDistribution, Workload
 
         try:
-            config = LoadConfig(mode=mode, concurrency=concurrency, rate=rate, duration_s=duration, warmup_s=warmup)
+            config = LoadConfig(
+                mode=mode, concurrency=concurrency, rate=rate, duration_s=duration, warmup_s=warmup
+            )
             sizes = SizeDistribution.parse(items)
         except ValidationError as exc:
-            raise typer.BadParameter("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
-                                               for e in exc.errors())) from None
+            raise typer.BadParameter(
+                "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+            ) from None
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         requests = Workload.from_bundled(sizes).take(400)
-        result = asyncio.run(run_load(Target("relevance", url), requests, config, server_pid=server_pid,
-                                      sample_gauges=("relevance_queue_depth_pairs",)))
+        result = asyncio.run(
+            run_load(
+                Target("relevance", url),
+                requests,
+                config,
+                server_pid=server_pid,
+                sample_gauges=("relevance_queue_depth_pairs",),
+            )
+        )
         record = report.result_record(result)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,16 +174,22 @@ def register(app: typer.Typer) -> None:
     def reliability(
         scenario: Annotated[Scenario, typer.Argument(help="The scenario (docs/RELIABILITY.md).")],
         bundle: Annotated[Path, typer.Option(help="Bundle to serve.")] = DEFAULT_BUNDLE,
-        duration: Annotated[float | None, typer.Option(
-            help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
-                 "(10).")] = None,
+        duration: Annotated[
+            float | None,
+            typer.Option(
+                help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
+                "(10)."
+            ),
+        ] = None,
         clients: Annotated[int, typer.Option(help="burst: closed-loop clients.", min=1)] = 64,
         llm: Annotated[bool, typer.Option(help="memory: with the /explain LLM loaded.")] = False,
         factor: Annotated[float, typer.Option(help="overload: offered load / sustainable rate.")] = 5.0,
-        items: Annotated[int | None, typer.Option(
-            help="Items per /score request (default 10; burst: 50).", min=1)] = None,
+        items: Annotated[
+            int | None, typer.Option(help="Items per /score request (default 10; burst: 50).", min=1)
+        ] = None,
         out: Annotated[Path, typer.Option(help="Folder for the JSON result and server logs.")] = Path(
-            "reports/reliability"),
+            "reports/reliability"
+        ),
     ) -> None:
         """Run one reliability scenario against a real `relevance serve`; print and save its figures as JSON."""
         from core.bundle import BundleError, read_manifest
@@ -144,13 +200,16 @@ def register(app: typer.Typer) -> None:
         except BundleError as exc:
             raise typer.BadParameter(str(exc)) from None
         runs = {
-            Scenario.overload: lambda: scenarios.overload(bundle, factor=factor, duration_s=duration or 60.0,
-                                                          items=items or 10, log_dir=out),
-            Scenario.burst: lambda: scenarios.burst(bundle, duration_s=duration or 30.0, clients=clients,
-                                                    items=items or 50, log_dir=out),
+            Scenario.overload: lambda: scenarios.overload(
+                bundle, factor=factor, duration_s=duration or 60.0, items=items or 10, log_dir=out
+            ),
+            Scenario.burst: lambda: scenarios.burst(
+                bundle, duration_s=duration or 30.0, clients=clients, items=items or 50, log_dir=out
+            ),
             Scenario.memory: lambda: scenarios.memory(bundle, llm=llm, log_dir=out),
-            Scenario.restart: lambda: scenarios.restart(bundle, duration_s=duration or 30.0, items=items or 10,
-                                                        log_dir=out),
+            Scenario.restart: lambda: scenarios.restart(
+                bundle, duration_s=duration or 30.0, items=items or 10, log_dir=out
+            ),
             Scenario.redis: lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
         }
         result = asyncio.run(runs[scenario]())

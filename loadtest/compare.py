@@ -49,15 +49,19 @@ def compare_sweeps(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> 
             continue
         budget = other["latency_ms"]["p99"]
         at_budget, lower_bound = throughput_at_p99(our_curve, budget)
-        rows.append({
-            "load": r["load"],
-            "ours_pairs_per_s": r["pairs_per_s"], "theirs_pairs_per_s": other["pairs_per_s"],
-            "ours_p99_ms": r["latency_ms"]["p99"], "theirs_p99_ms": budget,
-            "p99_ratio_at_equal_load": _ratio(r["latency_ms"]["p99"], budget),
-            "ours_pairs_per_s_at_their_p99": at_budget,
-            "ours_at_their_p99_is_lower_bound": lower_bound,
-            "throughput_ratio_at_equal_p99": _ratio(at_budget, other["pairs_per_s"]),
-        })
+        rows.append(
+            {
+                "load": r["load"],
+                "ours_pairs_per_s": r["pairs_per_s"],
+                "theirs_pairs_per_s": other["pairs_per_s"],
+                "ours_p99_ms": r["latency_ms"]["p99"],
+                "theirs_p99_ms": budget,
+                "p99_ratio_at_equal_load": _ratio(r["latency_ms"]["p99"], budget),
+                "ours_pairs_per_s_at_their_p99": at_budget,
+                "ours_at_their_p99_is_lower_bound": lower_bound,
+                "throughput_ratio_at_equal_p99": _ratio(at_budget, other["pairs_per_s"]),
+            }
+        )
     return rows
 
 
@@ -69,15 +73,19 @@ def comparison_table(rows: list[dict[str, Any]], ours: str, theirs: str) -> str:
     def f(x: float, d: int = 1) -> str:
         return "–" if math.isnan(x) else f"{x:,.{d}f}"
 
-    lines = [f"| load | {ours} pairs/s | {theirs} pairs/s | {ours} p99 ms | {theirs} p99 ms | "
-             f"p99 ratio (equal load) | {ours} pairs/s at {theirs}'s p99 | throughput ratio (equal p99) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| load | {ours} pairs/s | {theirs} pairs/s | {ours} p99 ms | {theirs} p99 ms | "
+        f"p99 ratio (equal load) | {ours} pairs/s at {theirs}'s p99 | throughput ratio (equal p99) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
+
         def g(x: float, d: int = 1, lower: bool = r["ours_at_their_p99_is_lower_bound"]) -> str:
             return ("≥ " if lower and not math.isnan(x) else "") + f(x, d)  # a bound, never a missing value
 
         lines.append(
             f"| {r['load']} | {f(r['ours_pairs_per_s'])} | {f(r['theirs_pairs_per_s'])} | {f(r['ours_p99_ms'])} | "
             f"{f(r['theirs_p99_ms'])} | {f(r['p99_ratio_at_equal_load'], 2)} | "
-            f"{g(r['ours_pairs_per_s_at_their_p99'])} | {g(r['throughput_ratio_at_equal_p99'], 2)} |")
+            f"{g(r['ours_pairs_per_s_at_their_p99'])} | {g(r['throughput_ratio_at_equal_p99'], 2)} |"
+        )
     return "\n".join(lines)

@@ -123,17 +123,30 @@ class RawOnnxResult:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            "pairs": self.pairs, "batches": self.batches, "model_s": self.model_s, "total_s": self.total_s,
-            "pairs_per_s": self.pairs_per_s, "pairs_per_s_model_only": self.pairs_per_s_model_only,
-            "padded_flops": self.padded_flops, "useful_flops": self.useful_flops,
-            "flops_per_pair": self.flops_per_pair, "mean_batch": self.mean_batch,
-            "mean_padded_length": self.mean_padded_length, "mean_length": self.mean_length,
+            "pairs": self.pairs,
+            "batches": self.batches,
+            "model_s": self.model_s,
+            "total_s": self.total_s,
+            "pairs_per_s": self.pairs_per_s,
+            "pairs_per_s_model_only": self.pairs_per_s_model_only,
+            "padded_flops": self.padded_flops,
+            "useful_flops": self.useful_flops,
+            "flops_per_pair": self.flops_per_pair,
+            "mean_batch": self.mean_batch,
+            "mean_padded_length": self.mean_padded_length,
+            "mean_length": self.mean_length,
             "padded_flops_per_s": self.padded_flops / self.model_s,
         }
 
 
-def raw_onnx_throughput(bundle_dir: str | Path, requests: list[Request], *, flops: ModelFlops,
-                        max_seconds: float = 10.0, intra_op_threads: int | None = None) -> RawOnnxResult:
+def raw_onnx_throughput(
+    bundle_dir: str | Path,
+    requests: list[Request],
+    *,
+    flops: ModelFlops,
+    max_seconds: float = 10.0,
+    intra_op_threads: int | None = None,
+) -> RawOnnxResult:
     """Score ``requests`` through the service's own model code, without the service: no HTTP, JSON or queue.
 
     Each request is one batch (what the service runs for a lone client): the serving template,
@@ -148,12 +161,19 @@ def raw_onnx_throughput(bundle_dir: str | Path, requests: list[Request], *, flop
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
     settings = Settings(bundle=bundle)  # the service's onnxruntime settings, from the same RELEVANCE_ env
-    model = OnnxModel(bundle, manifest, provider="cpu",
-                      intra_op_threads=intra_op_threads or settings.ort_intra_op_threads,
-                      allow_spinning=settings.ort_allow_spinning)
-    tokenizer = BundleTokenizer(bundle / TOKENIZER_FILE, max_pair_tokens=manifest.max_pair_tokens,
-                                max_query_tokens=manifest.max_query_tokens,
-                                max_item_tokens=manifest.max_item_tokens)
+    model = OnnxModel(
+        bundle,
+        manifest,
+        provider="cpu",
+        intra_op_threads=intra_op_threads or settings.ort_intra_op_threads,
+        allow_spinning=settings.ort_allow_spinning,
+    )
+    tokenizer = BundleTokenizer(
+        bundle / TOKENIZER_FILE,
+        max_pair_tokens=manifest.max_pair_tokens,
+        max_query_tokens=manifest.max_query_tokens,
+        max_item_tokens=manifest.max_item_tokens,
+    )
     template = manifest.template
     overhead = RUN_OVERHEAD_TOKENS["cpu"]
 
@@ -185,9 +205,17 @@ def raw_onnx_throughput(bundle_dir: str | Path, requests: list[Request], *, flop
         score(request)
         pairs += request.n_items
     total_s = time.perf_counter() - started
-    return RawOnnxResult(pairs=pairs, batches=batches, model_s=model_s, total_s=total_s, padded_flops=padded,
-                         useful_flops=useful, mean_batch=sequences / batches,
-                         mean_padded_length=padded_tokens / sequences, mean_length=real_tokens / sequences)
+    return RawOnnxResult(
+        pairs=pairs,
+        batches=batches,
+        model_s=model_s,
+        total_s=total_s,
+        padded_flops=padded,
+        useful_flops=useful,
+        mean_batch=sequences / batches,
+        mean_padded_length=padded_tokens / sequences,
+        mean_length=real_tokens / sequences,
+    )
 
 
 def _encode(tokenizer, template, kind: str, request: Request) -> list:

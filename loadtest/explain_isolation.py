@@ -135,11 +135,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--explain-clients", type=int, default=32)
     parser.add_argument("--explain-timeout", type=float, default=2.0, help="RELEVANCE_EXPLAIN_TIMEOUT_S")
     parser.add_argument("--breaker-failures", type=int, default=1_000_000)
-    parser.add_argument("--server-cpus", default=None,
-                        help="pin the service to these CPUs (taskset list, e.g. 0); run this script under "
-                             "`taskset -c 1` so clients and service do not share cores")
-    parser.add_argument("--rate-limit", action="store_true",
-                        help="keep the per-key rate limit at its default (1/s, burst 10) instead of off")
+    parser.add_argument(
+        "--server-cpus",
+        default=None,
+        help="pin the service to these CPUs (taskset list, e.g. 0); run this script under "
+        "`taskset -c 1` so clients and service do not share cores",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        action="store_true",
+        help="keep the per-key rate limit at its default (1/s, burst 10) instead of off",
+    )
     parser.add_argument("--log", type=Path, default=Path("reports/explain-isolation/server.log"))
     args = parser.parse_args(argv)
 
@@ -169,8 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     requests = Workload.from_bundled(SizeDistribution.parse(args.items)).take(400)
     try:
         with managed_server(
-            "relevance", (["taskset", "-c", args.server_cpus] if args.server_cpus else []) + relevance_command(),
-            port=port, ready_path="/readyz", log_path=args.log, env=env
+            "relevance",
+            (["taskset", "-c", args.server_cpus] if args.server_cpus else []) + relevance_command(),
+            port=port,
+            ready_path="/readyz",
+            log_path=args.log,
+            env=env,
         ) as server:
             target = Target("relevance", server.base_url)
             runs: list[tuple[str, dict[str, Any]]] = []
@@ -204,8 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n/explain answers during the hammers: {dict(sorted(explain_statuses.items()))}")
     for label in ("/score alone", "/score + /explain hammer"):
         p99s = sorted(s["latency_ms"]["p99"] for name, s in runs if name == label)
-        print(f"{label}: p99 over {len(p99s)} runs: median {statistics.median(p99s):.1f} ms, "
-              f"range {p99s[0]:.1f}–{p99s[-1]:.1f} ms")
+        print(
+            f"{label}: p99 over {len(p99s)} runs: median {statistics.median(p99s):.1f} ms, "
+            f"range {p99s[0]:.1f}–{p99s[-1]:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

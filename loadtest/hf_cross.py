@@ -26,7 +26,9 @@ def export_hf_cross_encoder(run_dir: str | Path, out_dir: str | Path, *, max_len
     out_dir = Path(out_dir)
     checkpoint = read_checkpoint(run_dir)
     if checkpoint.kind != "cross":
-        raise ValueError(f"{checkpoint.path}: kind is {checkpoint.kind!r}; only cross students serve as rerankers")
+        raise ValueError(
+            f"{checkpoint.path}: kind is {checkpoint.kind!r}; only cross students serve as rerankers"
+        )
     config = BertConfig.from_dict(checkpoint.bert_config)
     config.num_labels = 1
     model = BertForSequenceClassification(config).eval()
@@ -34,8 +36,10 @@ def export_hf_cross_encoder(run_dir: str | Path, out_dir: str | Path, *, max_len
     encoder = {k.removeprefix("bert."): v for k, v in weights.items() if k.startswith("bert.")}
     missing, unexpected = model.bert.load_state_dict(encoder, strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise ValueError(f"{checkpoint.path}: encoder weights do not fit a BertModel "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{checkpoint.path}: encoder weights do not fit a BertModel "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     with torch.no_grad():
         hidden = config.hidden_size
         model.bert.pooler.dense.weight.copy_(torch.eye(hidden))

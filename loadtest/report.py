@@ -24,8 +24,9 @@ def machine_info() -> dict[str, Any]:
     except FileNotFoundError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
     return {
@@ -50,9 +51,13 @@ def server_histograms(result: LoadResult, prefix: str = "relevance_") -> dict[st
         delta = histogram_delta(result.scrape_before, result.scrape_after, name)
         if delta is None or delta.count <= 0:
             continue
-        out[name] = {"count": delta.count, "mean": delta.mean(), "p50_le": delta.quantile(0.5),
-                     "p99_le": delta.quantile(0.99),
-                     "buckets": {_fmt_le(le): c for le, c in delta.non_cumulative() if c}}
+        out[name] = {
+            "count": delta.count,
+            "mean": delta.mean(),
+            "p50_le": delta.quantile(0.5),
+            "p99_le": delta.quantile(0.99),
+            "buckets": {_fmt_le(le): c for le, c in delta.non_cumulative() if c},
+        }
     return out
 
 
@@ -75,16 +80,21 @@ def fmt(value: Any, digits: int = 1) -> str:
 def sweep_table(records: list[dict[str, Any]]) -> str:
     """One row per load level: requests counted in the window, throughput, latency percentiles, errors,
     server-side batch size."""
-    lines = ["| target | load | counted | pairs/s | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | mean batch "
-             "| peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| target | load | counted | pairs/s | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | mean batch "
+        "| peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         lat = r["latency_ms"]
-        batch = next((h["mean"] for n, h in r.get("server_histograms", {}).items() if "batch_size" in n), None)
+        batch = next(
+            (h["mean"] for n, h in r.get("server_histograms", {}).items() if "batch_size" in n), None
+        )
         lines.append(
             f"| {r['target']} | {r['load']} | {r['requests']} | {fmt(r['pairs_per_s'])} | {fmt(r['requests_per_s'])} | "
             f"{fmt(lat['p50'])} | {fmt(lat['p95'])} | {fmt(lat['p99'])} | {fmt(lat['max'])} | "
-            f"{fmt(100 * r['error_rate'], 2)} % | {fmt(batch)} | {fmt(r['peak_rss_mib'], 0)} |")
+            f"{fmt(100 * r['error_rate'], 2)} % | {fmt(batch)} | {fmt(r['peak_rss_mib'], 0)} |"
+        )
     return "\n".join(lines)
 
 
@@ -94,5 +104,7 @@ def histogram_table(record: dict[str, Any]) -> str:
         return "(the server exposed no histograms that moved during the run)"
     lines = ["| server histogram | count | mean | p50 ≤ | p99 ≤ |", "|---|---:|---:|---:|---:|"]
     for name, h in hists.items():
-        lines.append(f"| `{name}` | {fmt(h['count'], 0)} | {h['mean']:.4g} | {h['p50_le']:g} | {h['p99_le']:g} |")
+        lines.append(
+            f"| `{name}` | {fmt(h['count'], 0)} | {h['mean']:.4g} | {h['p50_le']:g} | {h['p99_le']:g} |"
+        )
     return "\n".join(lines)

@@ -104,8 +104,9 @@ class LoadResult:
         else:
             due = [o for o in self.outcomes if self.measure_from <= o.done < self.stop_at]
         ok = [o for o in due if o.status == "200"]
-        completed = [o for o in self.outcomes
-                     if o.status == "200" and self.measure_from <= o.done < self.stop_at]
+        completed = [
+            o for o in self.outcomes if o.status == "200" and self.measure_from <= o.done < self.stop_at
+        ]
         lat_ms = np.array([o.latency_s for o in ok]) * 1000 if ok else np.array([])
         statuses = Counter(o.status for o in due)
         if self.unfinished:
@@ -125,8 +126,12 @@ class LoadResult:
             "status_counts": dict(sorted(statuses.items())),
             "requests_per_s": len(completed) / self.measured_s,
             "pairs_per_s": sum(o.n_items for o in completed) / self.measured_s,
-            "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
-                           "max": float(lat_ms.max()) if lat_ms.size else math.nan},
+            "latency_ms": {
+                "p50": pct(50),
+                "p95": pct(95),
+                "p99": pct(99),
+                "max": float(lat_ms.max()) if lat_ms.size else math.nan,
+            },
             "measured_s": self.measured_s,
             "peak_rss_mib": self.peak_rss_mib,
             "gauges": {name: _distribution(values) for name, values in self.gauge_samples.items()},
@@ -137,8 +142,13 @@ def _distribution(values: list[float]) -> dict[str, float]:
     if not values:
         return {"samples": 0}
     arr = np.array(values)
-    return {"samples": len(values), "mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)),
-            "p99": float(np.percentile(arr, 99)), "max": float(arr.max())}
+    return {
+        "samples": len(values),
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+    }
 
 
 async def _scrape(client: httpx.AsyncClient, target: Target) -> Scrape | None:
@@ -149,12 +159,14 @@ async def _scrape(client: httpx.AsyncClient, target: Target) -> Scrape | None:
     return parse_metrics(response.text) if response.status_code == 200 else None
 
 
-async def _send(client: httpx.AsyncClient, target: Target, body: bytes, n_items: int, intended: float,
-                timeout_s: float) -> Outcome:
+async def _send(
+    client: httpx.AsyncClient, target: Target, body: bytes, n_items: int, intended: float, timeout_s: float
+) -> Outcome:
     retry_after = None
     try:
-        response = await client.post(target.path, content=body, timeout=timeout_s,
-                                     headers={"content-type": "application/json"})
+        response = await client.post(
+            target.path, content=body, timeout=timeout_s, headers={"content-type": "application/json"}
+        )
         await response.aread()
         status = str(response.status_code)
         if response.status_code in (429, 503):
@@ -169,8 +181,15 @@ async def _send(client: httpx.AsyncClient, target: Target, body: bytes, n_items:
     return Outcome(intended, time.monotonic(), status, n_items, retry_after)
 
 
-async def _sample_gauges(client: httpx.AsyncClient, target: Target, names: tuple[str, ...], interval_s: float,
-                         measure_from: float, stop_at: float, into: dict[str, list[float]]) -> None:
+async def _sample_gauges(
+    client: httpx.AsyncClient,
+    target: Target,
+    names: tuple[str, ...],
+    interval_s: float,
+    measure_from: float,
+    stop_at: float,
+    into: dict[str, list[float]],
+) -> None:
     """Gauges (e.g. queue depth) have no history in /metrics: sample them to get a distribution.
 
     Each scrape costs the server CPU on its event loop (a profile at 4 scrapes/s showed /metrics as
@@ -205,20 +224,38 @@ class _Run:
     def start_gauges(self, measure_from: float, stop_at: float) -> asyncio.Task[None] | None:
         if not self.sample_gauges:
             return None
-        return asyncio.create_task(_sample_gauges(self.client, self.target, self.sample_gauges,
-                                                  self.gauge_interval_s, measure_from, stop_at, self.gauges))
+        return asyncio.create_task(
+            _sample_gauges(
+                self.client,
+                self.target,
+                self.sample_gauges,
+                self.gauge_interval_s,
+                measure_from,
+                stop_at,
+                self.gauges,
+            )
+        )
 
 
-async def run_load(target: Target, requests: list[Request], config: LoadConfig,
-                   server_pid: int | None = None, sample_gauges: tuple[str, ...] = (),
-                   gauge_interval_s: float = 1.0) -> LoadResult:
+async def run_load(
+    target: Target,
+    requests: list[Request],
+    config: LoadConfig,
+    server_pid: int | None = None,
+    sample_gauges: tuple[str, ...] = (),
+    gauge_interval_s: float = 1.0,
+) -> LoadResult:
     """Send ``requests`` (cycled) to ``target`` under ``config``; return every outcome and the window."""
     if not requests:
         raise ValueError("run_load needs at least one prepared request")
     prepared = [(target.body(r), r.n_items) for r in requests]
-    limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
-    async with httpx.AsyncClient(base_url=target.base_url, limits=limits) as client, \
-            RssSampler(server_pid) as rss:
+    limits = httpx.Limits(
+        max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+    )
+    async with (
+        httpx.AsyncClient(base_url=target.base_url, limits=limits) as client,
+        RssSampler(server_pid) as rss,
+    ):
         run = _Run(client, target, config, itertools.cycle(prepared), [], sample_gauges, gauge_interval_s, {})
         if config.mode == "closed":
             measure_from, stop_at, scrape_before, in_flight_at_end = await _closed_loop(run)
@@ -228,8 +265,19 @@ async def run_load(target: Target, requests: list[Request], config: LoadConfig,
             in_flight_at_end = 0
         scrape_after = await _scrape(client, target)
         peak = rss.peak_mib()
-    return LoadResult(target.name, config, run.outcomes, measure_from, stop_at, scrape_before, scrape_after, peak,
-                      unfinished=unfinished, in_flight_at_end=in_flight_at_end, gauge_samples=run.gauges)
+    return LoadResult(
+        target.name,
+        config,
+        run.outcomes,
+        measure_from,
+        stop_at,
+        scrape_before,
+        scrape_after,
+        peak,
+        unfinished=unfinished,
+        in_flight_at_end=in_flight_at_end,
+        gauge_samples=run.gauges,
+    )
 
 
 async def _closed_loop(run: _Run) -> tuple[float, float, Scrape | None, int]:
@@ -250,8 +298,9 @@ async def _closed_loop(run: _Run) -> tuple[float, float, Scrape | None, int]:
             if outcome.retry_after_s:
                 # A well-behaved client backs off as told instead of hammering a shedding server
                 # (and, on a small machine, stealing the CPU it sheds load to protect).
-                await asyncio.sleep(min(outcome.retry_after_s, MAX_BACKOFF_S,
-                                        max(0.0, window_end[0] - time.monotonic())))
+                await asyncio.sleep(
+                    min(outcome.retry_after_s, MAX_BACKOFF_S, max(0.0, window_end[0] - time.monotonic()))
+                )
             if first:
                 first, first_answers = False, first_answers + 1
                 if first_answers == config.concurrency:

@@ -47,28 +47,44 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextmanager
-def managed_server(name: str, command: list[str], *, port: int, ready_path: str, log_path: Path,
-                   env: dict[str, str] | None = None, startup_timeout_s: float = 180.0):
+def managed_server(
+    name: str,
+    command: list[str],
+    *,
+    port: int,
+    ready_path: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    startup_timeout_s: float = 180.0,
+):
     """Start ``command``, wait until GET ``ready_path`` answers 200, yield a RunningServer, then stop it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + startup_timeout_s
         while True:
             if proc.poll() is not None:
-                raise ServerError(f"{name} exited with code {proc.returncode} while starting "
-                                  f"({' '.join(command)}); log {log_path}:\n{_tail(log_path)}")
+                raise ServerError(
+                    f"{name} exited with code {proc.returncode} while starting "
+                    f"({' '.join(command)}); log {log_path}:\n{_tail(log_path)}"
+                )
             try:
                 if httpx.get(base_url + ready_path, timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise ServerError(f"{name} not ready after {startup_timeout_s:.0f} s; log {log_path}:\n"
-                                  f"{_tail(log_path)}")
+                raise ServerError(
+                    f"{name} not ready after {startup_timeout_s:.0f} s; log {log_path}:\n{_tail(log_path)}"
+                )
             time.sleep(0.5)
         yield RunningServer(name, base_url, proc.pid, log_path)
     finally:
@@ -96,24 +112,59 @@ def relevance_command() -> list[str]:
 
 
 def relevance_env(bundle: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {"RELEVANCE_BUNDLE": str(bundle), "RELEVANCE_HOST": "127.0.0.1", "RELEVANCE_PORT": str(port),
-            "RELEVANCE_LOG_LEVEL": "WARNING", **(extra or {})}
+    return {
+        "RELEVANCE_BUNDLE": str(bundle),
+        "RELEVANCE_HOST": "127.0.0.1",
+        "RELEVANCE_PORT": str(port),
+        "RELEVANCE_LOG_LEVEL": "WARNING",
+        **(extra or {}),
+    }
 
 
-def infinity_command(model_dir: Path, served_name: str, port: int, *, engine: str = "torch",
-                     batch_size: int = 32, venv: Path = INFINITY_VENV) -> list[str]:
+def infinity_command(
+    model_dir: Path,
+    served_name: str,
+    port: int,
+    *,
+    engine: str = "torch",
+    batch_size: int = 32,
+    venv: Path = INFINITY_VENV,
+) -> list[str]:
     """Infinity's v2 CLI on loopback serving a local model folder (no hub access)."""
     script = venv / "bin" / "infinity_emb"
     if not script.exists():
         raise ServerError(f"{script} not found: create it with `make infinity-venv`")
-    return [str(script), "v2", "--model-id", str(model_dir), "--served-model-name", served_name,
-            "--host", "127.0.0.1", "--port", str(port), "--engine", engine, "--device", "cpu",
-            "--batch-size", str(batch_size), "--log-level", "warning",
-            # No result cache (the bench repeats requests), no torch.compile (minutes on a small CPU),
-            # no BetterTransformer (deprecated in current transformers).
-            "--no-vector-disk-cache", "--no-compile", "--no-bettertransformer"]
+    return [
+        str(script),
+        "v2",
+        "--model-id",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(batch_size),
+        "--log-level",
+        "warning",
+        # No result cache (the bench repeats requests), no torch.compile (minutes on a small CPU),
+        # no BetterTransformer (deprecated in current transformers).
+        "--no-vector-disk-cache",
+        "--no-compile",
+        "--no-bettertransformer",
+    ]
 
 
 # Infinity must not try the hub for anything (the machine may have no network at all).
-INFINITY_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-                "DO_NOT_TRACK": "1"}
+INFINITY_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    "DO_NOT_TRACK": "1",
+}

@@ -29,7 +29,9 @@ class Target:
 
     @property
     def path(self) -> str:
-        return {"relevance": "/score", "infinity-embeddings": "/embeddings", "infinity-rerank": "/rerank"}[self.kind]
+        return {"relevance": "/score", "infinity-embeddings": "/embeddings", "infinity-rerank": "/rerank"}[
+            self.kind
+        ]
 
     @property
     def metrics_url(self) -> str:
@@ -43,4 +45,6 @@ class Target:
         if self.kind == "infinity-embeddings":
             # A bi-encoder scores a request by embedding the query and every item (cosine is client-side).
             return orjson.dumps({"model": self.model, "input": [query, *texts]})
-        return orjson.dumps({"model": self.model, "query": query, "documents": texts, "return_documents": False})
+        return orjson.dumps(
+            {"model": self.model, "query": query, "documents": texts, "return_documents": False}
+        )

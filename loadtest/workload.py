@@ -67,8 +67,13 @@ def score_body(query: str, items: Sequence[dict[str, Any]]) -> bytes:
 class Workload:
     """Deterministic stream of requests built from (query, judged items) groups and a catalogue."""
 
-    def __init__(self, groups: dict[str, list[dict[str, Any]]], catalogue: list[dict[str, Any]],
-                 sizes: SizeDistribution, seed: int = 0) -> None:
+    def __init__(
+        self,
+        groups: dict[str, list[dict[str, Any]]],
+        catalogue: list[dict[str, Any]],
+        sizes: SizeDistribution,
+        seed: int = 0,
+    ) -> None:
         if not groups or not catalogue:
             raise ValueError("workload needs at least one query and one item")
         self.sizes = sizes

@@ -18,7 +18,8 @@ class ReloadRequest(BaseModel):
 
     # str, not Path: pydantic's message for a wrong type would name the Python class.
     bundle: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="bundle folder on the server; default: the serving folder, read again",
     )
 
@@ -40,10 +41,14 @@ class ReloadResponse(BaseModel):
     "/reload",
     response_model=ReloadResponse,
     summary="Load, validate and warm a bundle, then swap it in atomically (also on SIGHUP)",
-    responses=error_responses({
-        400: "Body is not JSON", 401: "Missing or wrong API key", 409: "Another reload is in progress",
-        422: "Bad body, or the bundle does not load (the previous one keeps serving)",
-    }),
+    responses=error_responses(
+        {
+            400: "Body is not JSON",
+            401: "Missing or wrong API key",
+            409: "Another reload is in progress",
+            422: "Bad body, or the bundle does not load (the previous one keeps serving)",
+        }
+    ),
 )
 async def reload(request: Request, body: ReloadRequest | None = None) -> Response:
     state = app_state(request)

@@ -62,13 +62,16 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone
 
 
-_ERRORS = error_responses({
-    400: "Body is not UTF-8 or not JSON", 401: "Missing or wrong API key (when keys are configured)",
-    413: "Body or item count over the limit",
-    422: "A field or header is missing, of the wrong type, blank or too long",
-    503: "Queue full, model not ready or shutting down (Retry-After)",
-    504: "Not scored within the request deadline (X-Deadline-Ms or the default)",
-})
+_ERRORS = error_responses(
+    {
+        400: "Body is not UTF-8 or not JSON",
+        401: "Missing or wrong API key (when keys are configured)",
+        413: "Body or item count over the limit",
+        422: "A field or header is missing, of the wrong type, blank or too long",
+        503: "Queue full, model not ready or shutting down (Retry-After)",
+        504: "Not scored within the request deadline (X-Deadline-Ms or the default)",
+    }
+)
 
 
 def request_deadline_ms(request: Request, settings: Settings) -> float:
@@ -81,10 +84,13 @@ def request_deadline_ms(request: Request, settings: Settings) -> float:
     except ValueError:
         value = float("nan")
     if not MIN_DEADLINE_MS <= value <= settings.max_request_deadline_ms:  # also false for nan
-        raise ApiError(422, "validation_error",
-                       f"header {DEADLINE_HEADER} must be a number of milliseconds from {MIN_DEADLINE_MS:g} to "
-                       f"{settings.max_request_deadline_ms:g} (RELEVANCE_MAX_REQUEST_DEADLINE_MS)",
-                       field=f"header.{DEADLINE_HEADER}")
+        raise ApiError(
+            422,
+            "validation_error",
+            f"header {DEADLINE_HEADER} must be a number of milliseconds from {MIN_DEADLINE_MS:g} to "
+            f"{settings.max_request_deadline_ms:g} (RELEVANCE_MAX_REQUEST_DEADLINE_MS)",
+            field=f"header.{DEADLINE_HEADER}",
+        )
     return value
 
 
@@ -94,8 +100,12 @@ def _current_scorer(request: Request) -> Scorer:
         state.metrics.rejected.labels("shutting_down").inc()
         # Connection: close, so clients reconnect (to another replica, or to this port once it is back)
         # instead of sending on a kept-alive connection the server is about to close.
-        raise ApiError(503, "shutting_down", "this replica is shutting down; retry on another one",
-                       headers={"Retry-After": "1", "Connection": "close"})
+        raise ApiError(
+            503,
+            "shutting_down",
+            "this replica is shutting down; retry on another one",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
     scorer = state.scorer
     if scorer is None or not scorer.ready:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
@@ -109,9 +119,12 @@ def _current_scorer(request: Request) -> Scorer:
     summary="Score items for a query",
     # The body is parsed by hand (service/schemas.py); its schema, with this server's limits, is
     # added to the components by the app (create_app).
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}
-    }}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+        }
+    },
 )
 async def score(request: Request) -> Response:
     start = time.perf_counter()
@@ -144,11 +157,13 @@ async def score(request: Request) -> Response:
     except DeadlineExceeded:  # the batcher knows the remaining time; the caller set the whole budget
         raise DeadlineExceeded(deadline_ms) from None
     state.explain.remember_items(parsed.items, caller)  # for GET /explain?item_id=; never blocks
-    return _json({
-        "model": scorer.manifest.summary("name", "version"),
-        "scores": results,
-        "took_ms": round((time.perf_counter() - start) * 1000, 3),
-    })
+    return _json(
+        {
+            "model": scorer.manifest.summary("name", "version"),
+            "scores": results,
+            "took_ms": round((time.perf_counter() - start) * 1000, 3),
+        }
+    )
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -156,8 +171,11 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: bundle loaded and warmed up",
-            responses={503: {"description": "Not ready yet, or draining before shutdown"}})
+@router.get(
+    "/readyz",
+    summary="Readiness: bundle loaded and warmed up",
+    responses={503: {"description": "Not ready yet, or draining before shutdown"}},
+)
 async def readyz(request: Request) -> Response:
     state = app_state(request)
     scorer = state.scorer
@@ -165,13 +183,15 @@ async def readyz(request: Request) -> Response:
         return _json({"status": "draining"}, status=503)
     if scorer is None or not scorer.ready:
         return _json({"status": "not_ready"}, status=503)
-    return _json({
-        "status": "ready",
-        # The folder's name only: /readyz is unauthenticated (POST /admin/reload shows the full path).
-        "bundle": {**scorer.manifest.summary(), "dir": scorer.bundle_dir.name},
-        "provider": scorer.model.provider,
-        "providers": scorer.model.providers_in_use,
-    })
+    return _json(
+        {
+            "status": "ready",
+            # The folder's name only: /readyz is unauthenticated (POST /admin/reload shows the full path).
+            "bundle": {**scorer.manifest.summary(), "dir": scorer.bundle_dir.name},
+            "provider": scorer.model.provider,
+            "providers": scorer.model.providers_in_use,
+        }
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -57,11 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await scorer.start()
         state.scorer = scorer
         publish_model_info(metrics, scorer)
-        state.reloader = BundleReloader(settings, metrics, get_scorer=lambda: state.scorer,
-                                        set_scorer=lambda new: setattr(state, "scorer", new))
+        state.reloader = BundleReloader(
+            settings,
+            metrics,
+            get_scorer=lambda: state.scorer,
+            set_scorer=lambda new: setattr(state, "scorer", new),
+        )
         # /explain: settings and teacher factory read from the state now (tests may replace them).
-        explain = ExplainComponents(state.settings.explain, teacher_factory=state.explain_teacher,
-                                    student=bundle_student(lambda: state.scorer), metrics=state.explain_metrics)
+        explain = ExplainComponents(
+            state.settings.explain,
+            teacher_factory=state.explain_teacher,
+            student=bundle_student(lambda: state.scorer),
+            metrics=state.explain_metrics,
+        )
         await explain.start()
         state.explain = explain
         sighup = _reload_on_sighup(state) if state.reload_on_sighup else None
@@ -76,13 +84,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # /docs is served from local assets (service/docs.py): the default page loads Swagger UI from a CDN
     # and is blank offline. ReDoc has no local assets here, so it is off.
-    app = FastAPI(title="relevance", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Online relevance scoring for e-commerce search (see docs/API.md).")
+    app = FastAPI(
+        title="relevance",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Online relevance scoring for e-commerce search (see docs/API.md).",
+    )
     lifecycle = Lifecycle(settings.shutdown_grace_s)
     app.state.relevance = AppState(
-        settings=settings, metrics=metrics, explain_metrics=ExplainMetrics(metrics.registry), lifecycle=lifecycle,
-        score_auth=ApiKeyAuth(load_api_keys(settings.score_api_keys, setting="RELEVANCE_SCORE_API_KEYS"),
-                              required=False, setting="RELEVANCE_SCORE_API_KEYS"),
+        settings=settings,
+        metrics=metrics,
+        explain_metrics=ExplainMetrics(metrics.registry),
+        lifecycle=lifecycle,
+        score_auth=ApiKeyAuth(
+            load_api_keys(settings.score_api_keys, setting="RELEVANCE_SCORE_API_KEYS"),
+            required=False,
+            setting="RELEVANCE_SCORE_API_KEYS",
+        ),
     )
     app.include_router(router)
     app.include_router(explain_router)
@@ -95,8 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(ApiError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
-                                       str(exc.detail)))
+        return error_response(
+            ApiError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -108,16 +129,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(ApiError(500, "internal_error", "internal error; see the service log"))
 
     # Innermost first; RequestContextMiddleware is outermost, so 408s, 413s and 415s are logged too.
-    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       drain=lifecycle.drain_started)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        drain=lifecycle.drain_started,
+    )
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: browsers get no CORS headers unless origins are configured
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID",
-                                          "X-Deadline-Ms"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "X-Deadline-Ms"],
+        )
     return app
 
 
@@ -146,7 +174,8 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
         if app.openapi_schema is None:
             schema = generate()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                score_request_openapi(settings.limits))
+                score_request_openapi(settings.limits)
+            )
             document_http_contract(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema

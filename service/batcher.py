@@ -77,11 +77,32 @@ class BatchPolicy:
 class Ticket:
     """One request's share of the queue."""
 
-    __slots__ = ("n", "deadline", "deadline_ms", "target", "seq", "future", "out", "entries", "queued_tokens",
-                 "longest", "outstanding", "released", "wait_observed")
+    __slots__ = (
+        "n",
+        "deadline",
+        "deadline_ms",
+        "target",
+        "seq",
+        "future",
+        "out",
+        "entries",
+        "queued_tokens",
+        "longest",
+        "outstanding",
+        "released",
+        "wait_observed",
+    )
 
-    def __init__(self, n: int, deadline: float, deadline_ms: float, future: asyncio.Future, *,
-                 target: float | None = None, seq: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        deadline: float,
+        deadline_ms: float,
+        future: asyncio.Future,
+        *,
+        target: float | None = None,
+        seq: int = 0,
+    ) -> None:
         self.n = n
         self.deadline = deadline  # time.monotonic() value
         self.deadline_ms = deadline_ms
@@ -183,9 +204,16 @@ class SpeedEstimate:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], policy: BatchPolicy,
-                 metrics: Metrics, pad_id: int = 0, *, on_idle: Callable[[], None] | None = None,
-                 idle_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray]], np.ndarray],
+        policy: BatchPolicy,
+        metrics: Metrics,
+        pad_id: int = 0,
+        *,
+        on_idle: Callable[[], None] | None = None,
+        idle_s: float = 0.0,
+    ) -> None:
         self._run = run
         # Called on the inference thread once the queue has been empty for idle_s after some work (the
         # model returns the memory its batches left behind); never while a batch runs.
@@ -252,15 +280,19 @@ class Batcher:
         Cheap: called before the body is read."""
         if self._admitted + n > self.policy.capacity:
             self._metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(f"the scoring queue is full ({self._admitted} of {self.policy.capacity} inputs "
-                             f"in flight, this request needs {n}); retry shortly")
+            raise Overloaded(
+                f"the scoring queue is full ({self._admitted} of {self.policy.capacity} inputs "
+                f"in flight, this request needs {n}); retry shortly"
+            )
         now = time.monotonic()
         budget_s = DEADLINE_SHARE * deadline_ms / 1000
         ahead_s = self._running_left_s(now) + self._work_before_s(now + budget_s)
         if ahead_s > budget_s:
             self._metrics.rejected.labels("backlog").inc()
-            raise Overloaded(f"the scoring queue holds about {ahead_s * 1000:.0f} ms of work ahead of this "
-                             f"request, too much for its {deadline_ms:g} ms deadline; retry shortly")
+            raise Overloaded(
+                f"the scoring queue holds about {ahead_s * 1000:.0f} ms of work ahead of this "
+                f"request, too much for its {deadline_ms:g} ms deadline; retry shortly"
+            )
 
     def admit(self, n: int, deadline_ms: float) -> Ticket:
         self.refuse_if_overloaded(n, deadline_ms)
@@ -268,8 +300,14 @@ class Batcher:
         # inc/dec, not set: during a hot reload two batchers share the gauge, which then shows their sum.
         self._metrics.queue_depth.inc(n)
         now = time.monotonic()
-        return Ticket(n, now + deadline_ms / 1000, deadline_ms, asyncio.get_running_loop().create_future(),
-                      target=now + DEADLINE_SHARE * deadline_ms / 1000, seq=next(self._seq))
+        return Ticket(
+            n,
+            now + deadline_ms / 1000,
+            deadline_ms,
+            asyncio.get_running_loop().create_future(),
+            target=now + DEADLINE_SHARE * deadline_ms / 1000,
+            seq=next(self._seq),
+        )
 
     def enqueue(self, ticket: Ticket, encoded: list[Encoded]) -> None:
         """Queue a ticket's inputs, or release it and raise TooCostly (413) / Overloaded (503) when they
@@ -309,7 +347,8 @@ class Batcher:
                 f"measured speed ({1 / spt:.0f} tokens/s), more than the {_ms(max(0.0, left_s))} that the model "
                 f"may use of the {ticket.deadline_ms:g} ms left before its deadline ({DEADLINE_SHARE:.0%}, less what "
                 "has passed since); "
-                "send fewer or shorter items per request, or a longer X-Deadline-Ms")
+                "send fewer or shorter items per request, or a longer X-Deadline-Ms"
+            )
         finish = now + self._running_left_s(now)
         own_finish: float | None = None
         for other in self._pending:
@@ -323,16 +362,20 @@ class Batcher:
             finish += other.queued_tokens * spt
             if own_finish is not None and finish > other.target:
                 self._metrics.rejected.labels("backlog").inc()
-                raise Overloaded(f"scoring this request now would make an admitted request miss its deadline "
-                                 f"(about {(finish - now) * 1000:.0f} ms of work queued ahead of it); retry shortly")
+                raise Overloaded(
+                    f"scoring this request now would make an admitted request miss its deadline "
+                    f"(about {(finish - now) * 1000:.0f} ms of work queued ahead of it); retry shortly"
+                )
         if own_finish is None:
             finish += own_s
             own_finish = finish
         if own_finish > ticket.target:
             self._metrics.rejected.labels("backlog").inc()
-            raise Overloaded(f"the scoring queue holds about {(own_finish - now - own_s) * 1000:.0f} ms of work "
-                             f"ahead of this request, too much for its {ticket.deadline_ms:g} ms deadline; "
-                             "retry shortly")
+            raise Overloaded(
+                f"the scoring queue holds about {(own_finish - now - own_s) * 1000:.0f} ms of work "
+                f"ahead of this request, too much for its {ticket.deadline_ms:g} ms deadline; "
+                "retry shortly"
+            )
 
     async def result(self, ticket: Ticket) -> np.ndarray:
         """The output rows in input order; raises DeadlineExceeded at the ticket's deadline."""

@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
         from service.settings import Settings, describe_settings_error
         from service.state import app_state
 
-        overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items()
-                                     if v is not None}
+        overrides: dict[str, Any] = {
+            k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items() if v is not None
+        }
         try:
             settings = Settings(**overrides)
             load_api_keys(settings.explain.api_keys, settings.explain.api_keys_file)  # /explain's keys
@@ -46,8 +47,10 @@ def register(app: typer.Typer) -> None:
             scorer = Scorer(settings, app_state(app).metrics)
             scorer.check()
         except (BundleError, ProviderError) as exc:
-            _fail(f"cannot serve {settings.bundle}: {exc}\nBuild the default bundle with `relevance "
-                  "student build-default --out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE.")
+            _fail(
+                f"cannot serve {settings.bundle}: {exc}\nBuild the default bundle with `relevance "
+                "student build-default --out models/minilm-zero-shot-bi` or set RELEVANCE_BUNDLE."
+            )
         app_state(app).preloaded_scorer = scorer
         server.run(app, settings)
 

@@ -23,35 +23,70 @@ SECURITY_SCHEMES = {
 }
 _KEYED = [{"ApiKeyHeader": []}, {"BearerKey": []}]
 # /score is open unless RELEVANCE_SCORE_API_KEYS is set ({} = no key); /explain and admin always need one.
-SECURITY = {("/score", "post"): [*_KEYED, {}], ("/explain", "get"): _KEYED, ("/explain", "post"): _KEYED,
-            ("/admin/reload", "post"): _KEYED}
+SECURITY = {
+    ("/score", "post"): [*_KEYED, {}],
+    ("/explain", "get"): _KEYED,
+    ("/explain", "post"): _KEYED,
+    ("/admin/reload", "post"): _KEYED,
+}
 
-_READY_STATUS = {"type": "object", "required": ["status"], "properties": {
-    "status": {"type": "string", "enum": ["draining", "not_ready"]}}}
-_READY = {"type": "object", "required": ["status", "bundle", "provider", "providers"], "properties": {
-    "status": {"type": "string", "enum": ["ready"]},
-    "bundle": {"type": "object", "properties": {
-        "name": {"type": "string"}, "version": {"type": "string"}, "kind": {"type": "string", "enum": ["cross", "bi"]},
-        "dir": {"type": "string", "description": "the bundle folder's name"},
-        "score_method": {"type": "string"}, "precision": {"type": ["string", "null"]}}},
-    "provider": {"type": "string"}, "providers": {"type": "array", "items": {"type": "string"}}}}
+_READY_STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["draining", "not_ready"]}},
+}
+_READY = {
+    "type": "object",
+    "required": ["status", "bundle", "provider", "providers"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready"]},
+        "bundle": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "kind": {"type": "string", "enum": ["cross", "bi"]},
+                "dir": {"type": "string", "description": "the bundle folder's name"},
+                "score_method": {"type": "string"},
+                "precision": {"type": ["string", "null"]},
+            },
+        },
+        "provider": {"type": "string"},
+        "providers": {"type": "array", "items": {"type": "string"}},
+    },
+}
 
 
 def document_http_contract(schema: dict[str, Any], settings: Settings) -> None:
     """Add the security schemes, headers and /readyz bodies to a generated OpenAPI document (in place)."""
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    request_id = {"name": REQUEST_ID_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
-                  "description": "The caller's request id, echoed back and logged when it is 1-128 characters of "
-                                 "A-Z a-z 0-9 . _ : - (else the server makes one)."}
-    deadline = {"name": "X-Deadline-Ms", "in": "header", "required": False,
-                "schema": {"type": "number", "minimum": MIN_DEADLINE_MS, "maximum": settings.max_request_deadline_ms},
-                "description": "Milliseconds from arrival within which the scores must be ready, else 504; "
-                               f"default {settings.request_deadline_ms:g} (RELEVANCE_REQUEST_DEADLINE_MS). A "
-                               "request that could not meet it at the measured model speed is refused at once "
-                               "(413 if it alone is too large, 503 if the queue is too full)."}
-    echoed = {REQUEST_ID_HEADER: {"description": "The request id (the caller's, or one made by the server).",
-                                  "schema": {"type": "string"}}}
-    retry_after = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+    request_id = {
+        "name": REQUEST_ID_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The caller's request id, echoed back and logged when it is 1-128 characters of "
+        "A-Z a-z 0-9 . _ : - (else the server makes one).",
+    }
+    deadline = {
+        "name": "X-Deadline-Ms",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "number", "minimum": MIN_DEADLINE_MS, "maximum": settings.max_request_deadline_ms},
+        "description": "Milliseconds from arrival within which the scores must be ready, else 504; "
+        f"default {settings.request_deadline_ms:g} (RELEVANCE_REQUEST_DEADLINE_MS). A "
+        "request that could not meet it at the measured model speed is refused at once "
+        "(413 if it alone is too large, 503 if the queue is too full).",
+    }
+    echoed = {
+        REQUEST_ID_HEADER: {
+            "description": "The request id (the caller's, or one made by the server).",
+            "schema": {"type": "string"},
+        }
+    }
+    retry_after = {
+        "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+    }
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             parameters = operation.setdefault("parameters", [])
@@ -78,7 +113,10 @@ def mount_docs(app: FastAPI) -> None:
 
     @app.get(DOCS_PATH, include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - API",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )

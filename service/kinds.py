@@ -38,7 +38,9 @@ class KindScoring(ABC):
         """The model inputs of the warm-up batch (Scorer checks the model's output on them)."""
 
     @abstractmethod
-    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
+    async def score(
+        self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
+    ) -> Scores:
         """Scores for ``items`` (rendered as ``texts``) against the rendered ``query``."""
 
 
@@ -46,14 +48,19 @@ class CrossScoring(KindScoring):
     def warmup_inputs(self) -> list[Encoded]:
         return self.tokenizer.encode_pairs([_WARMUP_QUERY] * len(_WARMUP_ITEMS), _WARMUP_ITEMS)
 
-    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
-        logits = await run(len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts), deadline_ms)
+    async def score(
+        self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
+    ) -> Scores:
+        logits = await run(
+            len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts), deadline_ms
+        )
         return score_mapping.from_logits(self.manifest, logits)
 
 
 class BiScoring(KindScoring):
-    def __init__(self, manifest: BundleManifest, tokenizer: BundleTokenizer, cache: EmbeddingCache,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, manifest: BundleManifest, tokenizer: BundleTokenizer, cache: EmbeddingCache, metrics: Metrics
+    ) -> None:
         super().__init__(manifest, tokenizer)
         self.cache = cache
         self._metrics = metrics
@@ -62,7 +69,9 @@ class BiScoring(KindScoring):
     def warmup_inputs(self) -> list[Encoded]:
         return self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
 
-    async def score(self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float) -> Scores:
+    async def score(
+        self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
+    ) -> Scores:
         keys = [cache_key(self._version, item.id, text) for item, text in zip(items, texts, strict=True)]
         embeddings: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
         missing: dict[tuple, int] = {}  # key → position of its first occurrence (duplicates embedded once)
@@ -72,12 +81,17 @@ class BiScoring(KindScoring):
         self._metrics.cache_hits.inc(len(items) - len(missing))
         self._metrics.cache_misses.inc(len(missing))
         to_embed = [texts[i] for i in missing.values()]
-        out = await run(1 + len(to_embed), lambda: self.tokenizer.encode_queries([query])
-                        + self.tokenizer.encode_items(to_embed), deadline_ms)
+        out = await run(
+            1 + len(to_embed),
+            lambda: self.tokenizer.encode_queries([query]) + self.tokenizer.encode_items(to_embed),
+            deadline_ms,
+        )
         for row, key in enumerate(missing, start=1):
             self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
         fresh = dict(zip(missing, out[1:], strict=True))
-        matrix = np.stack([emb if emb is not None else fresh[key] for key, emb in zip(keys, embeddings, strict=True)])
+        matrix = np.stack(
+            [emb if emb is not None else fresh[key] for key, emb in zip(keys, embeddings, strict=True)]
+        )
         # float64 so the same item scores identically whatever its row (float32 BLAS blocking varies)
         return score_mapping.from_cosine(self.manifest, matrix.astype(np.float64) @ out[0].astype(np.float64))
 
@@ -85,11 +99,13 @@ class BiScoring(KindScoring):
 _BY_KIND: dict[str, Callable[[BundleManifest, BundleTokenizer, int, Metrics], KindScoring]] = {
     "cross": lambda manifest, tokenizer, _cache_size, _metrics: CrossScoring(manifest, tokenizer),
     "bi": lambda manifest, tokenizer, cache_size, metrics: BiScoring(
-        manifest, tokenizer, EmbeddingCache(cache_size), metrics),
+        manifest, tokenizer, EmbeddingCache(cache_size), metrics
+    ),
 }
 
 
-def scoring_for(manifest: BundleManifest, tokenizer: BundleTokenizer, embedding_cache_size: int,
-                metrics: Metrics) -> KindScoring:
+def scoring_for(
+    manifest: BundleManifest, tokenizer: BundleTokenizer, embedding_cache_size: int, metrics: Metrics
+) -> KindScoring:
     """The strategy for the bundle's kind; the scorer asks once, when it loads the bundle."""
     return _BY_KIND[manifest.kind](manifest, tokenizer, embedding_cache_size, metrics)

@@ -44,8 +44,11 @@ class Lifecycle:
             return
         self.draining = True
         self.drain_started.set()
-        log.info("draining: readiness is false, new requests get 503; exiting when in-flight requests "
-                 "finish (at most %.1f s)", self.grace_s)
+        log.info(
+            "draining: readiness is false, new requests get 503; exiting when in-flight requests "
+            "finish (at most %.1f s)",
+            self.grace_s,
+        )
         self._watcher = asyncio.get_running_loop().create_task(self._wait_drained(get_scorer))
 
     async def _wait_drained(self, get_scorer: Callable[[], Scorer | None]) -> None:
@@ -67,8 +70,13 @@ class Lifecycle:
 
 def publish_model_info(metrics: Metrics, scorer: Scorer) -> None:
     # The folder's name, not its path: /metrics is unauthenticated and the path says how the host is laid out.
-    metrics.model_info.info({**scorer.manifest.summary("name", "version", "kind"),
-                             "provider": scorer.model.provider, "bundle": scorer.bundle_dir.name})
+    metrics.model_info.info(
+        {
+            **scorer.manifest.summary("name", "version", "kind"),
+            "provider": scorer.model.provider,
+            "bundle": scorer.bundle_dir.name,
+        }
+    )
 
 
 def bundle_summary(scorer: Scorer) -> dict[str, Any]:
@@ -78,8 +86,13 @@ def bundle_summary(scorer: Scorer) -> dict[str, Any]:
 class BundleReloader:
     """Loads, validates and warms a bundle next to the serving one, then swaps them."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, get_scorer: Callable[[], Scorer | None],
-                 set_scorer: Callable[[Scorer], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        get_scorer: Callable[[], Scorer | None],
+        set_scorer: Callable[[Scorer], None],
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._get = get_scorer
@@ -100,15 +113,21 @@ class BundleReloader:
             self._set(new)  # the swap: every request from here on picks the new scorer
             publish_model_info(self._metrics, new)
             self._metrics.reloads.labels("ok").inc()
-            log.info("reloaded: %s %s → %s %s", *(
-                (old.manifest.name, old.manifest.version) if old else ("-", "-")),
-                new.manifest.name, new.manifest.version)
+            log.info(
+                "reloaded: %s %s → %s %s",
+                *((old.manifest.name, old.manifest.version) if old else ("-", "-")),
+                new.manifest.name,
+                new.manifest.version,
+            )
             if old is not None:
                 task = asyncio.get_running_loop().create_task(old.stop(self._settings.shutdown_grace_s))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
-            return {"previous": bundle_summary(old) if old else None, "current": bundle_summary(new),
-                    "took_ms": round((time.perf_counter() - start) * 1000, 1)}
+            return {
+                "previous": bundle_summary(old) if old else None,
+                "current": bundle_summary(new),
+                "took_ms": round((time.perf_counter() - start) * 1000, 1),
+            }
 
     async def _load(self, path: Path) -> Scorer:
         settings = self._settings.model_copy(update={"bundle": path})
@@ -124,8 +143,12 @@ class BundleReloader:
                 await new.stop()
             reason = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
             log.error("reload refused, the serving bundle is unchanged: %s", reason)
-            raise ApiError(422, "bundle_invalid", f"bundle refused, still serving the previous one: {reason}",
-                           field="bundle") from exc
+            raise ApiError(
+                422,
+                "bundle_invalid",
+                f"bundle refused, still serving the previous one: {reason}",
+                field="bundle",
+            ) from exc
 
     async def wait_retired(self) -> None:
         if self._retiring:

@@ -51,7 +51,9 @@ class RequestContextMiddleware:
             return
         start = time.perf_counter()
         state = scope.setdefault("state", {})
-        state["request_id"] = clean_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        state["request_id"] = (
+            clean_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        )
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -68,10 +70,17 @@ class RequestContextMiddleware:
             route = self._route(scope)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(seconds)
-            log.info("request", extra={
-                "request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
-                "status": status, "duration_ms": round(seconds * 1000, 3), **state.get("log_fields", {}),
-            })
+            log.info(
+                "request",
+                extra={
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    **state.get("log_fields", {}),
+                },
+            )
 
 
 JSON_MEDIA_TYPES = ("application/json",)
@@ -94,10 +103,14 @@ class JsonContentTypeMiddleware:
             media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if has_body and not (media_type in JSON_MEDIA_TYPES or media_type.endswith("+json")):
                 shown = f"'{media_type}'" if media_type else "none"
-                await error_response(ApiError(
-                    415, "unsupported_media_type",
-                    f"request bodies must be sent with Content-Type: application/json (got {shown})",
-                    field="header.Content-Type"))(scope, receive, send)
+                await error_response(
+                    ApiError(
+                        415,
+                        "unsupported_media_type",
+                        f"request bodies must be sent with Content-Type: application/json (got {shown})",
+                        field="header.Content-Type",
+                    )
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -125,26 +138,40 @@ class RequestBodyMiddleware:
         self.drain = drain
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, "payload_too_large",
-                        f"request body is larger than {self.max_bytes} bytes (RELEVANCE_MAX_BODY_BYTES)")
+        return ApiError(
+            413,
+            "payload_too_large",
+            f"request body is larger than {self.max_bytes} bytes (RELEVANCE_MAX_BODY_BYTES)",
+        )
 
     async def _next_chunk(self, receive: Receive, give_up: float) -> Message | ApiError:
         """The next message, or why the body will not arrive (drain, timeout)."""
         message_task = asyncio.ensure_future(receive())
         drain_task = asyncio.ensure_future(self.drain.wait())
         try:
-            done, _ = await asyncio.wait({message_task, drain_task}, timeout=give_up - time.monotonic(),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {message_task, drain_task},
+                timeout=give_up - time.monotonic(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             drain_task.cancel()
         if message_task in done:
             return message_task.result()
         message_task.cancel()
         if drain_task in done:
-            return ApiError(503, "shutting_down", "this replica is shutting down; the request body had not "
-                            "arrived yet; retry on another one", headers={"Retry-After": "1", "Connection": "close"})
-        return ApiError(408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s "
-                        "(RELEVANCE_BODY_TIMEOUT_S)", headers={"Connection": "close"})
+            return ApiError(
+                503,
+                "shutting_down",
+                "this replica is shutting down; the request body had not arrived yet; retry on another one",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+        return ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {self.timeout_s:g} s (RELEVANCE_BODY_TIMEOUT_S)",
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

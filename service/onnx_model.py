@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 # idle for a while (the batcher calls ``release_memory`` on its inference thread after
 # RELEVANCE_ORT_RELEASE_IDLE_S without work), and under continuous load by one run in every RELEASE_EVERY_S.
 RELEASE_EVERY_S = 30.0
-ARENA_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")  # run option: free the arena's unused regions
+ARENA_SHRINK = (
+    "memory.enable_memory_arena_shrinkage",
+    "cpu:0",
+)  # run option: free the arena's unused regions
 
 
 def _malloc_trim():
@@ -43,9 +46,17 @@ class OnnxModel:
     inference thread. On CPU, every ``release_every_s`` one run returns the memory at its end (0: never).
     """
 
-    def __init__(self, bundle_dir: str | Path, manifest: BundleManifest, *, provider: str = "auto",
-                 strict: bool = False, intra_op_threads: int = 1, allow_spinning: bool = True,
-                 release_every_s: float = RELEASE_EVERY_S) -> None:
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        manifest: BundleManifest,
+        *,
+        provider: str = "auto",
+        strict: bool = False,
+        intra_op_threads: int = 1,
+        allow_spinning: bool = True,
+        release_every_s: float = RELEASE_EVERY_S,
+    ) -> None:
         self.manifest = manifest
         self.choice: ProviderChoice = choose_provider(provider, ort.get_available_providers(), strict=strict)
         if self.choice.warning:
@@ -66,19 +77,25 @@ class OnnxModel:
         signature = manifest.onnx
         unknown = set(self.input_names) - set(signature.inputs)
         if unknown or signature.inputs[0] not in self.input_names:
-            raise BundleError(f"{path}: inputs are {self.input_names}; expected a subset of {list(signature.inputs)} "
-                              f"including {signature.inputs[0]}")
+            raise BundleError(
+                f"{path}: inputs are {self.input_names}; expected a subset of {list(signature.inputs)} "
+                f"including {signature.inputs[0]}"
+            )
         self.output_name = signature.output
         outputs = [o.name for o in self.session.get_outputs()]
         if self.output_name not in outputs:
-            raise BundleError(f"{path}: a {manifest.kind} bundle needs output {self.output_name!r}; it has {outputs}")
+            raise BundleError(
+                f"{path}: a {manifest.kind} bundle needs output {self.output_name!r}; it has {outputs}"
+            )
         self._on_gpu = self.providers_in_use[0] != "CPUExecutionProvider"
         # CPU only: on GPU the activations live in the CUDA arena (shrinking it would cost cudaMallocs).
         self._plain = ort.RunOptions()
         self._release = ort.RunOptions()
         self._release.add_run_config_entry(*ARENA_SHRINK)
         self._trim = _malloc_trim()
-        self._tiny = {name: np.full((1, 1), name != "token_type_ids", dtype=np.int64) for name in self.input_names}
+        self._tiny = {
+            name: np.full((1, 1), name != "token_type_ids", dtype=np.int64) for name in self.input_names
+        }
         self._release_failed = False
         self._release_every_s = 0.0 if self._on_gpu else release_every_s
         self._last_release = time.monotonic()
@@ -100,7 +117,9 @@ class OnnxModel:
             self.session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()[0]
         else:
-            release = bool(self._release_every_s) and time.monotonic() - self._last_release >= self._release_every_s
+            release = (
+                bool(self._release_every_s) and time.monotonic() - self._last_release >= self._release_every_s
+            )
             out = self.session.run([self.output_name], feeds, self._release if release else self._plain)[0]
             self._ran_since_release = True
             if release:
@@ -133,9 +152,12 @@ class OnnxModel:
         m = self.manifest
         width = m.onnx.width(m)
         if out.shape != (rows, width):
-            raise BundleError(f"model output {self.output_name} has shape {out.shape}; bundle.json implies "
-                              f"({rows}, {width}) ({m.onnx.output_width})")
+            raise BundleError(
+                f"model output {self.output_name} has shape {out.shape}; bundle.json implies "
+                f"({rows}, {width}) ({m.onnx.output_width})"
+            )
         if not np.isfinite(out).all():
-            raise BundleError(f"model output {self.output_name} has NaN or infinite values at warm-up; the "
-                              "weights are broken")
-
+            raise BundleError(
+                f"model output {self.output_name} has NaN or infinite values at warm-up; the "
+                "weights are broken"
+            )

@@ -20,8 +20,9 @@ class ProviderChoice:
     warning: str | None = None  # set when the choice differs from the request
 
 
-def choose_provider(requested: Literal["cpu", "cuda", "auto"], available: list[str], *,
-                    strict: bool = False) -> ProviderChoice:
+def choose_provider(
+    requested: Literal["cpu", "cuda", "auto"], available: list[str], *, strict: bool = False
+) -> ProviderChoice:
     """``cpu`` → CPU; ``cuda`` → CUDA if installed, else CPU with a warning (or ProviderError if strict);
     ``auto`` → CUDA when installed, else CPU (no warning: CPU is an expected outcome of auto)."""
     has_cuda = CUDA in available
@@ -31,8 +32,10 @@ def choose_provider(requested: Literal["cpu", "cuda", "auto"], available: list[s
         return ProviderChoice([CUDA, CPU], "cuda")
     if requested == "auto":
         return ProviderChoice([CPU], "cpu")
-    message = (f"RELEVANCE_PROVIDER=cuda but onnxruntime offers only {', '.join(available) or 'no providers'} "
-               "(install onnxruntime-gpu: pip install '.[gpu]')")
+    message = (
+        f"RELEVANCE_PROVIDER=cuda but onnxruntime offers only {', '.join(available) or 'no providers'} "
+        "(install onnxruntime-gpu: pip install '.[gpu]')"
+    )
     if strict:
         raise ProviderError(message)
     return ProviderChoice([CPU], "cpu", warning=message + "; falling back to CPU")

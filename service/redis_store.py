@@ -111,8 +111,14 @@ class ItemStore:
     entry per request, no serialisation); the writer task does the rest in pipelined chunks."""
 
     def __init__(
-        self, guard: RedisGuard, *, ttl_s: int = 86_400, queue_size: int = 10_000, batch_size: int = 256,
-        max_fields: int = 64, max_bytes: int = 16_384,
+        self,
+        guard: RedisGuard,
+        *,
+        ttl_s: int = 86_400,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        max_fields: int = 64,
+        max_bytes: int = 16_384,
     ) -> None:
         self.guard = guard
         self.metrics = guard.metrics
@@ -190,7 +196,9 @@ class ItemStore:
         """The item's JSON, or None (counted) when it is over the per-item bounds."""
         fields = item.model_dump() if isinstance(item, BaseModel) else dict(item)
         attributes = fields.get("attributes")
-        n_fields = len(fields) - 3 + (len(attributes) if isinstance(attributes, Mapping) else 0)  # id, title, attrs
+        n_fields = (
+            len(fields) - 3 + (len(attributes) if isinstance(attributes, Mapping) else 0)
+        )  # id, title, attrs
         raw = orjson.dumps(fields)
         if n_fields > self.max_fields or len(raw) > self.max_bytes:
             self.metrics.item_store_dropped.labels("too_large").inc()

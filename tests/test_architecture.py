@@ -47,7 +47,9 @@ def test_a_package_imports_only_the_packages_below_it(package: str) -> None:
         for imported, line in _imported_packages(path):
             if imported != package and imported not in ALLOWED[package]:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
-    assert not wrong, f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}:\n" + "\n".join(wrong)
+    assert not wrong, (
+        f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}:\n" + "\n".join(wrong)
+    )
 
 
 def test_the_rule_catches_a_wrong_import(tmp_path: Path) -> None:
@@ -59,19 +61,39 @@ def test_the_rule_catches_a_wrong_import(tmp_path: Path) -> None:
 # Everything the service process loads to serve /score and /explain, and the teacher runtime with
 # every backend module. None of it may import torch: the serving image does not install it.
 NO_TORCH_MODULES = (
-    "core.bundle", "core.cot", "core.item", "core.grades", "core.tokenization", "core.score_mapping",
-    "core.text_template", "core.datasets",
-    "teacher", "teacher.specs", "teacher.runtime", "teacher.parser", "teacher.prompt",
-    "teacher.backends.llamacpp", "teacher.backends.openai_http", "teacher.backends.transformers_hf",
-    "service.app", "service.cli", "service.scorer", "service.explain.router", "service.explain.components",
+    "core.bundle",
+    "core.cot",
+    "core.item",
+    "core.grades",
+    "core.tokenization",
+    "core.score_mapping",
+    "core.text_template",
+    "core.datasets",
+    "teacher",
+    "teacher.specs",
+    "teacher.runtime",
+    "teacher.parser",
+    "teacher.prompt",
+    "teacher.backends.llamacpp",
+    "teacher.backends.openai_http",
+    "teacher.backends.transformers_hf",
+    "service.app",
+    "service.cli",
+    "service.scorer",
+    "service.explain.router",
+    "service.explain.components",
 )
 
 
 def test_the_service_and_the_teacher_runtime_import_without_torch() -> None:
-    code = ("import importlib, sys\n"
-            f"for name in {NO_TORCH_MODULES!r}:\n"
-            "    importlib.import_module(name)\n"
-            "    heavy = sorted(m for m in ('torch', 'transformers', 'distill') if m in sys.modules)\n"
-            "    assert not heavy, f'importing {name} imported {heavy}'\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {NO_TORCH_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = sorted(m for m in ('torch', 'transformers', 'distill') if m in sys.modules)\n"
+        "    assert not heavy, f'importing {name} imported {heavy}'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]

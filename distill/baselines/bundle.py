@@ -19,18 +19,22 @@ from distill.data.schema import LabelledPair
 CONCURRENT_REQUESTS = 8  # × max_items (500) + 8 stays below the service's default queue capacity
 
 
-def score_bundle(bundle_dir: str | Path, pairs: list[LabelledPair]
-                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def score_bundle(
+    bundle_dir: str | Path, pairs: list[LabelledPair]
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """(score per pair, grade probabilities over GRADE_LEVELS per pair or None, bundle info)."""
     from core.bundle import read_manifest
     from service.settings import Settings
 
     manifest = read_manifest(bundle_dir)  # BundleError (a ValueError) names the problem
     if manifest.has_grades and list(manifest.grade_levels) != list(GRADE_LEVELS):
-        raise ValueError(f"{bundle_dir}: grade levels {manifest.grade_levels} differ from the project's {GRADE_LEVELS}")
+        raise ValueError(
+            f"{bundle_dir}: grade levels {manifest.grade_levels} differ from the project's {GRADE_LEVELS}"
+        )
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or min(4, os.cpu_count() or 1)
-    settings = Settings(bundle=Path(bundle_dir), ort_intra_op_threads=threads, request_deadline_ms=600_000,
-                        provider="cpu")
+    settings = Settings(
+        bundle=Path(bundle_dir), ort_intra_op_threads=threads, request_deadline_ms=600_000, provider="cpu"
+    )
     scores, probs = asyncio.run(_score_all(settings, pairs))
     return scores, probs if manifest.has_grades else None, manifest.summary()
 
@@ -52,11 +56,13 @@ async def _score_all(settings, pairs: list[LabelledPair]) -> tuple[np.ndarray, n
         by_query.setdefault(p.query, []).append(i)
     untitled = [p.source or p.item.id for p in pairs if not p.item.title.strip()]
     if untitled:
-        raise ValueError(f"{len(untitled)} items have no title (e.g. {untitled[0]}); the service cannot score them")
+        raise ValueError(
+            f"{len(untitled)} items have no title (e.g. {untitled[0]}); the service cannot score them"
+        )
     requests = []
     for query, rows in by_query.items():
         for start in range(0, len(rows), settings.max_items):
-            chunk = rows[start:start + settings.max_items]
+            chunk = rows[start : start + settings.max_items]
             items = [Item(**pairs[i].item.as_mapping()) for i in chunk]
             requests.append((ScoreRequest(query=query, items=items), chunk))
     gate = asyncio.Semaphore(CONCURRENT_REQUESTS)

@@ -49,8 +49,10 @@ def load_bundled(split: Split) -> list[LabelledPair]:
     for source in manifest["sources"]:
         actual = _sha256(BUNDLED_DIR / source["file"])
         if actual != source["sha256"]:
-            raise DataError(f"{BUNDLED_DIR / source['file']}: sha256 {actual} differs from {SPLITS_FILE} "
-                            f"({source['sha256']}); run `relevance data bundle-splits` if the change is intended")
+            raise DataError(
+                f"{BUNDLED_DIR / source['file']}: sha256 {actual} differs from {SPLITS_FILE} "
+                f"({source['sha256']}); run `relevance data bundle-splits` if the change is intended"
+            )
     pairs, _ = _load_sources()
     if split == "all":
         return pairs
@@ -58,7 +60,9 @@ def load_bundled(split: Split) -> list[LabelledPair]:
     known = set(manifest["query_ids"]["train"]) | set(manifest["query_ids"]["dev"])
     unknown = sorted({p.query_id for p in pairs} - known)
     if unknown:
-        raise DataError(f"{SPLITS_FILE}: query ids {unknown[:5]} are in no split; run `relevance data bundle-splits`")
+        raise DataError(
+            f"{SPLITS_FILE}: query ids {unknown[:5]} are in no split; run `relevance data bundle-splits`"
+        )
     return [p for p in pairs if p.query_id in wanted]
 
 

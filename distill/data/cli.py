@@ -41,11 +41,13 @@ def register(app: typer.Typer) -> None:
     @data_app.command("transfer-set")
     def transfer_set(
         output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (generic format)")],
-        input: Annotated[str, typer.Option("--input", "-i", help="labelled pairs: " + SPEC_HELP)]
-            = "bundled:train",
+        input: Annotated[
+            str, typer.Option("--input", "-i", help="labelled pairs: " + SPEC_HELP)
+        ] = "bundled:train",
         per_query: Annotated[int, typer.Option(min=1, help="unjudged items per query, best BM25 first")] = 4,
-        include_labelled: Annotated[bool, typer.Option(
-            help="write the labelled input pairs too, so one file trains a student")] = True,
+        include_labelled: Annotated[
+            bool, typer.Option(help="write the labelled input pairs too, so one file trains a student")
+        ] = True,
     ) -> None:
         """Unlabelled pairs for distillation: each query with the top-BM25 catalogue items it has no
         judgement for (label empty), for a teacher to label and a student to learn from."""
@@ -55,8 +57,10 @@ def register(app: typer.Typer) -> None:
         labelled = load_input_pairs(input, None)
         extra = transfer_pairs(labelled, per_query)
         write_generic_jsonl(output, (list(labelled) if include_labelled else []) + extra)
-        typer.echo(f"wrote {output}: {len(extra)} unlabelled pairs for {len({p.query_id for p in extra})} queries"
-                   + (f" + {len(labelled)} labelled" if include_labelled else ""))
+        typer.echo(
+            f"wrote {output}: {len(extra)} unlabelled pairs for {len({p.query_id for p in extra})} queries"
+            + (f" + {len(labelled)} labelled" if include_labelled else "")
+        )
 
     @data_app.command("bundle-splits")
     def bundle_splits() -> None:

@@ -43,8 +43,13 @@ def load_dataset(spec: str, fmt: str | None = None, *, default_split: Split = "a
 
         every = load_bundled("all")
         other = {"dev": "train", "train": "dev"}.get(parsed.split)
-        return Dataset(spec, load_bundled(parsed.split), every, load_bundled(other) if other else None,  # type: ignore[arg-type]
-                       f"bundled ESCI US data, {parsed.split} split (distill/data/bundled/splits.json)")
+        return Dataset(
+            spec,
+            load_bundled(parsed.split),
+            every,
+            load_bundled(other) if other else None,  # type: ignore[arg-type]
+            f"bundled ESCI US data, {parsed.split} split (distill/data/bundled/splits.json)",
+        )
     from distill.data.loaders import load_pairs
 
     try:
@@ -53,8 +58,10 @@ def load_dataset(spec: str, fmt: str | None = None, *, default_split: Split = "a
         raise DataError(str(exc)) from None
     result = load_pairs(path, fmt)
     report = result.report
-    desc = (f"{parsed.name or path} ({report.format}; {report.rows_read} rows, {report.pairs} pairs, "
-            f"{report.skipped_total} skipped: {report.skipped or 'none'})")
+    desc = (
+        f"{parsed.name or path} ({report.format}; {report.rows_read} rows, {report.pairs} pairs, "
+        f"{report.skipped_total} skipped: {report.skipped or 'none'})"
+    )
     every = result.pairs
     if parsed.split == "all":
         pairs, other, desc = every, None, desc + ", all pairs"

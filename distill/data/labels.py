@@ -43,7 +43,9 @@ class LabelError(ValueError):
 def esci_grade(value: str) -> str:
     key = value.strip().upper()
     if key not in ESCI_LABELS:
-        raise LabelError(f"esci_label {value!r} is not one of E, S, C, I (or Exact, Substitute, Complement, Irrelevant)")
+        raise LabelError(
+            f"esci_label {value!r} is not one of E, S, C, I (or Exact, Substitute, Complement, Irrelevant)"
+        )
     return ESCI_LABELS[key]
 
 

@@ -48,8 +48,10 @@ def detect_format(path: Path) -> str:
             return "wands"
         if esci.EXAMPLES_FILE in names:
             return "esci"
-        raise DataError(f"{path}: a folder must hold the WANDS files ({', '.join(wands.FILES)}) "
-                        f"or the ESCI parquet files ({esci.EXAMPLES_FILE}, {esci.PRODUCTS_FILE})")
+        raise DataError(
+            f"{path}: a folder must hold the WANDS files ({', '.join(wands.FILES)}) "
+            f"or the ESCI parquet files ({esci.EXAMPLES_FILE}, {esci.PRODUCTS_FILE})"
+        )
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return "esci"
@@ -68,5 +70,7 @@ def detect_format(path: Path) -> str:
         return "esci-tsv" if delimiter == "\t" else "esci-csv"
     if {"query", "item_id"} <= header:
         return "csv"
-    raise DataError(f"{path}: cannot tell the format from its header ({header_line[:120]!r}); "
-                    f"pass one of {', '.join(FORMATS)}")
+    raise DataError(
+        f"{path}: cannot tell the format from its header ({header_line[:120]!r}); "
+        f"pass one of {', '.join(FORMATS)}"
+    )

@@ -69,8 +69,9 @@ class PairCollector:
     def row(self) -> None:
         self._report.rows_read += 1
 
-    def table_rows(self, rows: Iterable[tuple[int, dict[str, str]]], path: str | Path
-                   ) -> Iterator[tuple[str, dict[str, str]]]:
+    def table_rows(
+        self, rows: Iterable[tuple[int, dict[str, str]]], path: str | Path
+    ) -> Iterator[tuple[str, dict[str, str]]]:
         """Counts each ``read_table`` row and yields ("file:line", row) for the well-formed ones;
         a row whose cell count differs from the header's is skipped as "malformed row"."""
         for line, row in rows:
@@ -111,14 +112,15 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{p}:{line}: not valid {encoding} (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
+            f"{p}:{line}: not valid {encoding} (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
             f"re-encode the file as {encoding}"
         ) from None
     return text.removeprefix("\ufeff")
 
 
-def read_table(path: str | Path, *, required: Iterable[str], delimiter: str = ",",
-               encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, str]]]:
+def read_table(
+    path: str | Path, *, required: Iterable[str], delimiter: str = ",", encoding: str = "utf-8"
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, row) from a CSV/TSV with a header; missing columns raise DataError.
 
     The line number is the row's first physical line, so quoted multi-line cells keep

@@ -11,8 +11,9 @@ from distill.data.schema import LabelledPair
 SplitName = Literal["train", "dev"]
 
 
-def split_by_query(pairs: Iterable[LabelledPair], *, dev_fraction: float = DEV_FRACTION,
-                   seed: int = SPLIT_SEED) -> dict[SplitName, list[LabelledPair]]:
+def split_by_query(
+    pairs: Iterable[LabelledPair], *, dev_fraction: float = DEV_FRACTION, seed: int = SPLIT_SEED
+) -> dict[SplitName, list[LabelledPair]]:
     """Split any loaded set (Home Depot, CrowdFlower, ...) by query id; order within a split is kept."""
     if not 0.0 < dev_fraction < 1.0:
         raise ValueError(f"dev_fraction must be in (0, 1), not {dev_fraction}")
@@ -22,7 +23,9 @@ def split_by_query(pairs: Iterable[LabelledPair], *, dev_fraction: float = DEV_F
     return out
 
 
-def sample_queries(pairs: list[LabelledPair], max_queries: int, *, seed: int = SPLIT_SEED) -> list[LabelledPair]:
+def sample_queries(
+    pairs: list[LabelledPair], max_queries: int, *, seed: int = SPLIT_SEED
+) -> list[LabelledPair]:
     """All pairs of at most ``max_queries`` queries, chosen by hash (deterministic, order-free)."""
     queries = {p.query_id for p in pairs}
     if len(queries) <= max_queries:

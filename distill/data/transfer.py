@@ -29,8 +29,11 @@ def transfer_pairs(pairs: Sequence[LabelledPair], per_query: int) -> list[Labell
     queries = {p.query_id: p.query for p in pairs}
     out: list[LabelledPair] = []
     for query_id, query in queries.items():
-        candidates = [LabelledPair(query_id=query_id, query=query, item=item, source="transfer:bm25")
-                      for item_id, item in items.items() if (query_id, item_id) not in judged]
+        candidates = [
+            LabelledPair(query_id=query_id, query=query, item=item, source="transfer:bm25")
+            for item_id, item in items.items()
+            if (query_id, item_id) not in judged
+        ]
         if not candidates:
             continue
         scores = scorer.score(candidates)
@@ -47,6 +50,12 @@ def write_generic_jsonl(path: Path, pairs: Sequence[LabelledPair]) -> None:
     with path.open("wb") as f:
         for pair in pairs:
             item = pair.item.as_mapping()
-            record = {"query": pair.query, "query_id": pair.query_id, "item_id": item.pop("id"),
-                      "title": item.pop("title"), "label": pair.label or "", **item}
+            record = {
+                "query": pair.query,
+                "query_id": pair.query_id,
+                "item_id": item.pop("id"),
+                "title": item.pop("title"),
+                "label": pair.label or "",
+                **item,
+            }
             f.write(orjson.dumps(record) + b"\n")

@@ -61,7 +61,9 @@ class EvalSet:
     def __init__(self, pairs: list[LabelledPair]) -> None:
         unlabelled = [p.source or p.query_id for p in pairs if p.label is None]
         if unlabelled:
-            raise ValueError(f"{len(unlabelled)} pairs have no label (e.g. {unlabelled[0]}); evaluation needs labels")
+            raise ValueError(
+                f"{len(unlabelled)} pairs have no label (e.g. {unlabelled[0]}); evaluation needs labels"
+            )
         if not pairs:
             raise ValueError("no pairs to evaluate")
         self.pairs = pairs
@@ -85,8 +87,12 @@ class EvalSet:
 def predictions(out: SystemOutput, calibration: tuple[EvalSet, SystemOutput] | None) -> Predictions:
     if out.grade_probs is not None:
         probs = out.grade_probs
-        return Predictions(out.scores, probs[:, _PARTIAL] + probs[:, _EXACT], probs.argmax(axis=1),
-                           "grade probabilities of the system")
+        return Predictions(
+            out.scores,
+            probs[:, _PARTIAL] + probs[:, _EXACT],
+            probs.argmax(axis=1),
+            "grade probabilities of the system",
+        )
     if calibration is None:
         return Predictions(out.scores, None, None, "scores only, no calibration set: F1 and ECE not reported")
     cal_set, cal_out = calibration
@@ -96,9 +102,12 @@ def predictions(out: SystemOutput, calibration: tuple[EvalSet, SystemOutput] | N
     t_low, t_high = _fit_thresholds(x, labels)
     p_rel = platt(out.scores)
     grades = np.where(out.scores >= t_high, _EXACT, np.where(out.scores >= t_low, _PARTIAL, 0))
-    return Predictions(out.scores, p_rel, grades,
-                       f"scores mapped on {len(x)} calibration pairs (Platt; grade thresholds "
-                       f"{t_low:.4g} / {t_high:.4g})")
+    return Predictions(
+        out.scores,
+        p_rel,
+        grades,
+        f"scores mapped on {len(x)} calibration pairs (Platt; grade thresholds {t_low:.4g} / {t_high:.4g})",
+    )
 
 
 def _fit_platt(x: np.ndarray, y: np.ndarray):
@@ -132,10 +141,12 @@ class _Scored:
         self.es, self.pred = es, pred
         self.ndcg10 = np.array([M.ndcg(es.gains[ix], pred.scores[ix], 10) for ix in es.query_index])
         self.ndcg_all = np.array([M.ndcg(es.gains[ix], pred.scores[ix], None) for ix in es.query_index])
-        self.ap = np.array([
-            M.average_precision(es.relevant[ix], pred.scores[ix]) if es.ap_mask[q] else np.nan
-            for q, ix in enumerate(es.query_index)
-        ])
+        self.ap = np.array(
+            [
+                M.average_precision(es.relevant[ix], pred.scores[ix]) if es.ap_mask[q] else np.nan
+                for q, ix in enumerate(es.query_index)
+            ]
+        )
 
     def metrics(self, draw: np.ndarray) -> np.ndarray:
         es, pred = self.es, self.pred
@@ -150,7 +161,8 @@ class _Scored:
             M.binary_auc(es.relevant[pairs], pred.scores[pairs]),
             M.macro_f1(es.labels[pairs], pred.grades[pairs]) if pred.grades is not None else np.nan,
             M.expected_calibration_error(es.relevant[pairs], pred.p_relevant[pairs])
-            if pred.p_relevant is not None else np.nan,
+            if pred.p_relevant is not None
+            else np.nan,
         ]
         return np.array(values, dtype=float)
 
@@ -170,8 +182,14 @@ def _per_query(queries: list[str], values: np.ndarray, mask: np.ndarray) -> dict
     return {q: _num(v) for q, v, keep in zip(queries, values, mask, strict=True) if keep}
 
 
-def evaluate(es: EvalSet, preds: dict[str, Predictions], *, resamples: int = BOOTSTRAP_RESAMPLES,
-             seed: int = BOOTSTRAP_SEED, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    es: EvalSet,
+    preds: dict[str, Predictions],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Metrics of each system with 95% CIs, and paired differences of every later system vs the first."""
     n_q = len(es.queries)
     rng = np.random.default_rng(seed)
@@ -202,8 +220,10 @@ def evaluate(es: EvalSet, preds: dict[str, Predictions], *, resamples: int = BOO
     for name, s in scored.items():
         result["systems"][name] = {
             "predictions": s.pred.method,
-            "metrics": {m: {"value": _num(point[name][j]), "ci95": _ci(boot[name][:, j])}
-                        for j, m in enumerate(METRICS)},
+            "metrics": {
+                m: {"value": _num(point[name][j]), "ci95": _ci(boot[name][:, j])}
+                for j, m in enumerate(METRICS)
+            },
             "per_query": {
                 "ndcg@10": _per_query(es.queries, s.ndcg10, es.ndcg_mask),
                 "ndcg@all": _per_query(es.queries, s.ndcg_all, es.ndcg_mask),
@@ -214,9 +234,14 @@ def evaluate(es: EvalSet, preds: dict[str, Predictions], *, resamples: int = BOO
     for other in names[1:]:
         a, b = other, names[0]
         diff = boot[a] - boot[b]
-        result["comparisons"].append({
-            "a": a, "b": b,
-            "metrics": {m: {"diff": _num(point[a][j] - point[b][j]), "ci95": _ci(diff[:, j])}
-                        for j, m in enumerate(METRICS)},
-        })
+        result["comparisons"].append(
+            {
+                "a": a,
+                "b": b,
+                "metrics": {
+                    m: {"diff": _num(point[a][j] - point[b][j]), "ci95": _ci(diff[:, j])}
+                    for j, m in enumerate(METRICS)
+                },
+            }
+        )
     return result

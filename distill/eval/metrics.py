@@ -69,17 +69,21 @@ def _groups(query_ids: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
-def per_query_ndcg(query_ids: Sequence[str], gains: Sequence[float], scores: Sequence[float],
-                   k: int | None = 10) -> dict[str, float]:
+def per_query_ndcg(
+    query_ids: Sequence[str], gains: Sequence[float], scores: Sequence[float], k: int | None = 10
+) -> dict[str, float]:
     g = np.asarray(gains, dtype=float)
     s = np.asarray(scores, dtype=float)
     if not len(query_ids) == len(g) == len(s):
-        raise ValueError(f"query_ids ({len(query_ids)}), gains ({len(g)}) and scores ({len(s)}) differ in length")
+        raise ValueError(
+            f"query_ids ({len(query_ids)}), gains ({len(g)}) and scores ({len(s)}) differ in length"
+        )
     return {q: ndcg(g[idx], s[idx], k) for q, idx in _groups(query_ids).items()}
 
 
-def mean_ndcg(query_ids: Sequence[str], gains: Sequence[float], scores: Sequence[float],
-              k: int | None = 10) -> float:
+def mean_ndcg(
+    query_ids: Sequence[str], gains: Sequence[float], scores: Sequence[float], k: int | None = 10
+) -> float:
     """Mean NDCG@k over queries where it is defined (NaN if none is)."""
     values = [v for v in per_query_ndcg(query_ids, gains, scores, k).values() if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
@@ -137,8 +141,9 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = len(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def calibration_bins(y_true: Sequence[int], prob: Sequence[float], n_bins: int = ECE_BINS
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibration_bins(
+    y_true: Sequence[int], prob: Sequence[float], n_bins: int = ECE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin: (count, mean predicted probability, observed positive rate)."""
     y = np.asarray(y_true, dtype=float)
     p = np.clip(np.asarray(prob, dtype=float), 0.0, 1.0)

@@ -12,8 +12,13 @@ from distill.eval.evaluate import METRICS, Predictions
 from distill.eval.metrics import calibration_bins
 
 METRIC_TITLES = {
-    "ndcg@10": "NDCG@10", "ndcg@all": "NDCG@all", "map": "MAP", "auc_exact": "AUC E-vs-rest",
-    "auc_relevant": "AUC EP-vs-I", "macro_f1": "macro-F1", "ece": "ECE ↓",
+    "ndcg@10": "NDCG@10",
+    "ndcg@all": "NDCG@all",
+    "map": "MAP",
+    "auc_exact": "AUC E-vs-rest",
+    "auc_relevant": "AUC EP-vs-I",
+    "macro_f1": "macro-F1",
+    "ece": "ECE ↓",
 }
 
 
@@ -37,7 +42,10 @@ def metrics_table(section: dict[str, Any]) -> str:
 def comparison_table(section: dict[str, Any]) -> str:
     if not section["comparisons"]:
         return ""
-    lines = ["| a − b | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |", "|" + "---|" * (len(METRICS) + 1)]
+    lines = [
+        "| a − b | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 1),
+    ]
     for comp in section["comparisons"]:
         cells = []
         for m in METRICS:
@@ -62,8 +70,10 @@ def seeds_table(sections: list[dict[str, Any]]) -> str:
     counts = {len(s["comparisons"]) for s in sections}
     if len(counts) != 1:
         raise ValueError(f"the reports compare different numbers of systems: {sorted(counts)}")
-    lines = [f"| a − b (n = {len(sections)}) | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
-             "|" + "---|" * (len(METRICS) + 1)]
+    lines = [
+        f"| a − b (n = {len(sections)}) | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 1),
+    ]
     for i in range(counts.pop()):
         comps = [s["comparisons"][i] for s in sections]
         cells = []
@@ -96,12 +106,18 @@ def _section_md(title: str, section: dict[str, Any]) -> list[str]:
     ]
     comp = comparison_table(section)
     if comp:
-        out += ["Paired differences (same resamples; a CI excluding 0 is a significant difference):", "", comp, ""]
+        out += [
+            "Paired differences (same resamples; a CI excluding 0 is a significant difference):",
+            "",
+            comp,
+            "",
+        ]
     return out
 
 
-def write_report(out_dir: str | Path, result: dict[str, Any], preds: dict[str, Predictions],
-                 labels: np.ndarray) -> list[Path]:
+def write_report(
+    out_dir: str | Path, result: dict[str, Any], preds: dict[str, Predictions], labels: np.ndarray
+) -> list[Path]:
     """``result``: {"data": ..., "command": ..., "sections": {title: evaluate() output}}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +144,9 @@ def write_report(out_dir: str | Path, result: dict[str, Any], preds: dict[str, P
     return written + plots
 
 
-def _plots(out: Path, result: dict[str, Any], preds: dict[str, Predictions], labels: np.ndarray) -> list[Path]:
+def _plots(
+    out: Path, result: dict[str, Any], preds: dict[str, Predictions], labels: np.ndarray
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +159,7 @@ def _plots(out: Path, result: dict[str, Any], preds: dict[str, Predictions], lab
         a, b = names[0], names[1]
         qa = section["systems"][a]["per_query"]["ndcg@10"]
         qb = section["systems"][b]["per_query"]["ndcg@10"]
-        queries = sorted(qa, key=lambda q: (qa[q] if qa[q] is not None else -1))
+        queries = sorted(qa, key=lambda q: qa[q] if qa[q] is not None else -1)
         fig, ax = plt.subplots(figsize=(max(6, min(16, 0.12 * len(queries))), 4))
         x = np.arange(len(queries))
         ax.plot(x, [qa[q] for q in queries], "o", ms=4, label=a)

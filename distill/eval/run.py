@@ -43,8 +43,9 @@ class _Data:
     description: str
 
 
-def _load(data: str, fmt: str | None, split: Split | None, max_queries: int | None,
-          log: Callable[[str], None]) -> _Data:
+def _load(
+    data: str, fmt: str | None, split: Split | None, max_queries: int | None, log: Callable[[str], None]
+) -> _Data:
     """The pairs of a dataset spec to evaluate, all labelled; DataError naming the problem otherwise."""
     from distill.data.datasets import load_dataset
 
@@ -62,15 +63,28 @@ def _load(data: str, fmt: str | None, split: Split | None, max_queries: int | No
         raise DataError(f"{data}: no pairs in the selected split")
     unlabelled = [p for p in pairs + (calibration or []) if p.label is None]
     if unlabelled:
-        raise DataError(f"{len(unlabelled)} pairs have no label (e.g. {unlabelled[0].source}); "
-                        "evaluation needs labelled pairs")
+        raise DataError(
+            f"{len(unlabelled)} pairs have no label (e.g. {unlabelled[0].source}); "
+            "evaluation needs labelled pairs"
+        )
     return _Data(pairs, dataset.catalogue, calibration, description)
 
 
-def run_evaluation(data: str, systems: Sequence[str], *, fmt: str | None = None, split: Split | None = None,
-                   slices: Sequence[Slice] = (), calibrate: bool = True, max_queries: int | None = None,
-                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, command: str = "",
-                   log: Callable[[str], None] = lambda _: None, progress: bool = False) -> Evaluation:
+def run_evaluation(
+    data: str,
+    systems: Sequence[str],
+    *,
+    fmt: str | None = None,
+    split: Split | None = None,
+    slices: Sequence[Slice] = (),
+    calibrate: bool = True,
+    max_queries: int | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    command: str = "",
+    log: Callable[[str], None] = lambda _: None,
+    progress: bool = False,
+) -> Evaluation:
     """Evaluate each of ``systems`` (distinct specs, distill/eval/systems.py; the first is the reference
     of the paired comparisons) on ``data`` (a dataset spec, core/datasets.py). Systems are compared on
     the pairs every one of them scored. Raises DataError or ValueError naming the unusable data or system."""
@@ -111,7 +125,9 @@ def run_evaluation(data: str, systems: Sequence[str], *, fmt: str | None = None,
         mask = np.array([p.query_id in in_slice for p in es.pairs])
         if mask.any():
             sub_preds = {n: _restrict(p, mask) for n, p in preds.items()}
-            sections[title] = evaluate(es.subset(mask), sub_preds, resamples=resamples, seed=seed, progress=progress)
+            sections[title] = evaluate(
+                es.subset(mask), sub_preds, resamples=resamples, seed=seed, progress=progress
+            )
         else:
             log(f"{name} slice: no evaluated query is in it")
     for o in outputs:
@@ -119,14 +135,21 @@ def run_evaluation(data: str, systems: Sequence[str], *, fmt: str | None = None,
             section["systems"][o.name]["info"] = o.info
     result = {
         "command": command,
-        "data": {"name": data if ":" in data else "/".join(Path(data).parts[-2:]) + (f":{split}" if split else ""),
-                 "description": loaded.description,
-                 "pairs_dropped_unscored": int((~scored).sum()), "unscored_per_system": unscored},
+        "data": {
+            "name": data if ":" in data else "/".join(Path(data).parts[-2:]) + (f":{split}" if split else ""),
+            "description": loaded.description,
+            "pairs_dropped_unscored": int((~scored).sum()),
+            "unscored_per_system": unscored,
+        },
         "sections": sections,
     }
     return Evaluation(result, preds, es.labels)
 
 
 def _restrict(pred: Predictions, mask: np.ndarray) -> Predictions:
-    return Predictions(pred.scores[mask], None if pred.p_relevant is None else pred.p_relevant[mask],
-                       None if pred.grades is None else pred.grades[mask], pred.method)
+    return Predictions(
+        pred.scores[mask],
+        None if pred.p_relevant is None else pred.p_relevant[mask],
+        None if pred.grades is None else pred.grades[mask],
+        pred.method,
+    )

@@ -34,7 +34,9 @@ def words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-def query_rarity(catalogue: Iterable[LabelledPair], template: TextTemplate = DEFAULT_TEMPLATE) -> dict[str, float]:
+def query_rarity(
+    catalogue: Iterable[LabelledPair], template: TextTemplate = DEFAULT_TEMPLATE
+) -> dict[str, float]:
     """Mean IDF of each query of ``catalogue`` (query_id → value) over the catalogue's distinct items."""
     items: dict[str, str] = {}
     queries: dict[str, str] = {}

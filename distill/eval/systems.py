@@ -68,6 +68,10 @@ def annotations_output(path: str, pairs: list[LabelledPair]) -> SystemOutput:
             continue
         probs[i] = dist
         scores[i] = float(dist @ values)
-    info = {"spec": f"annotations:{path}", "records": len(records), "pairs_without_record": missing,
-            "records_without_grade": no_grade}
+    info = {
+        "spec": f"annotations:{path}",
+        "records": len(records),
+        "pairs_without_record": missing,
+        "records_without_grade": no_grade,
+    }
     return SystemOutput(f"annotations:{Path(path).stem}", scores, probs, info=info)

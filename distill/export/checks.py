@@ -39,12 +39,14 @@ def check_fp32(torch_scores: np.ndarray, onnx_scores: np.ndarray) -> dict[str, f
     if not np.isfinite(diff) or diff > FP32_MAX_ABS_DIFF:
         raise ExportCheckError(
             f"fp32 export refused: max |ONNX − PyTorch| score difference on dev is {diff:.3g}, "
-            f"above the limit {FP32_MAX_ABS_DIFF:g} by {diff - FP32_MAX_ABS_DIFF:.3g}")
+            f"above the limit {FP32_MAX_ABS_DIFF:g} by {diff - FP32_MAX_ABS_DIFF:.3g}"
+        )
     return {"fp32_max_abs_diff_vs_pytorch": diff}
 
 
-def check_reduced(precision: str, fp32_scores: np.ndarray, scores: np.ndarray, fp32_ndcg: float,
-                  ndcg: float) -> dict[str, float]:
+def check_reduced(
+    precision: str, fp32_scores: np.ndarray, scores: np.ndarray, fp32_ndcg: float, ndcg: float
+) -> dict[str, float]:
     """int8 / fp16 against fp32: rank agreement and NDCG@10 drop; raises with every failed check."""
     from scipy.stats import spearmanr
 
@@ -54,9 +56,14 @@ def check_reduced(precision: str, fp32_scores: np.ndarray, scores: np.ndarray, f
     if not rho >= MIN_SPEARMAN:  # also catches NaN (constant scores)
         problems.append(f"Spearman vs fp32 is {rho:.4f}, below {MIN_SPEARMAN} by {MIN_SPEARMAN - rho:.4f}")
     if drop > MAX_NDCG_DROP:
-        problems.append(f"dev NDCG@10 drops by {drop:.4f} ({fp32_ndcg:.4f} → {ndcg:.4f}), "
-                        f"above the limit {MAX_NDCG_DROP} by {drop - MAX_NDCG_DROP:.4f}")
+        problems.append(
+            f"dev NDCG@10 drops by {drop:.4f} ({fp32_ndcg:.4f} → {ndcg:.4f}), "
+            f"above the limit {MAX_NDCG_DROP} by {drop - MAX_NDCG_DROP:.4f}"
+        )
     if problems:
         raise ExportCheckError(f"{precision} export refused: " + "; ".join(problems))
-    return {f"{precision}_spearman_vs_fp32": rho, f"{precision}_ndcg@10_drop_vs_fp32": drop,
-            f"{precision}_max_abs_diff_vs_fp32": float(np.max(np.abs(fp32_scores - scores)))}
+    return {
+        f"{precision}_spearman_vs_fp32": rho,
+        f"{precision}_ndcg@10_drop_vs_fp32": drop,
+        f"{precision}_max_abs_diff_vs_fp32": float(np.max(np.abs(fp32_scores - scores))),
+    }

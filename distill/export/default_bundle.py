@@ -88,8 +88,10 @@ def build_default_bundle(out: str | Path) -> BundleManifest:
         export_bert_onnx(module, staging / MODEL_FILE, "bi")
         diff = embedding_parity(module, staging, manifest)
         if diff > MAX_ABS_DIFF:
-            raise ParityError(f"ONNX embeddings differ from PyTorch by {diff:.2e} (limit {MAX_ABS_DIFF:g}); "
-                              "bundle not written")
+            raise ParityError(
+                f"ONNX embeddings differ from PyTorch by {diff:.2e} (limit {MAX_ABS_DIFF:g}); "
+                "bundle not written"
+            )
         manifest.metrics["export_checks"] = {"fp32_max_abs_diff_vs_pytorch": diff}
         write_manifest(staging, manifest)
         read_manifest(staging)
@@ -118,17 +120,21 @@ def embedding_parity(module, bundle_dir: Path, manifest: BundleManifest, batch_s
     from core.tokenization import BundleTokenizer, pad_batch
     from service.onnx_model import OnnxModel
 
-    tokenizer = BundleTokenizer(bundle_dir / TOKENIZER_FILE, max_pair_tokens=manifest.max_pair_tokens,
-                                max_query_tokens=manifest.max_query_tokens, max_item_tokens=manifest.max_item_tokens)
+    tokenizer = BundleTokenizer(
+        bundle_dir / TOKENIZER_FILE,
+        max_pair_tokens=manifest.max_pair_tokens,
+        max_query_tokens=manifest.max_query_tokens,
+        max_item_tokens=manifest.max_item_tokens,
+    )
     model = OnnxModel(bundle_dir, manifest, provider="cpu", intra_op_threads=torch.get_num_threads())
     queries, items = parity_texts(manifest)
     encoded = tokenizer.encode_queries(queries) + tokenizer.encode_items(items)
     worst = 0.0
     for start in range(0, len(encoded), batch_size):
-        arrays = pad_batch(encoded[start:start + batch_size], tokenizer.pad_id)
+        arrays = pad_batch(encoded[start : start + batch_size], tokenizer.pad_id)
         with torch.no_grad():
-            expected = module(*(torch.from_numpy(arrays[k]) for k in ("input_ids", "attention_mask",
-                                                                      "token_type_ids"))).numpy()
+            expected = module(
+                *(torch.from_numpy(arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+            ).numpy()
         worst = max(worst, float(abs(model.run(arrays) - expected).max()))
     return worst
-

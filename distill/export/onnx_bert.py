@@ -34,7 +34,15 @@ def export_bert_onnx(module, out_path: str | Path, kind: str, *, opset: int = OP
     axes[output_name] = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(module, (ids, mask, types), str(out_path), input_names=list(signature.inputs),
-                          output_names=[output_name], dynamic_axes=axes, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            (ids, mask, types),
+            str(out_path),
+            input_names=list(signature.inputs),
+            output_names=[output_name],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return out_path

@@ -33,11 +33,18 @@ def _provenance(model, config, precision: str, created_by: str) -> Provenance:
 
     return Provenance(
         base_model=f"{BACKBONE_NAME} (first {model.bert.config.num_hidden_layers} layers)",
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), created_by=created_by,
-        train_data=config.train_data, teacher=", ".join(f"{path} ({use})" for path, use in config.teacher_files()),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        created_by=created_by,
+        train_data=config.train_data,
+        teacher=", ".join(f"{path} ({use})" for path, use in config.teacher_files()),
         precision=precision,
-        run=config.name, losses=config.weights.model_dump(), temperature=config.temperature,
-        layers=config.layers, epochs=config.epochs, seed=config.seed)
+        run=config.name,
+        losses=config.weights.model_dump(),
+        temperature=config.temperature,
+        layers=config.layers,
+        epochs=config.epochs,
+        seed=config.seed,
+    )
 
 
 def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
@@ -52,9 +59,16 @@ def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
         onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(out_path))
 
 
-def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence[LabelledPair], *,
-                   precision: Precision = Precision.int8, name: str | None = None, version: str | None = None,
-                   created_by: str = "relevance student export") -> BundleManifest:
+def export_student(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    dev_pairs: Sequence[LabelledPair],
+    *,
+    precision: Precision = Precision.int8,
+    name: str | None = None,
+    version: str | None = None,
+    created_by: str = "relevance student export",
+) -> BundleManifest:
     """Export, check and write the bundle; raises ExportCheckError (nothing written) when a check fails."""
     import torch
 
@@ -70,9 +84,13 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, config = run_folder.load_run(run_dir)
     kind = config.student_kind
-    manifest = student_manifest(model, config, name=name,
-                                version=version or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"),
-                                provenance=_provenance(model, config, precision, created_by))
+    manifest = student_manifest(
+        model,
+        config,
+        name=name,
+        version=version or dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"),
+        provenance=_provenance(model, config, precision, created_by),
+    )
 
     run_tokenizer = run_dir / run_folder.TOKENIZER_FILE
     tokenizer = make_tokenizer(config, run_tokenizer)
@@ -104,8 +122,11 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dev_pairs: Sequence
         manifest.metrics = {
             "dev": {"data": config.dev_data, **dev},
             "export_checks": checks,
-            "train": {"best_epoch": run_metrics.get("best_epoch"), "seconds": run_metrics.get("seconds"),
-                      "teacher": run_metrics.get("teacher")},
+            "train": {
+                "best_epoch": run_metrics.get("best_epoch"),
+                "seconds": run_metrics.get("seconds"),
+                "teacher": run_metrics.get("teacher"),
+            },
         }
         write_manifest(bundle_dir, manifest)
         # Replace the target only now that every check passed.

@@ -17,6 +17,8 @@ from distill.losses.evidence_kl import evidence_kl
 
 
 class AttentionKDLoss(nn.Module):
-    def forward(self, cls_attention: torch.Tensor, evidence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, cls_attention: torch.Tensor, evidence: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """cls_attention [B, S] (head-averaged, rows sum to 1); evidence [B, S]; mask [B] bool."""
         return evidence_kl(evidence, cls_attention, mask)

@@ -21,6 +21,7 @@ def evidence_kl(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) ->
         return pred.sum() * 0.0
     e = target[mask]
     a = pred[mask]
-    terms = torch.where(e > 0, e * (torch.log(e.clamp_min(_EPS)) - torch.log(a.clamp_min(_EPS))),
-                        torch.zeros_like(e))
+    terms = torch.where(
+        e > 0, e * (torch.log(e.clamp_min(_EPS)) - torch.log(a.clamp_min(_EPS))), torch.zeros_like(e)
+    )
     return terms.sum(dim=-1).mean()

@@ -49,6 +49,8 @@ def load_bert(num_layers: int | None, *, config: dict[str, Any] | None = None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return BertModel.from_pretrained(path, config=cfg, add_pooling_layer=False, attn_implementation="eager")
+        return BertModel.from_pretrained(
+            path, config=cfg, add_pooling_layer=False, attn_implementation="eager"
+        )
     finally:
         hf_logging.set_verbosity(verbosity)

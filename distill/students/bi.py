@@ -37,8 +37,9 @@ class BiOutput:
 
 
 class BiStudent(nn.Module):
-    def __init__(self, num_levels: int, num_layers: int | None = None, *,
-                 bert_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, num_levels: int, num_layers: int | None = None, *, bert_config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.bert = load_bert(num_layers, config=bert_config)
         hidden = self.bert.config.hidden_size
@@ -52,17 +53,23 @@ class BiStudent(nn.Module):
         self.verdict_head = nn.Linear(4 * hidden, len(DIMENSIONS) * len(VERDICTS))
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.pool_score.parameters(), self.grade_weight, self.grade_bias,
-                *self.verdict_head.parameters()]
+        return [
+            *self.pool_score.parameters(),
+            self.grade_weight,
+            self.grade_bias,
+            *self.verdict_head.parameters(),
+        ]
 
     @property
     def embedding_dim(self) -> int:
         return self.bert.config.hidden_size
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               token_type_ids: torch.Tensor) -> TowerOutput:
-        states = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).last_hidden_state
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> TowerOutput:
+        states = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         scores = self.pool_score(states).squeeze(-1)
         scores = scores.masked_fill(attention_mask == 0, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1)
@@ -76,10 +83,13 @@ class BiStudent(nn.Module):
         q = self.encode(**query)
         d = self.encode(**item)
         cos = (q.embedding * d.embedding).sum(dim=-1)
-        features = torch.cat([q.embedding, d.embedding, (q.embedding - d.embedding).abs(),
-                              q.embedding * d.embedding], dim=-1)
+        features = torch.cat(
+            [q.embedding, d.embedding, (q.embedding - d.embedding).abs(), q.embedding * d.embedding], dim=-1
+        )
         verdict_logits = self.verdict_head(features).view(-1, len(DIMENSIONS), len(VERDICTS))
-        return BiOutput(logits=self.grade_logits(cos), cos=cos, query=q, item=d, verdict_logits=verdict_logits)
+        return BiOutput(
+            logits=self.grade_logits(cos), cos=cos, query=q, item=d, verdict_logits=verdict_logits
+        )
 
 
 class BiEmbedding(nn.Module):

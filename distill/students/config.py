@@ -76,7 +76,9 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.weights.verdict > 0 and not self.student_kind.verdict_heads:
             with_heads = ", ".join(name for name, kind in STUDENT_KINDS.items() if kind.verdict_heads)
-            raise ValueError(f"weights.verdict (verdict auxiliary heads) applies to {with_heads} students only")
+            raise ValueError(
+                f"weights.verdict (verdict auxiliary heads) applies to {with_heads} students only"
+            )
         if not any(self.weights.model_dump().values()):
             raise ValueError("all loss weights are 0: nothing to train")
         if self.weights.score_kd and not (self.teacher or self.teacher_scores):
@@ -87,13 +89,20 @@ class TrainConfig(BaseModel):
 
     def teacher_files(self) -> list[tuple[str, str]]:
         """(path, use) of every teacher file, in precedence order: --teacher, --teacher-scores, --teacher-cot."""
-        return ([(p, "all") for p in self.teacher] + [(p, "scores") for p in self.teacher_scores]
-                + [(p, "cot") for p in self.teacher_cot])
+        return (
+            [(p, "all") for p in self.teacher]
+            + [(p, "scores") for p in self.teacher_scores]
+            + [(p, "cot") for p in self.teacher_cot]
+        )
 
 
 def make_tokenizer(config: TrainConfig, tokenizer_file: str | Path):
     """The service's tokenizer with this run's token limits (what the exported bundle will use)."""
     from core.tokenization import BundleTokenizer
 
-    return BundleTokenizer(tokenizer_file, max_pair_tokens=config.max_tokens,
-                           max_query_tokens=config.max_query_tokens, max_item_tokens=config.max_tokens)
+    return BundleTokenizer(
+        tokenizer_file,
+        max_pair_tokens=config.max_tokens,
+        max_query_tokens=config.max_query_tokens,
+        max_item_tokens=config.max_tokens,
+    )

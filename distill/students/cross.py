@@ -22,8 +22,14 @@ class CrossOutput:
 
 
 class CrossStudent(nn.Module):
-    def __init__(self, num_levels: int, num_layers: int | None = None, *,
-                 bert_config: dict[str, Any] | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_levels: int,
+        num_layers: int | None = None,
+        *,
+        bert_config: dict[str, Any] | None = None,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.bert = load_bert(num_layers, config=bert_config)
         self.dropout = nn.Dropout(dropout)
@@ -32,10 +38,19 @@ class CrossStudent(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                with_attention: bool = False) -> CrossOutput:
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        output_attentions=with_attention)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        with_attention: bool = False,
+    ) -> CrossOutput:
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_attentions=with_attention,
+        )
         logits = self.head(self.dropout(out.last_hidden_state[:, 0]))
         cls_attention = out.attentions[-1][:, :, 0, :].mean(dim=1) if with_attention else None
         return CrossOutput(logits=logits, cls_attention=cls_attention)

@@ -86,8 +86,9 @@ class PairTeacher:
     cot: CoTRecord | None = None
 
 
-def merge_teacher(pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource],
-                  report: TeacherReport) -> dict[int, PairTeacher]:
+def merge_teacher(
+    pairs: Sequence[LabelledPair], sources: Sequence[TeacherSource], report: TeacherReport
+) -> dict[int, PairTeacher]:
     """Pair index → its teacher signals: per signal, the first source (in order) that supplies it."""
     by_id = {p.pair_id: i for i, p in enumerate(pairs)}
     by_key = {(p.query, p.item.id): i for i, p in enumerate(pairs)}
@@ -158,17 +159,28 @@ class Example:
     item_evidence: np.ndarray | None = None
 
 
-def build_examples(kind: StudentKind, pairs: Sequence[LabelledPair], tokenizer: BundleTokenizer,
-                   template: TextTemplate, teacher: dict[int, PairTeacher] | None = None,
-                   report: TeacherReport | None = None, cot_agree_only: bool = True) -> list[Example]:
+def build_examples(
+    kind: StudentKind,
+    pairs: Sequence[LabelledPair],
+    tokenizer: BundleTokenizer,
+    template: TextTemplate,
+    teacher: dict[int, PairTeacher] | None = None,
+    report: TeacherReport | None = None,
+    cot_agree_only: bool = True,
+) -> list[Example]:
     """Encode ``pairs`` for a ``kind`` student and attach the teacher's targets where merged."""
     teacher = teacher or {}
     report = report or TeacherReport()
     queries = [template.query_text(p.query) for p in pairs]
     items = [template.item_text(p.item.as_mapping()) for p in pairs]
-    examples = [Example(label=GRADE_LEVELS.index(p.label) if p.label in GRADE_LEVELS else IGNORE,
-                        teacher_probs=None, verdicts=np.full(len(DIMENSIONS), IGNORE, dtype=np.int64))
-                for p in pairs]
+    examples = [
+        Example(
+            label=GRADE_LEVELS.index(p.label) if p.label in GRADE_LEVELS else IGNORE,
+            teacher_probs=None,
+            verdicts=np.full(len(DIMENSIONS), IGNORE, dtype=np.int64),
+        )
+        for p in pairs
+    ]
     kind.encode(examples, queries, items, tokenizer)
     for i, (pair, ex) in enumerate(zip(pairs, examples, strict=True)):
         signals = teacher.get(i)
@@ -179,8 +191,16 @@ def build_examples(kind: StudentKind, pairs: Sequence[LabelledPair], tokenizer: 
     return examples
 
 
-def _attach_cot(ex: Example, kind: StudentKind, record: CoTRecord, query_text: str, item_text: str,
-                label: str | None, report: TeacherReport, cot_agree_only: bool) -> None:
+def _attach_cot(
+    ex: Example,
+    kind: StudentKind,
+    record: CoTRecord,
+    query_text: str,
+    item_text: str,
+    label: str | None,
+    report: TeacherReport,
+    cot_agree_only: bool,
+) -> None:
     ex.verdicts = verdict_targets(record)
     report.with_verdicts += bool((ex.verdicts != IGNORE).any())
     # The paper keeps CoT only where the teacher agrees with the human label: reasoning behind a

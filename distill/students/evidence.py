@@ -69,15 +69,16 @@ def record_spans(record: CoTRecord, query_text: str, item_text: str, stats: Evid
             if not ok:
                 stats.spans_text_mismatch += 1
                 continue
-            if not (0 <= span.start < span.end <= len(text)) or text[span.start:span.end] != span.text:
+            if not (0 <= span.start < span.end <= len(text)) or text[span.start : span.end] != span.text:
                 stats.spans_bad_offsets += 1
                 continue
             sides[span.source].append((span.start, span.end))
     return RecordSpans(query=sides["query"], item=sides["item"])
 
 
-def token_distribution(encoded: Encoded, spans_by_sequence: dict[int, list[Span]],
-                       stats: EvidenceStats) -> np.ndarray | None:
+def token_distribution(
+    encoded: Encoded, spans_by_sequence: dict[int, list[Span]], stats: EvidenceStats
+) -> np.ndarray | None:
     """Uniform distribution over the word-pieces the spans overlap; None if no span reaches a token.
 
     ``spans_by_sequence`` keys are tokenizer sequence ids: for a pair encoding 0 = query, 1 = item;

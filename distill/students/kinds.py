@@ -40,8 +40,9 @@ class StudentKind(ABC):
         return self.model_class()(len(GRADE_LEVELS), layers, bert_config=bert_config)
 
     @abstractmethod
-    def encode(self, examples: Sequence[Example], queries: list[str], items: list[str],
-               tokenizer: BundleTokenizer) -> None:
+    def encode(
+        self, examples: Sequence[Example], queries: list[str], items: list[str], tokenizer: BundleTokenizer
+    ) -> None:
         """Set each example's encodings from its rendered query and item texts."""
 
     @abstractmethod
@@ -112,14 +113,18 @@ class CrossKind(StudentKind):
 
     def collate_inputs(self, examples, pad_id) -> dict:
         pair = _tensors([ex.pair for ex in examples], pad_id)
-        evidence, has_evidence = _evidence_matrix([ex.pair_evidence for ex in examples], pair["input_ids"].shape[1])
+        evidence, has_evidence = _evidence_matrix(
+            [ex.pair_evidence for ex in examples], pair["input_ids"].shape[1]
+        )
         return {"pair": pair, "pair_evidence": evidence, "has_pair_evidence": has_evidence}
 
     def loss_terms(self, model, batch, weights, losses):
         out = model(**batch["pair"], with_attention=weights.cot > 0)
         terms = {}
         if weights.cot:
-            terms["cot"] = losses["attention"](out.cls_attention, batch["pair_evidence"], batch["has_pair_evidence"])
+            terms["cot"] = losses["attention"](
+                out.cls_attention, batch["pair_evidence"], batch["has_pair_evidence"]
+            )
         return out.logits, terms
 
     def scores(self, model, batch, manifest, device) -> np.ndarray:
@@ -148,8 +153,9 @@ class BiKind(StudentKind):
         return BiStudent
 
     def encode(self, examples, queries, items, tokenizer) -> None:
-        for ex, query, item in zip(examples, tokenizer.encode_queries(queries), tokenizer.encode_items(items),
-                                   strict=True):
+        for ex, query, item in zip(
+            examples, tokenizer.encode_queries(queries), tokenizer.encode_items(items), strict=True
+        ):
             ex.query, ex.item = query, item
 
     def attach_evidence(self, example, spans, stats) -> bool:
@@ -158,20 +164,30 @@ class BiKind(StudentKind):
         return example.query_evidence is not None or example.item_evidence is not None
 
     def collate_inputs(self, examples, pad_id) -> dict:
-        batch = {"query": _tensors([ex.query for ex in examples], pad_id),
-                 "item": _tensors([ex.item for ex in examples], pad_id)}
+        batch = {
+            "query": _tensors([ex.query for ex in examples], pad_id),
+            "item": _tensors([ex.item for ex in examples], pad_id),
+        }
         batch["query_evidence"], batch["has_query_evidence"] = _evidence_matrix(
-            [ex.query_evidence for ex in examples], batch["query"]["input_ids"].shape[1])
+            [ex.query_evidence for ex in examples], batch["query"]["input_ids"].shape[1]
+        )
         batch["item_evidence"], batch["has_item_evidence"] = _evidence_matrix(
-            [ex.item_evidence for ex in examples], batch["item"]["input_ids"].shape[1])
+            [ex.item_evidence for ex in examples], batch["item"]["input_ids"].shape[1]
+        )
         return batch
 
     def loss_terms(self, model, batch, weights, losses):
         out = model(batch["query"], batch["item"])
         terms = {}
         if weights.cot:
-            terms["cot"] = losses["pooling"](out.query.weights, batch["query_evidence"], batch["has_query_evidence"],
-                                             out.item.weights, batch["item_evidence"], batch["has_item_evidence"])
+            terms["cot"] = losses["pooling"](
+                out.query.weights,
+                batch["query_evidence"],
+                batch["has_query_evidence"],
+                out.item.weights,
+                batch["item_evidence"],
+                batch["has_item_evidence"],
+            )
         if weights.verdict:
             terms["verdict"] = losses["verdict"](out.verdict_logits, batch["verdicts"])
         return out.logits, terms
@@ -186,8 +202,12 @@ class BiKind(StudentKind):
         return BiEmbedding(model)
 
     def score_mapping(self, model) -> tuple[ScoreMapping, int | None]:
-        return (CosineGradeHeadScore(weights=model.grade_weight.detach().tolist(),
-                                     bias=model.grade_bias.detach().tolist()), model.embedding_dim)
+        return (
+            CosineGradeHeadScore(
+                weights=model.grade_weight.detach().tolist(), bias=model.grade_bias.detach().tolist()
+            ),
+            model.embedding_dim,
+        )
 
 
 STUDENT_KINDS: dict[str, StudentKind] = {kind.name: kind for kind in (CrossKind(), BiKind())}

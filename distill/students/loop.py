@@ -36,15 +36,21 @@ def _loss_terms(model, batch: dict, config: TrainConfig, losses: dict) -> dict:
 def _check_coverage(config: TrainConfig, report) -> None:
     """A KD term with no training row to apply to would silently train label-only: refuse instead."""
     w = config.weights
-    missing = [(term, what) for term, weight, n, what in (
-        ("score_kd", w.score_kd, report.with_distribution, "a usable grade distribution"),
-        ("cot", w.cot, report.evidence.records_with_evidence, "usable evidence spans"),
-        ("verdict", w.verdict, report.with_verdicts, "a verdict on a known dimension"),
-    ) if weight and not n]
+    missing = [
+        (term, what)
+        for term, weight, n, what in (
+            ("score_kd", w.score_kd, report.with_distribution, "a usable grade distribution"),
+            ("cot", w.cot, report.evidence.records_with_evidence, "usable evidence spans"),
+            ("verdict", w.verdict, report.with_verdicts, "a verdict on a known dimension"),
+        )
+        if weight and not n
+    ]
     if missing:
         files = ", ".join(f"{path} ({use})" for path, use in config.teacher_files())
-        raise ValueError("; ".join(f"the {term} weight is > 0 but no training pair got {what}" for term, what in missing)
-                         + f" from the teacher files {files}; per-file counts: {report.as_dict()['sources']}")
+        raise ValueError(
+            "; ".join(f"the {term} weight is > 0 but no training pair got {what}" for term, what in missing)
+            + f" from the teacher files {files}; per-file counts: {report.as_dict()['sources']}"
+        )
 
 
 class TrainResult(BaseModel):
@@ -56,9 +62,16 @@ class TrainResult(BaseModel):
     teacher: dict[str, Any] | None = None
 
 
-def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: Sequence[LabelledPair],
-          run_dir: str | Path, *, teacher: Sequence | None = None, tokenizer_file: str | Path | None = None,
-          data_report: dict[str, Any] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    train_pairs: Sequence[LabelledPair],
+    dev_pairs: Sequence[LabelledPair],
+    run_dir: str | Path,
+    *,
+    teacher: Sequence | None = None,
+    tokenizer_file: str | Path | None = None,
+    data_report: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train a student on ``train_pairs`` (+ merged ``teacher`` sources), early-stopping on dev."""
     import torch
     from accelerate import Accelerator
@@ -88,8 +101,9 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
     tokenizer = make_tokenizer(config, tokenizer_file)
     teacher_report = TeacherReport()
     merged = merge_teacher(train_pairs, teacher, teacher_report) if teacher else {}
-    train_examples = build_examples(kind, train_pairs, tokenizer, config.template, merged,
-                                    teacher_report, config.cot_agree_only)
+    train_examples = build_examples(
+        kind, train_pairs, tokenizer, config.template, merged, teacher_report, config.cot_agree_only
+    )
     _check_coverage(config, teacher_report)
     dev_examples = build_examples(kind, dev_pairs, tokenizer, config.template)
     if not any(p.label in GRADE_GAINS for p in dev_pairs):
@@ -104,16 +118,26 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
-        train_examples, batch_size=config.batch_size, shuffle=True, generator=generator,
-        collate_fn=lambda exs: collate(exs, kind, tokenizer.pad_id, len(GRADE_LEVELS)))
+        train_examples,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=lambda exs: collate(exs, kind, tokenizer.pad_id, len(GRADE_LEVELS)),
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total_steps = config.epochs * len(loader)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps),
-                                                max(total_steps, 1))
-    losses = {"hard": HardLabelLoss(), "score_kd": ScoreDistributionKDLoss(config.temperature),
-              "attention": AttentionKDLoss(), "pooling": PoolingKDLoss(), "verdict": VerdictAuxLoss()}
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total_steps), max(total_steps, 1)
+    )
+    losses = {
+        "hard": HardLabelLoss(),
+        "score_kd": ScoreDistributionKDLoss(config.temperature),
+        "attention": AttentionKDLoss(),
+        "pooling": PoolingKDLoss(),
+        "verdict": VerdictAuxLoss(),
+    }
     weights = config.weights.model_dump()
 
     history: list[dict[str, Any]] = []
@@ -124,8 +148,12 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
         model.train()
         sums: dict[str, float] = {}
         batches = 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   disable=not accelerator.is_local_main_process)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not accelerator.is_local_main_process,
+        )
         for batch in bar:
             terms = _loss_terms(model, batch, config, losses)
             loss = sum(weights[name] * value for name, value in terms.items())
@@ -144,11 +172,17 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
         student = accelerator.unwrap_model(model)
         scores = predict_scores(student, student_manifest(student, config), dev_examples, tokenizer.pad_id)
         dev = ranking_metrics(dev_pairs, scores)
-        entry = {"epoch": epoch, "steps": step, "train_loss": {k: v / max(batches, 1) for k, v in sums.items()},
-                 "dev": dev}
+        entry = {
+            "epoch": epoch,
+            "steps": step,
+            "train_loss": {k: v / max(batches, 1) for k, v in sums.items()},
+            "dev": dev,
+        }
         history.append(entry)
-        accelerator.print(f"epoch {epoch}: train {entry['train_loss']} dev ndcg@10 {dev['ndcg@10']:.4f} "
-                          f"auc {dev['auc']:.4f}")
+        accelerator.print(
+            f"epoch {epoch}: train {entry['train_loss']} dev ndcg@10 {dev['ndcg@10']:.4f} "
+            f"auc {dev['auc']:.4f}"
+        )
         metric = config.select_metric
         if best is None or dev[metric] > best["dev"][metric] + 1e-9:
             best = entry
@@ -161,9 +195,14 @@ def train(config: TrainConfig, train_pairs: Sequence[LabelledPair], dev_pairs: S
             break
 
     assert best is not None
-    result = TrainResult(run_dir=str(run_dir), best_epoch=best["epoch"], best_dev=best["dev"], history=history,
-                         seconds=round(time.monotonic() - started, 1),
-                         teacher=teacher_report.as_dict() if teacher else None)
+    result = TrainResult(
+        run_dir=str(run_dir),
+        best_epoch=best["epoch"],
+        best_dev=best["dev"],
+        history=history,
+        seconds=round(time.monotonic() - started, 1),
+        teacher=teacher_report.as_dict() if teacher else None,
+    )
     if accelerator.is_main_process:
         metrics = result.model_dump()
         metrics["data"] = data_report or {}

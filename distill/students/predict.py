@@ -19,18 +19,33 @@ from distill.data.schema import LabelledPair
 from distill.students.config import TrainConfig
 
 
-def student_manifest(model, config: TrainConfig, *, name: str | None = None, version: str = "unexported",
-                     provenance: Provenance | None = None) -> BundleManifest:
+def student_manifest(
+    model,
+    config: TrainConfig,
+    *,
+    name: str | None = None,
+    version: str = "unexported",
+    provenance: Provenance | None = None,
+) -> BundleManifest:
     """The bundle manifest of ``model`` as trained with ``config``; export adds provenance and metrics."""
     score, embedding_dim = config.student_kind.score_mapping(model)
     return BundleManifest(
-        name=name or f"student-{config.kind}-{config.name}", version=version, kind=config.kind, score=score,
-        embedding_dim=embedding_dim, max_pair_tokens=config.max_tokens, max_query_tokens=config.max_query_tokens,
-        max_item_tokens=config.max_tokens, template=config.template, provenance=provenance or Provenance())
+        name=name or f"student-{config.kind}-{config.name}",
+        version=version,
+        kind=config.kind,
+        score=score,
+        embedding_dim=embedding_dim,
+        max_pair_tokens=config.max_tokens,
+        max_query_tokens=config.max_query_tokens,
+        max_item_tokens=config.max_tokens,
+        template=config.template,
+        provenance=provenance or Provenance(),
+    )
 
 
-def predict_scores(model, manifest: BundleManifest, examples: Sequence, pad_id: int,
-                   batch_size: int = 64) -> np.ndarray:
+def predict_scores(
+    model, manifest: BundleManifest, examples: Sequence, pad_id: int, batch_size: int = 64
+) -> np.ndarray:
     """Scores of examples, in order, with the PyTorch model and ``manifest``'s score mapping."""
     import torch
 
@@ -44,7 +59,7 @@ def predict_scores(model, manifest: BundleManifest, examples: Sequence, pad_id: 
     out = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = collate(list(examples[start:start + batch_size]), kind, pad_id, len(GRADE_LEVELS))
+            batch = collate(list(examples[start : start + batch_size]), kind, pad_id, len(GRADE_LEVELS))
             out.append(kind.scores(model, batch, manifest, device))
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)

@@ -1,10 +1,10 @@
 """A training run folder, ``runs/<name>/``: the one definition of its files and of saving and loading a run.
 
-    checkpoint.pt    the best epoch's student: torch.save of {"kind", "bert_config", "state_dict"}
-    config.json      the TrainConfig it was trained with (``relevance student export`` copies its template
-                     and token limits into bundle.json)
-    tokenizer.json   the tokenizer its inputs were encoded with (becomes the bundle's)
-    metrics.json     the TrainResult plus the data report, written when training ends
+checkpoint.pt    the best epoch's student: torch.save of {"kind", "bert_config", "state_dict"}
+config.json      the TrainConfig it was trained with (``relevance student export`` copies its template
+                 and token limits into bundle.json)
+tokenizer.json   the tokenizer its inputs were encoded with (becomes the bundle's)
+metrics.json     the TrainResult plus the data report, written when training ends
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def save_run(run_dir: Path, model, config: TrainConfig, tokenizer_file: str | Pa
     import torch
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": config.kind, "bert_config": model.bert.config.to_dict(),
-                "state_dict": model.state_dict()}, run_dir / CHECKPOINT_FILE)
+    torch.save(
+        {"kind": config.kind, "bert_config": model.bert.config.to_dict(), "state_dict": model.state_dict()},
+        run_dir / CHECKPOINT_FILE,
+    )
     (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if Path(tokenizer_file).resolve() != (run_dir / TOKENIZER_FILE).resolve():
         shutil.copyfile(tokenizer_file, run_dir / TOKENIZER_FILE)
@@ -52,7 +54,9 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a trained student run")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return Checkpoint(path=path, kind=state["kind"], bert_config=state["bert_config"], state_dict=state["state_dict"])
+    return Checkpoint(
+        path=path, kind=state["kind"], bert_config=state["bert_config"], state_dict=state["state_dict"]
+    )
 
 
 def load_run(run_dir: str | Path):

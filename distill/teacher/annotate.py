@@ -108,7 +108,9 @@ async def annotate(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(pending), unit="pair", desc=f"annotate {mode}", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(pending), unit="pair", desc=f"annotate {mode}", disable=not progress, file=sys.stderr
+    )
     sources: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
     writer = _Writer(out)
@@ -121,7 +123,9 @@ async def annotate(
             except Exception as exc:  # counted and reported; not written, so a rerun retries it
                 summary.judge_errors += 1
                 if len(summary.judge_error_examples) < 5:
-                    summary.judge_error_examples.append(f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}")
+                    summary.judge_error_examples.append(
+                        f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}"
+                    )
                 bar.update(1)
                 return
         record = record.model_copy(update={"query_id": pair.query_id})

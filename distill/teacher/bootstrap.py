@@ -42,11 +42,10 @@ MAX_ITEM_VALUES = 3  # conflicting item values cited per dimension
 
 _WORD = re.compile(r"[0-9a-z]+(?:['.-][0-9a-z]+)*", re.IGNORECASE)
 # Words too common to be evidence of anything.
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from in into is it of on or the to with without".split()
+_STOPWORDS = frozenset("a an and are as at be by for from in into is it of on or the to with without".split())
+_NEGATION = re.compile(
+    rf"(?<![0-9a-z])(?:{'|'.join(NEGATION_WORDS)})[ -]+(?:any |a |an |the )?([0-9a-z]+)", re.IGNORECASE
 )
-_NEGATION = re.compile(rf"(?<![0-9a-z])(?:{'|'.join(NEGATION_WORDS)})[ -]+(?:any |a |an |the )?([0-9a-z]+)",
-                       re.IGNORECASE)
 _NEGATED_BEFORE = re.compile(r"(?:without|no|non|free of)[ -]+(?:\S+ )?$", re.IGNORECASE)
 _NEGATED_AFTER = re.compile(r"^[ -]*free(?![0-9a-z])", re.IGNORECASE)
 
@@ -70,9 +69,14 @@ def overlap_spans(query: str, item_text: str, skip: list[tuple[int, int]] = ()) 
         if found is None:
             continue
         seen.add(key)
-        spans.append(EvidenceSpan(source="query", text=word, start=match.start(), end=match.end(), verified=True))
-        spans.append(EvidenceSpan(source="item", text=found.group(0), start=found.start(), end=found.end(),
-                                  verified=True))
+        spans.append(
+            EvidenceSpan(source="query", text=word, start=match.start(), end=match.end(), verified=True)
+        )
+        spans.append(
+            EvidenceSpan(
+                source="item", text=found.group(0), start=found.start(), end=found.end(), verified=True
+            )
+        )
     return spans
 
 
@@ -96,13 +100,15 @@ def attribute_judgements(query: str, item_text: str) -> list[DimensionJudgement]
         else:
             verdict = "mismatch" if offered else "not_stated"
             cited_query, cited_item = wanted, offered[:MAX_ITEM_VALUES]
-        judgements.append(DimensionJudgement(
-            dimension=dimension,
-            query_value=", ".join(v.text for v in wanted),
-            item_value=", ".join(v.text for v in offered) or None,
-            verdict=verdict,
-            evidence=[_span("query", v) for v in cited_query] + [_span("item", v) for v in cited_item],
-        ))
+        judgements.append(
+            DimensionJudgement(
+                dimension=dimension,
+                query_value=", ".join(v.text for v in wanted),
+                item_value=", ".join(v.text for v in offered) or None,
+                verdict=verdict,
+                evidence=[_span("query", v) for v in cited_query] + [_span("item", v) for v in cited_item],
+            )
+        )
     return judgements
 
 
@@ -122,42 +128,68 @@ def exclusion_judgements(query: str, item_text: str) -> list[DimensionJudgement]
         stem = _stem(match.group(1))
         pattern = rf"(?<![0-9a-z]){re.escape(stem)}(?:e?s)?(?![0-9a-z])"
         found = list(re.finditer(pattern, item_text, re.IGNORECASE))
-        negated = [m for m in found if _NEGATED_BEFORE.search(item_text[:m.start()])
-                   or _NEGATED_AFTER.match(item_text[m.end():])]
+        negated = [
+            m
+            for m in found
+            if _NEGATED_BEFORE.search(item_text[: m.start()]) or _NEGATED_AFTER.match(item_text[m.end() :])
+        ]
         plain = [m for m in found if m not in negated]
-        verdict, cited = ("mismatch", plain) if plain else ("match", negated) if negated else ("not_stated", [])
-        evidence = [EvidenceSpan(source="query", text=match.group(0), start=match.start(), end=match.end(),
-                                 verified=True)]
-        evidence += [EvidenceSpan(source="item", text=m.group(0), start=m.start(), end=m.end(), verified=True)
-                     for m in cited[:MAX_ITEM_VALUES]]
-        judgements.append(DimensionJudgement(dimension=EXCLUSION_DIMENSION, query_value=match.group(0),
-                                             item_value=cited[0].group(0) if cited else None,
-                                             verdict=verdict, evidence=evidence))
+        verdict, cited = (
+            ("mismatch", plain) if plain else ("match", negated) if negated else ("not_stated", [])
+        )
+        evidence = [
+            EvidenceSpan(
+                source="query", text=match.group(0), start=match.start(), end=match.end(), verified=True
+            )
+        ]
+        evidence += [
+            EvidenceSpan(source="item", text=m.group(0), start=m.start(), end=m.end(), verified=True)
+            for m in cited[:MAX_ITEM_VALUES]
+        ]
+        judgements.append(
+            DimensionJudgement(
+                dimension=EXCLUSION_DIMENSION,
+                query_value=match.group(0),
+                item_value=cited[0].group(0) if cited else None,
+                verdict=verdict,
+                evidence=evidence,
+            )
+        )
     return judgements
 
 
 def rule_judgements(query: str, item_text: str, *, attributes: bool = True) -> list[DimensionJudgement]:
     """The rules' judgements of a pair, label-free: attribute and exclusion dimensions (when
     ``attributes``), then ``lexical_overlap`` for the query words they did not cite (always last)."""
-    judgements = attribute_judgements(query, item_text) + exclusion_judgements(query, item_text) if attributes else []
+    judgements = (
+        attribute_judgements(query, item_text) + exclusion_judgements(query, item_text) if attributes else []
+    )
     cited = [(s.start, s.end) for j in judgements for s in j.evidence if s.source == "query"]
     spans = overlap_spans(query, item_text, skip=cited)
-    judgements.append(DimensionJudgement(dimension=OVERLAP_DIMENSION, verdict="match" if spans else "not_stated",
-                                         evidence=spans))
+    judgements.append(
+        DimensionJudgement(
+            dimension=OVERLAP_DIMENSION, verdict="match" if spans else "not_stated", evidence=spans
+        )
+    )
     return judgements
 
 
 def rule_rationale(judgements: list[DimensionJudgement]) -> str:
     """The judgements of ``rule_judgements`` in words (the overlap one, last, as a word count)."""
     *dimensions, overlap = judgements
-    parts = [f"{j.dimension} {j.verdict.replace('_', ' ')} (query {j.query_value!r}, item {j.item_value!r})"
-             for j in dimensions]
-    parts.append(f"{len(overlap.evidence) // 2} {'other ' if dimensions else ''}query word(s) occur in the item")
+    parts = [
+        f"{j.dimension} {j.verdict.replace('_', ' ')} (query {j.query_value!r}, item {j.item_value!r})"
+        for j in dimensions
+    ]
+    parts.append(
+        f"{len(overlap.evidence) // 2} {'other ' if dimensions else ''}query word(s) occur in the item"
+    )
     return "; ".join(parts)
 
 
-def bootstrap_record(pair: LabelledPair, template: TextTemplate = DEFAULT_TEMPLATE, *,
-                     attributes: bool = False) -> CoTRecord:
+def bootstrap_record(
+    pair: LabelledPair, template: TextTemplate = DEFAULT_TEMPLATE, *, attributes: bool = False
+) -> CoTRecord:
     """One record for a labelled pair; ``parse_ok=False`` with a reason when the pair has no label."""
     query = template.query_text(pair.query)
     item_text = template.item_text(pair.item.as_mapping())

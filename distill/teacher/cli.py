@@ -27,8 +27,9 @@ def load_input_pairs(source: str, fmt: str | None) -> list[LabelledPair]:
 
 
 def register(app: typer.Typer) -> None:
-    teacher_app = typer.Typer(help="Teacher: judge pairs with the LLM into CoT records; fine-tune the LLM.",
-                              no_args_is_help=True)
+    teacher_app = typer.Typer(
+        help="Teacher: judge pairs with the LLM into CoT records; fine-tune the LLM.", no_args_is_help=True
+    )
     app.add_typer(teacher_app, name="teacher")
 
     @teacher_app.command()
@@ -71,7 +72,9 @@ def register(app: typer.Typer) -> None:
     @teacher_app.command()
     def collaborate(
         input: str = typer.Option(..., "--input", "-i", help=SPEC_HELP),
-        out_dir: Path = typer.Option(..., "--out-dir", "-o", help="folder for annotator files, kept CoTs, summary"),
+        out_dir: Path = typer.Option(
+            ..., "--out-dir", "-o", help="folder for annotator files, kept CoTs, summary"
+        ),
         annotator_a: str = typer.Option("llamacpp?temperature=0.3&seed=1", "--annotator-a"),
         annotator_b: str = typer.Option("llamacpp?temperature=0.7&seed=2", "--annotator-b"),
         samples: int = typer.Option(3, min=1, help="self-consistency samples per annotator"),
@@ -86,7 +89,11 @@ def register(app: typer.Typer) -> None:
         pairs = load_input_pairs(input, fmt)[:limit]
         summary = asyncio.run(
             run_collaboration(
-                pairs, out_dir, annotators=(annotator_a, annotator_b), samples=samples, mode=mode,
+                pairs,
+                out_dir,
+                annotators=(annotator_a, annotator_b),
+                samples=samples,
+                mode=mode,
                 concurrency=concurrency,
             )
         )
@@ -97,18 +104,30 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="output folder (model.gguf + sft.json)"),
         train: str = typer.Option("bundled:train", help="labelled pairs to fine-tune on"),
         fmt: str | None = typer.Option(None, "--format"),
-        base: Path | None = typer.Option(None, help="base GGUF (default: the embedded SmolLM2-135M-Instruct)"),
-        l2: float | None = typer.Option(None, min=0.0, help="L2 weight towards the mean original row (default: by CV)"),
+        base: Path | None = typer.Option(
+            None, help="base GGUF (default: the embedded SmolLM2-135M-Instruct)"
+        ),
+        l2: float | None = typer.Option(
+            None, min=0.0, help="L2 weight towards the mean original row (default: by CV)"
+        ),
         max_iter: int = typer.Option(200, min=1),
-        max_pairs: int | None = typer.Option(None, min=1, help="fine-tune on a seeded random subset this large"),
+        max_pairs: int | None = typer.Option(
+            None, min=1, help="fine-tune on a seeded random subset this large"
+        ),
         max_minutes: float | None = typer.Option(None, min=0.1, help="stop reading states after this long"),
         threads: int = typer.Option(2, min=1),
         seed: int = typer.Option(0),
         cot_features: bool = typer.Option(
-            False, help="condition the head on the rule CoT's per-dimension verdicts too (bootstrap-cot's rules, "
-                        "label-free); writes OUT/cot_head.npz instead of a GGUF, records carry the CoT"),
-        llm_states: bool = typer.Option(True, help="--no-llm-states: ablation, the head reads the CoT features alone"),
-        predict: str | None = typer.Option(None, help="also score these pairs with the fitted head (e.g. bundled:dev)"),
+            False,
+            help="condition the head on the rule CoT's per-dimension verdicts too (bootstrap-cot's rules, "
+            "label-free); writes OUT/cot_head.npz instead of a GGUF, records carry the CoT",
+        ),
+        llm_states: bool = typer.Option(
+            True, help="--no-llm-states: ablation, the head reads the CoT features alone"
+        ),
+        predict: str | None = typer.Option(
+            None, help="also score these pairs with the fitted head (e.g. bundled:dev)"
+        ),
         predict_out: Path | None = typer.Option(None, help="JSONL of CoT records for --predict"),
     ) -> None:
         """Verdict-row SFT: refit the grade tokens' output rows on human labels → a GGUF teacher
@@ -119,36 +138,64 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--predict and --predict-out go together", param_hint="--predict-out")
         pairs = load_input_pairs(train, fmt)
         held = load_input_pairs(predict, None) if predict else []
-        config = SFTConfig(l2=l2, max_iter=max_iter, max_pairs=max_pairs, max_minutes=max_minutes, threads=threads,
-                           seed=seed, cot_features=cot_features, llm_states=llm_states)
+        config = SFTConfig(
+            l2=l2,
+            max_iter=max_iter,
+            max_pairs=max_pairs,
+            max_minutes=max_minutes,
+            threads=threads,
+            seed=seed,
+            cot_features=cot_features,
+            llm_states=llm_states,
+        )
         report = run_sft(pairs, out, config, base_gguf=base, predict=held, predict_out=predict_out)
         typer.echo(json.dumps(report, indent=1))
 
     @teacher_app.command("sft-lora")
     def sft_lora(
-        records: Path = typer.Option(..., "--records", "-r", help="JSONL of CoT records (annotate, collaborate, bootstrap-cot)"),
-        out: Path = typer.Option(..., "--out", "-o", help="output folder: merged checkpoint (teacher hf:OUT) + lora.json"),
-        base: Path = typer.Option(Path("models/smollm2-135m-hf"), help="transformers base checkpoint (made from the embedded GGUF when missing)"),
+        records: Path = typer.Option(
+            ..., "--records", "-r", help="JSONL of CoT records (annotate, collaborate, bootstrap-cot)"
+        ),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="output folder: merged checkpoint (teacher hf:OUT) + lora.json"
+        ),
+        base: Path = typer.Option(
+            Path("models/smollm2-135m-hf"),
+            help="transformers base checkpoint (made from the embedded GGUF when missing)",
+        ),
         targets: Targets = typer.Option(Targets.both, help="assistant turns to train, per record"),
         rank: int = typer.Option(8, min=1, help="LoRA rank r"),
         alpha: int = typer.Option(16, min=1, help="LoRA alpha"),
-        target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated module names"),
+        target_modules: str = typer.Option(
+            "q_proj,k_proj,v_proj,o_proj", help="comma-separated module names"
+        ),
         lr: float = typer.Option(2e-4, min=0.0),
         batch_size: int = typer.Option(4, min=1),
         epochs: float = typer.Option(1.0, min=0.01),
         max_steps: int | None = typer.Option(None, min=1),
-        max_minutes: float | None = typer.Option(None, min=0.1, help="stop training after this long (then evaluate and save)"),
+        max_minutes: float | None = typer.Option(
+            None, min=0.1, help="stop training after this long (then evaluate and save)"
+        ),
         max_length: int = typer.Option(1024, min=32, help="longer examples are skipped and counted"),
-        max_records: int | None = typer.Option(None, min=1, help="train on a seeded random subset this large"),
-        eval_fraction: float = typer.Option(0.1, min=0.0, max=0.99, help="share of queries held out for eval/early stop"),
+        max_records: int | None = typer.Option(
+            None, min=1, help="train on a seeded random subset this large"
+        ),
+        eval_fraction: float = typer.Option(
+            0.1, min=0.0, max=0.99, help="share of queries held out for eval/early stop"
+        ),
         max_eval_examples: int = typer.Option(32, min=1),
         eval_every: int = typer.Option(25, min=1, help="steps between held-out evaluations"),
         patience: int = typer.Option(3, min=1, help="evaluations without improvement before stopping"),
         device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N"),
-        precision: LoRAPrecision = typer.Option(LoRAPrecision.auto, help="autocast; auto: bf16 on CUDA and on CPUs with native bf16"),
+        precision: LoRAPrecision = typer.Option(
+            LoRAPrecision.auto, help="autocast; auto: bf16 on CUDA and on CPUs with native bf16"
+        ),
         threads: int = typer.Option(2, min=1, help="CPU threads for torch"),
         seed: int = typer.Option(0),
-        gguf: bool = typer.Option(True, help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-base)"),
+        gguf: bool = typer.Option(
+            True,
+            help="also write OUT/model.gguf (teacher llamacpp:OUT/model.gguf; Llama bases made by convert-base)",
+        ),
     ) -> None:
         """LoRA SFT of SmolLM2-135M-Instruct on CoT records (loss on assistant tokens only) → teacher hf:OUT."""
         from core.cot import CoTFileError, read_records
@@ -186,8 +233,12 @@ def register(app: typer.Typer) -> None:
 
     @teacher_app.command("convert-base")
     def convert_base(
-        out: Path = typer.Option(Path("models/smollm2-135m-hf"), "--out", "-o", help="checkpoint folder to write"),
-        gguf_file: Path | None = typer.Option(None, "--gguf", help="GGUF to convert (default: the embedded SmolLM2-135M-Instruct)"),
+        out: Path = typer.Option(
+            Path("models/smollm2-135m-hf"), "--out", "-o", help="checkpoint folder to write"
+        ),
+        gguf_file: Path | None = typer.Option(
+            None, "--gguf", help="GGUF to convert (default: the embedded SmolLM2-135M-Instruct)"
+        ),
     ) -> None:
         """De-quantise a GGUF into a transformers checkpoint (the base of `relevance teacher sft-lora`), once."""
         from distill.teacher.lora import convert_gguf_to_hf
@@ -203,8 +254,10 @@ def register(app: typer.Typer) -> None:
         fmt: str | None = typer.Option(None, "--format"),
         output: Path = typer.Option(..., "--output", "-o", help="JSONL of CoT records"),
         attributes: bool = typer.Option(
-            True, help="judge colour/material/size/quantity (match, mismatch, not stated) besides word overlap; "
-                       "--no-attributes writes the overlap-only records (bootstrap-v1)"),
+            True,
+            help="judge colour/material/size/quantity (match, mismatch, not stated) besides word overlap; "
+            "--no-attributes writes the overlap-only records (bootstrap-v1)",
+        ),
     ) -> None:
         """Label-conditioned bootstrap rationales (no LLM): the human label as grade; attribute verdicts and
         query/item word overlap as evidence."""
@@ -220,8 +273,10 @@ def register(app: typer.Typer) -> None:
                 fh.write(record.model_dump_json() + "\n")
         with_evidence = sum(1 for r in records if any(d.evidence for d in r.dimensions))
         unlabelled = sum(1 for r in records if not r.parse_ok)
-        typer.echo(f"wrote {len(records)} records to {output}: {with_evidence} with evidence, "
-                   f"{len(records) - with_evidence} without, {unlabelled} unlabelled")
+        typer.echo(
+            f"wrote {len(records)} records to {output}: {with_evidence} with evidence, "
+            f"{len(records) - with_evidence} without, {unlabelled} unlabelled"
+        )
         verdicts = Counter((d.dimension, d.verdict) for r in records for d in r.dimensions)
         for (dimension, verdict), count in sorted(verdicts.items()):
             typer.echo(f"  {dimension:>16} {verdict:<10} {count}")

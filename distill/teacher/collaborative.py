@@ -57,7 +57,9 @@ async def collaborate(
             if teacher.teacher_id not in teacher_ids[name]:
                 teacher_ids[name].append(teacher.teacher_id)
             try:
-                await annotate(teacher, pairs, files[name], mode=mode, concurrency=concurrency, progress=progress)
+                await annotate(
+                    teacher, pairs, files[name], mode=mode, concurrency=concurrency, progress=progress
+                )
             finally:
                 await teacher.aclose()
 

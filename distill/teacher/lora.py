@@ -45,6 +45,7 @@ DEFAULT_HF_BASE = Path("models/smollm2-135m-hf")
 LORA_REPORT = "lora.json"
 IGNORE = -100  # label value the loss skips
 
+
 class Targets(StrEnum):
     """The assistant turns a record trains: its CoT, the score-mode verdict, or both."""
 
@@ -73,7 +74,9 @@ class LoRAConfig(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     max_minutes: float | None = Field(default=None, gt=0)
     max_length: int = Field(default=1024, ge=32)  # longer examples are skipped and counted, never cut
-    max_records: int | None = Field(default=None, ge=1, description="train on a seeded random subset this large")
+    max_records: int | None = Field(
+        default=None, ge=1, description="train on a seeded random subset this large"
+    )
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of queries held out
     max_eval_examples: int = Field(default=32, ge=1)
     eval_every: int = Field(default=25, ge=1)
@@ -103,10 +106,14 @@ def convert_gguf_to_hf(
     if not gguf_path.is_file():
         raise FileNotFoundError(f"base GGUF not found: {gguf_path}")
     say = echo or (lambda message: print(message, file=sys.stderr))
-    say(f"converting {gguf_path} to a transformers checkpoint at {out} (de-quantising; minutes on a CPU, done once)")
+    say(
+        f"converting {gguf_path} to a transformers checkpoint at {out} (de-quantising; minutes on a CPU, done once)"
+    )
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
     # transformers marks a GGUF-loaded model as quantised and refuses to save it: copy the
     # de-quantised weights into a plain model of the same config.
     config = loaded.config
@@ -114,7 +121,9 @@ def convert_gguf_to_hf(
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    partial = out.with_name(out.name + ".partial")  # renamed when complete: a killed run leaves no half checkpoint
+    partial = out.with_name(
+        out.name + ".partial"
+    )  # renamed when complete: a killed run leaves no half checkpoint
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
@@ -161,6 +170,7 @@ class Example:
 
 def build_example(record: CoTRecord, mode: Mode, tokenizer: Any, levels: Sequence[str]) -> Example:
     """Token ids and labels for one record; the grade is tokenised as the backends read it."""
+
     def tokenize(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -172,7 +182,11 @@ def build_example(record: CoTRecord, mode: Mode, tokenizer: Any, levels: Sequenc
     if head_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError(f"record {record.pair_id}: the prompt's tokens change when the answer follows it")
     full = tokenize(prompt + head + grade)
-    grade_ids = full[len(head_ids) :] if full[: len(head_ids)] == head_ids and len(full) > len(head_ids) else tokenize(grade)
+    grade_ids = (
+        full[len(head_ids) :]
+        if full[: len(head_ids)] == head_ids and len(full) > len(head_ids)
+        else tokenize(grade)
+    )
     answer_ids = head_ids[len(prompt_ids) :] + grade_ids + tokenize('"}') + [tokenizer.eos_token_id]
     return Example(
         input_ids=prompt_ids + answer_ids,
@@ -208,7 +222,9 @@ def build_examples(
         levels = record.grade_levels
         first_levels = first_levels or levels
         if levels != first_levels:  # one verdict head: grade indices must mean the same level everywhere
-            raise ValueError(f"record {record.pair_id}: grade levels {levels}, earlier records {first_levels}")
+            raise ValueError(
+                f"record {record.pair_id}: grade levels {levels}, earlier records {first_levels}"
+            )
         if record.grade not in levels:
             counts["skipped_no_grade"] += 1
             continue
@@ -230,8 +246,11 @@ def build_examples(
     return examples, dict(counts)
 
 
-def split_by_query(examples: Sequence[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_by_query(
+    examples: Sequence[Example], eval_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """(train, held-out): a query's examples all fall on one side (hash of seed and query)."""
+
     def held(group: str) -> bool:
         # Salted: the bundled train/dev split hashes "{seed}:{query}" the same way, so unsalted no train query would be held out.
         return unit_hash(f"lora-eval:{seed}:{group}") < eval_fraction
@@ -266,7 +285,9 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def batch_losses(model: Any, batch: Sequence[Example], pad_id: int, firsts: Sequence[int], device: Any) -> tuple[Any, Any, Any]:
+def batch_losses(
+    model: Any, batch: Sequence[Example], pad_id: int, firsts: Sequence[int], device: Any
+) -> tuple[Any, Any, Any]:
     """(mean assistant-token CE, mean verdict CE over the levels' first tokens, verdict hits)."""
     import torch
 
@@ -290,7 +311,13 @@ def batch_losses(model: Any, batch: Sequence[Example], pad_id: int, firsts: Sequ
 
 
 def evaluate(
-    model: Any, examples: Sequence[Example], pad_id: int, firsts: Sequence[int], device: Any, batch_size: int, autocast: Any
+    model: Any,
+    examples: Sequence[Example],
+    pad_id: int,
+    firsts: Sequence[int],
+    device: Any,
+    batch_size: int,
+    autocast: Any,
 ) -> dict[str, float]:
     import torch
 
@@ -305,7 +332,11 @@ def evaluate(
             hits += float(h)
     model.train()
     n = len(examples)
-    return {"token_ce": round(token_ce / n, 4), "verdict_ce": round(verdict_ce / n, 4), "verdict_accuracy": round(hits / n, 4)}
+    return {
+        "token_ce": round(token_ce / n, 4),
+        "verdict_ce": round(verdict_ce / n, 4),
+        "verdict_accuracy": round(hits / n, 4),
+    }
 
 
 def resolve_device(name: str) -> str:
@@ -350,7 +381,9 @@ def run_lora_sft(
 
     started = time.perf_counter()
     if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base checkpoint not found (no config.json): {base}; run `relevance teacher convert-base`")
+        raise FileNotFoundError(
+            f"base checkpoint not found (no config.json): {base}; run `relevance teacher convert-base`"
+        )
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -396,7 +429,9 @@ def run_lora_sft(
 
     history: list[dict[str, Any]] = []
     if held:
-        history.append({"step": 0, **evaluate(model, held, pad_id, firsts, device, config.batch_size, autocast)})
+        history.append(
+            {"step": 0, **evaluate(model, held, pad_id, firsts, device, config.batch_size, autocast)}
+        )
     best = {"step": 0, "verdict_ce": history[0]["verdict_ce"] if history else math.inf}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
     train_losses: list[float] = []
@@ -421,7 +456,9 @@ def run_lora_sft(
         train_losses.append(round(loss.item(), 4))
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
-        out_of_time = config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
+        out_of_time = (
+            config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
+        )
         if out_of_time:
             stop_reason = f"max_minutes ({config.max_minutes}) reached"
         # Evaluate at the last step too, so that the steps since the previous evaluation can win.

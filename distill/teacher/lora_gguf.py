@@ -36,7 +36,11 @@ _GGUF_NAMES = {
 
 def permute_for_rope(weight: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order (its converter's ``LlamaModel.permute``) from transformers'."""
-    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def _gguf_tensor(weight: np.ndarray, module: str, config: dict[str, Any]) -> np.ndarray:
@@ -57,7 +61,9 @@ def export_gguf(checkpoint: Path, *, echo: Callable[[str], None] = print) -> dic
     base = Path(report["base"])
     source = base / "source.json"
     if not source.is_file():
-        reason = f"{base} was not made by `relevance teacher convert-base` (no source.json): no base GGUF to copy"
+        reason = (
+            f"{base} was not made by `relevance teacher convert-base` (no source.json): no base GGUF to copy"
+        )
         echo(f"GGUF export skipped: {reason}")
         return {"written": False, "reason": reason}
     base_gguf = Path(json.loads(source.read_text(encoding="utf-8"))["gguf"])
@@ -81,7 +87,9 @@ def export_gguf(checkpoint: Path, *, echo: Callable[[str], None] = print) -> dic
             echo(f"GGUF export skipped: {reason}")
             return {"written": False, "reason": reason}
     replace = {
-        f"blk.{layer}.{_GGUF_NAMES[module]}.weight": _gguf_tensor(merged[f"model.layers.{layer}.{module}.weight"], module, config)
+        f"blk.{layer}.{_GGUF_NAMES[module]}.weight": _gguf_tensor(
+            merged[f"model.layers.{layer}.{module}.weight"], module, config
+        )
         for layer in range(config["num_hidden_layers"])
         for module in modules
     }
@@ -89,5 +97,7 @@ def export_gguf(checkpoint: Path, *, echo: Callable[[str], None] = print) -> dic
 
     out = checkpoint / LORA_GGUF
     write_gguf_copy(base_gguf, out, name_suffix="ellm-rele-lora", replace=replace)
-    echo(f"wrote {out}: {base_gguf.name} with {len(replace)} merged LoRA matrices as F32 (teacher llamacpp:{out})")
+    echo(
+        f"wrote {out}: {base_gguf.name} with {len(replace)} merged LoRA matrices as F32 (teacher llamacpp:{out})"
+    )
     return {"written": True, "path": str(out), "base_gguf": str(base_gguf), "replaced_tensors": len(replace)}

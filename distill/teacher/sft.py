@@ -56,7 +56,9 @@ class SFTConfig(BaseModel):
     # Weight of ||rows - original rows||²; None: chosen by cross-validation over L2_GRID, folds by query.
     l2: float | None = Field(default=None, ge=0.0)  # anchor: the mean of the levels' original rows
     max_iter: int = Field(default=200, ge=1)
-    max_pairs: int | None = Field(default=None, ge=1, description="fine-tune on a seeded random subset this large")
+    max_pairs: int | None = Field(
+        default=None, ge=1, description="fine-tune on a seeded random subset this large"
+    )
     # Stop reading hidden states after this long and fit on the pairs read so far (a shared CPU's budget).
     max_minutes: float | None = Field(default=None, gt=0)
     threads: int = Field(default=2, ge=1)
@@ -85,7 +87,10 @@ class VerdictFeatures:
 
     def prompt_text(self, pair: LabelledPair, levels: Sequence[str]) -> str:
         messages = build_messages(
-            DEFAULT_TEMPLATE.query_text(pair.query), DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), "score", levels
+            DEFAULT_TEMPLATE.query_text(pair.query),
+            DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
+            "score",
+            levels,
         )
         return self.backend.render_prompt(messages) + SCORE_PREFILL
 
@@ -93,7 +98,9 @@ class VerdictFeatures:
         prefix = self.backend.tokenize(prompt_text)
         firsts = [self.backend._continuation(prefix, prompt_text, level)[0] for level in levels]
         if len(set(firsts)) != len(firsts):
-            raise ValueError(f"grade levels {list(levels)} share a first token: the verdict head needs distinct ones")
+            raise ValueError(
+                f"grade levels {list(levels)} share a first token: the verdict head needs distinct ones"
+            )
         return firsts
 
     def __call__(self, prompt_text: str) -> np.ndarray:
@@ -101,8 +108,13 @@ class VerdictFeatures:
 
 
 def _read_states(
-    pairs: Sequence[LabelledPair], levels: Sequence[str], features: VerdictFeatures, cache: dict[str, np.ndarray],
-    cache_path: Path, deadline: float | None, progress: bool,
+    pairs: Sequence[LabelledPair],
+    levels: Sequence[str],
+    features: VerdictFeatures,
+    cache: dict[str, np.ndarray],
+    cache_path: Path,
+    deadline: float | None,
+    progress: bool,
 ) -> list[np.ndarray]:
     """Hidden states of ``pairs`` in order, from the cache or the model, until ``deadline``
     (perf_counter); new ones are added to the cache, saved every SAVE_STATES_EVERY and on exit."""
@@ -137,7 +149,9 @@ COT_FEATURE_DIMENSIONS = ("color", "material", "size", "quantity", EXCLUSION_DIM
 
 
 def pair_judgements(pair: LabelledPair) -> list[DimensionJudgement]:
-    return rule_judgements(DEFAULT_TEMPLATE.query_text(pair.query), DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()))
+    return rule_judgements(
+        DEFAULT_TEMPLATE.query_text(pair.query), DEFAULT_TEMPLATE.item_text(pair.item.as_mapping())
+    )
 
 
 def cot_features(pairs: Sequence[LabelledPair]) -> np.ndarray:
@@ -164,7 +178,9 @@ def _load_states(path: Path, dim: int) -> dict[str, np.ndarray]:
         return {}
     data = np.load(path)
     if data["states"].shape[1:] != (dim,):
-        raise ValueError(f"{path}: states of dimension {data['states'].shape[1:]}, the model's is {dim}; delete the file")
+        raise ValueError(
+            f"{path}: states of dimension {data['states'].shape[1:]}, the model's is {dim}; delete the file"
+        )
     return dict(zip((str(i) for i in data["pair_ids"]), data["states"], strict=True))
 
 
@@ -223,7 +239,9 @@ def choose_l2(
             train, held = fold != k, fold == k
             if not held.any() or not train.any():
                 continue
-            rows, _ = fit_rows(states[train], labels[train], rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
+            rows, _ = fit_rows(
+                states[train], labels[train], rows0, l2=l2, max_iter=config.max_iter, seed=config.seed
+            )
             logits = states[held] @ rows.T
             logits -= logits.max(axis=1, keepdims=True)
             logp[held] = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -234,7 +252,12 @@ def choose_l2(
 
 
 def write_distribution_records(
-    path: Path, pairs: Sequence[LabelledPair], probs: np.ndarray, levels: Sequence[str], *, teacher_id: str,
+    path: Path,
+    pairs: Sequence[LabelledPair],
+    probs: np.ndarray,
+    levels: Sequence[str],
+    *,
+    teacher_id: str,
     with_cot: bool = False,
 ) -> None:
     """Grade distributions as CoT records, readable by `relevance eval run` and `relevance student train`:
@@ -267,7 +290,9 @@ def write_gguf_with_output(src: Path, dst: Path, output: np.ndarray, *, name_suf
     if any(t.name == "output.weight" for t in gguf.GGUFReader(src).tensors):
         raise ValueError(f"{src} already has an output.weight tensor; replacing one is not supported")
     head = output.astype(np.float16)
-    write_gguf_copy(src, dst, name_suffix=name_suffix, add={"output.weight": (head, gguf.GGMLQuantizationType.F16)})
+    write_gguf_copy(
+        src, dst, name_suffix=name_suffix, add={"output.weight": (head, gguf.GGMLQuantizationType.F16)}
+    )
 
 
 def write_gguf_copy(
@@ -302,10 +327,14 @@ def write_gguf_copy(
     for tensor in reader.tensors:
         if tensor.name in replace:
             array = replace[tensor.name].astype(np.float32)
-            writer.add_tensor_info(tensor.name, array.shape, array.dtype, array.nbytes, gguf.GGMLQuantizationType.F32)
+            writer.add_tensor_info(
+                tensor.name, array.shape, array.dtype, array.nbytes, gguf.GGMLQuantizationType.F32
+            )
             data.append(array)
         else:
-            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+            writer.add_tensor_info(
+                tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+            )
             data.append(tensor.data)
     for name, (array, kind) in (add or {}).items():
         writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes, kind)
@@ -357,8 +386,9 @@ def run_sft(
     out.mkdir(parents=True, exist_ok=True)
     deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
 
-    def head_inputs(pairs: Sequence[LabelledPair], deadline: float | None
-                    ) -> tuple[list[LabelledPair], np.ndarray, np.ndarray]:
+    def head_inputs(
+        pairs: Sequence[LabelledPair], deadline: float | None
+    ) -> tuple[list[LabelledPair], np.ndarray, np.ndarray]:
         """The pairs read before ``deadline``, their LLM states h and CoT features v (either may be
         zero-width); the head reads [h; scale·v]."""
         if config.llm_states:
@@ -373,28 +403,40 @@ def run_sft(
     labels = np.array([list(levels).index(p.label) for p in labelled])
     # Anchor every level's row to the mean of the original rows: strong regularisation then means a
     # uniform distribution, not the zero-shot model's bias (it calls nearly every pair Exact).
-    rows0 = np.repeat(output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0)
+    rows0 = np.repeat(
+        output[first_tokens].astype(np.float64).mean(axis=0, keepdims=True), len(levels), axis=0
+    )
     # The CoT features' weights start at 0 (and are pulled towards it).
     rows0 = np.hstack([rows0 if config.llm_states else rows0[:, :0], np.zeros((len(levels), v.shape[1]))])
-    teacher_id = "+".join(([f"llamacpp:{base.stem}-verdict-sft"] if config.llm_states else [])
-                          + (["rule-cot"] if config.cot_features else []))
+    teacher_id = "+".join(
+        ([f"llamacpp:{base.stem}-verdict-sft"] if config.llm_states else [])
+        + (["rule-cot"] if config.cot_features else [])
+    )
     # Out-of-fold (held out by query) distributions: an honest estimate without spending dev pairs.
     groups = [p.query_id for p in labelled]
     # CV over the CoT features' scale too (no features: nothing to scale).
-    tried = {scale: choose_l2(np.hstack([h, scale * v]), labels, groups, rows0, config)
-             for scale in (COT_SCALE_GRID if config.cot_features else (1.0,))}
+    tried = {
+        scale: choose_l2(np.hstack([h, scale * v]), labels, groups, rows0, config)
+        for scale in (COT_SCALE_GRID if config.cot_features else (1.0,))
+    }
     scale = min(tried, key=lambda k: tried[k][1][f"{tried[k][0]:g}"])
     best_l2, cv, oof = tried[scale]
     if config.cot_features:
         cv = {f"scale {k:g}, l2 {l2}": ce for k, t in tried.items() for l2, ce in t[1].items()}
     states = np.hstack([h, scale * v])
     l2 = best_l2 if config.l2 is None else config.l2
-    write_distribution_records(out / OOF_FILE, labelled, oof, levels, teacher_id=f"{teacher_id}-oof",
-                               with_cot=config.cot_features)
+    write_distribution_records(
+        out / OOF_FILE, labelled, oof, levels, teacher_id=f"{teacher_id}-oof", with_cot=config.cot_features
+    )
     rows, losses = fit_rows(states, labels, rows0, l2=l2, max_iter=config.max_iter, seed=config.seed)
     if config.cot_features:
-        np.savez(out / COT_HEAD_FILE, rows=rows, cot_feature_scale=scale, level_first_tokens=np.array(first_tokens),
-                 levels=np.array(levels))
+        np.savez(
+            out / COT_HEAD_FILE,
+            rows=rows,
+            cot_feature_scale=scale,
+            level_first_tokens=np.array(first_tokens),
+            levels=np.array(levels),
+        )
     else:
         output[first_tokens] = rows
         write_gguf_with_output(base, out / SFT_GGUF, output, name_suffix="ellm-rele-verdict-sft")
@@ -403,7 +445,9 @@ def run_sft(
         held_states = np.hstack([held_h, scale * held_v])
         logits = held_states @ rows.T
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        write_distribution_records(predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features)
+        write_distribution_records(
+            predict_out, held, probs, levels, teacher_id=teacher_id, with_cot=config.cot_features
+        )
     predictions = (states @ rows.T).argmax(axis=1)
     report = {
         "method": "verdict-row fine-tuning (frozen body, score mode)"

@@ -96,7 +96,9 @@ class ExplainComponents:
         )
         self.student = student
 
-    def remember_items(self, items: Sequence[Mapping[str, Any] | BaseModel], writer: str = ANONYMOUS_WRITER) -> None:
+    def remember_items(
+        self, items: Sequence[Mapping[str, Any] | BaseModel], writer: str = ANONYMOUS_WRITER
+    ) -> None:
         """The /score hook: queue items for the item store under the caller's key id (never blocks,
         never raises)."""
         if self.item_store is None:

@@ -63,27 +63,40 @@ async def rate_limited_key(request: Request, key_id: str = Depends(require_api_k
     return key_id
 
 
-_ERRORS = error_responses({
-    400: "Body is not JSON (POST)", 401: "Missing or wrong API key (RELEVANCE_API_KEYS)",
-    404: "item_id not in the item store, or the item store is disabled",
-    413: "Body over RELEVANCE_MAX_BODY_BYTES",
-    422: "A field is missing, of the wrong type or too long", 429: "Rate limit of this key (Retry-After)",
-    502: "The teacher backend failed", 503: "Breaker open, teacher not loaded or item store down",
-    504: "The teacher did not answer within RELEVANCE_EXPLAIN_TIMEOUT_S",
-})
+_ERRORS = error_responses(
+    {
+        400: "Body is not JSON (POST)",
+        401: "Missing or wrong API key (RELEVANCE_API_KEYS)",
+        404: "item_id not in the item store, or the item store is disabled",
+        413: "Body over RELEVANCE_MAX_BODY_BYTES",
+        422: "A field is missing, of the wrong type or too long",
+        429: "Rate limit of this key (Retry-After)",
+        502: "The teacher backend failed",
+        503: "Breaker open, teacher not loaded or item store down",
+        504: "The teacher did not answer within RELEVANCE_EXPLAIN_TIMEOUT_S",
+    }
+)
 
 
-@router.get("/explain", response_model=ExplainResponse, responses=_ERRORS | error_responses({
-    409: "item_id was stored by several /score callers with different content: pass writer"}))
+@router.get(
+    "/explain",
+    response_model=ExplainResponse,
+    responses=_ERRORS
+    | error_responses(
+        {409: "item_id was stored by several /score callers with different content: pass writer"}
+    ),
+)
 async def explain_by_id(
     request: Request,
     query: str = Query(min_length=1, max_length=1000),
     item_id: str = Query(min_length=1, max_length=1000),
     writer: str | None = Query(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="Whose copy of the item: the key id of the /score caller that sent it (items are stored "
-                    "per /score API key; 'anonymous' when /score is open). Needed only when several callers "
-                    "sent different items under the same id."),
+        "per /score API key; 'anonymous' when /score is open). Needed only when several callers "
+        "sent different items under the same id.",
+    ),
     _key: str = Depends(rate_limited_key),
 ) -> ExplainResponse:
     started = time.perf_counter()

@@ -47,8 +47,9 @@ def check_abort(abort: threading.Event, where: str) -> None:
         raise GenerationAborted(f"teacher call aborted {where} (its caller was cancelled)")
 
 
-async def run_abortable(blocking: Callable[[VerdictRequest, threading.Event], VerdictResult],
-                        request: VerdictRequest) -> VerdictResult:
+async def run_abortable(
+    blocking: Callable[[VerdictRequest, threading.Event], VerdictResult], request: VerdictRequest
+) -> VerdictResult:
     """Run a local backend's blocking ``blocking(request, abort)`` in a worker thread. Cancelling the
     awaiting task does not stop a thread, so it sets ``abort``: the backend checks it between its steps
     and after every generated token, and stops (``GenerationAborted``), freeing the model and the CPU
@@ -82,9 +83,13 @@ def softmax(scores: Mapping[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in exp.items()}
 
 
-
-def continuation_tokens(prefix: list[int], prefix_text: str, level: str,
-                        tokenize: Callable[[str], list[int]], tokenize_alone: Callable[[str], list[int]]) -> list[int]:
+def continuation_tokens(
+    prefix: list[int],
+    prefix_text: str,
+    level: str,
+    tokenize: Callable[[str], list[int]],
+    tokenize_alone: Callable[[str], list[int]],
+) -> list[int]:
     """The tokens ``level`` adds after ``prefix_text`` (tokenised in context, as the model sees it); when
     the level merges with the prefix's last token, its standalone tokens."""
     full = tokenize(prefix_text + level)
@@ -93,8 +98,9 @@ def continuation_tokens(prefix: list[int], prefix_text: str, level: str,
     return tokenize_alone(level)
 
 
-def level_distribution(prefix: list[int], level_tokens: Mapping[str, list[int]],
-                       next_logprobs: Callable[[list[int]], Any]) -> dict[str, float]:
+def level_distribution(
+    prefix: list[int], level_tokens: Mapping[str, list[int]], next_logprobs: Callable[[list[int]], Any]
+) -> dict[str, float]:
     """Softmax over the grade levels of their log-probabilities after ``prefix``. When the levels'
     first tokens are distinct (the usual case) one evaluation suffices; otherwise each level's full
     token sequence is scored."""

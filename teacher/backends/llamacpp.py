@@ -88,7 +88,11 @@ class LlamaCppBackend(Backend):
         self.backend_id = f"llamacpp:{path.stem}"
 
     def _token_text(self, token: int) -> str:
-        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+        return (
+            self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+            if token >= 0
+            else ""
+        )
 
     def render_prompt(self, messages: list[dict[str, str]]) -> str:
         """The chat-templated prompt up to the start of the assistant turn."""
@@ -102,7 +106,9 @@ class LlamaCppBackend(Backend):
 
     # --- blocking part, always under the lock -------------------------------------------------
 
-    def _verdict_blocking(self, request: VerdictRequest, abort: threading.Event | None = None) -> VerdictResult:
+    def _verdict_blocking(
+        self, request: VerdictRequest, abort: threading.Event | None = None
+    ) -> VerdictResult:
         abort = abort if abort is not None else threading.Event()
         prompt = self.render_prompt(request.messages)
         with self._lock:
@@ -177,8 +183,12 @@ class LlamaCppBackend(Backend):
 
     def _continuation(self, prefix: list[int], prefix_text: str, level: str) -> list[int]:
         return continuation_tokens(
-            prefix, prefix_text, level, self.tokenize,
-            lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            prefix,
+            prefix_text,
+            level,
+            self.tokenize,
+            lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+        )
 
 
 def eval_reusing_cache(llm: Any, tokens: list[int]) -> None:

@@ -92,7 +92,13 @@ class OpenAIBackend(Backend):
         if self.use_logprobs:
             data = await self._post(
                 "/completions",
-                common | {"prompt": prompt + text, "max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs},
+                common
+                | {
+                    "prompt": prompt + text,
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                    "logprobs": self.top_logprobs,
+                },
             )
             top = ((data["choices"][0].get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
             distribution = _match_levels(top.items(), request.levels)
@@ -102,7 +108,8 @@ class OpenAIBackend(Backend):
         # No logprobs: sample the grade itself (the Teacher turns samples into votes).
         data = await self._post(
             "/completions",
-            common | {"prompt": prompt + text, "max_tokens": 8, "temperature": request.temperature, "stop": ['"']},
+            common
+            | {"prompt": prompt + text, "max_tokens": 8, "temperature": request.temperature, "stop": ['"']},
         )
         return VerdictResult(text + (data["choices"][0].get("text") or "") + '"}', True)
 
@@ -145,7 +152,9 @@ class OpenAIBackend(Backend):
                 response = await self._client.post(path, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if last_attempt:
-                    raise TeacherHTTPError(f"POST {url}: {type(exc).__name__} after {attempt + 1} attempts") from exc
+                    raise TeacherHTTPError(
+                        f"POST {url}: {type(exc).__name__} after {attempt + 1} attempts"
+                    ) from exc
             else:
                 if response.status_code < 400:
                     return response.json()
@@ -175,7 +184,9 @@ def _distribution_at_verdict(logprobs: Any, levels: Any) -> dict[str, float] | N
         offset = end
     else:
         return None
-    candidates = entry.get("top_logprobs") or [{"token": entry.get("token", ""), "logprob": entry.get("logprob", 0.0)}]
+    candidates = entry.get("top_logprobs") or [
+        {"token": entry.get("token", ""), "logprob": entry.get("logprob", 0.0)}
+    ]
     return _match_levels(((c.get("token", ""), c["logprob"]) for c in candidates), levels)
 
 

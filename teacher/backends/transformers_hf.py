@@ -60,7 +60,9 @@ class TransformersBackend(Backend):
             if request.mode == "cot":
                 ids = torch.tensor([self.tokenize(prompt + text)])
                 sampling: dict[str, Any] = (
-                    {"do_sample": True, "temperature": request.temperature} if request.temperature > 0 else {"do_sample": False}
+                    {"do_sample": True, "temperature": request.temperature}
+                    if request.temperature > 0
+                    else {"do_sample": False}
                 )
                 torch.manual_seed(request.seed)
                 out = self.model.generate(
@@ -93,6 +95,8 @@ class TransformersBackend(Backend):
 
     def _level_distribution(self, prefix_text: str, levels: Any) -> dict[str, float]:
         prefix = self.tokenize(prefix_text)
-        level_tokens = {level: continuation_tokens(prefix, prefix_text, level, self.tokenize, self.tokenize)
-                        for level in levels}
+        level_tokens = {
+            level: continuation_tokens(prefix, prefix_text, level, self.tokenize, self.tokenize)
+            for level in levels
+        }
         return level_distribution(prefix, level_tokens, self._logprobs)

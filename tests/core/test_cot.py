@@ -38,10 +38,17 @@ def test_a_partial_distribution_is_no_distribution_for_training_and_eval_alike(t
     from distill.eval.systems import record_distribution
 
     levels = ["Irrelevant", "Partial", "Exact"]
-    partial = _record("a").model_copy(update={"grade_distribution": {"Exact": 0.9, "Partial": 0.1},
-                                              "distribution_source": "logits", "grade": "Exact"})
+    partial = _record("a").model_copy(
+        update={
+            "grade_distribution": {"Exact": 0.9, "Partial": 0.1},
+            "distribution_source": "logits",
+            "grade": "Exact",
+        }
+    )
     assert grade_distribution(partial, levels) is None
     # eval scores such a record by its grade (one-hot), never by the partial distribution
     assert list(record_distribution(partial)) == [0.0, 0.0, 1.0]
-    whole = partial.model_copy(update={"grade_distribution": {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 1.0}})
+    whole = partial.model_copy(
+        update={"grade_distribution": {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 1.0}}
+    )
     assert list(grade_distribution(whole, levels)) == [0.25, 0.25, 0.5]

@@ -9,11 +9,16 @@ import pytest
 from core.datasets import DatasetError, fold_of, parse_dataset, split_of, unit_hash
 
 
-@pytest.mark.parametrize(("spec", "name", "path", "split"), [
-    ("bundled:dev", "bundled", None, "dev"), ("home-depot:train", "home-depot", None, "train"),
-    ("crowdflower", "crowdflower", None, "all"), ("data/pairs.csv:dev", None, "data/pairs.csv", "dev"),
-    ("C:/data/pairs.csv", None, "C:/data/pairs.csv", "all"),
-])
+@pytest.mark.parametrize(
+    ("spec", "name", "path", "split"),
+    [
+        ("bundled:dev", "bundled", None, "dev"),
+        ("home-depot:train", "home-depot", None, "train"),
+        ("crowdflower", "crowdflower", None, "all"),
+        ("data/pairs.csv:dev", None, "data/pairs.csv", "dev"),
+        ("C:/data/pairs.csv", None, "C:/data/pairs.csv", "all"),
+    ],
+)
 def test_one_grammar_of_dataset_specs(spec, name, path, split):
     parsed = parse_dataset(spec)
     assert (parsed.name, parsed.path, parsed.split) == (name, Path(path) if path else None, split)

@@ -10,11 +10,15 @@ from core.score_mapping import from_cosine, from_logits
 
 
 def _manifest(kind: str, score) -> BundleManifest:
-    return BundleManifest(name="t", version="1", kind=kind, score=score, embedding_dim=4 if kind == "bi" else None)
+    return BundleManifest(
+        name="t", version="1", kind=kind, score=score, embedding_dim=4 if kind == "bi" else None
+    )
 
 
 def test_softmax_expected_score_and_grades():
-    scores, probs = from_logits(_manifest("cross", SoftmaxScore()), np.array([[0.0, 0.0, 0.0], [-50, -50, 50.0]]))
+    scores, probs = from_logits(
+        _manifest("cross", SoftmaxScore()), np.array([[0.0, 0.0, 0.0], [-50, -50, 50.0]])
+    )
     np.testing.assert_allclose(probs[0], [1 / 3] * 3)
     np.testing.assert_allclose(scores, [0.5, 1.0])
 

@@ -59,7 +59,14 @@ def _write_esci_parquet(folder: Path) -> None:
     }
     products = {
         "product_id": ["A1", "A2", "A3", "A4", "A1", "A5"],
-        "product_title": ["USB-C cable 2 m", "Lightning cable", "USB-C charger", "Phone case", "Cable USB-C", "x"],
+        "product_title": [
+            "USB-C cable 2 m",
+            "Lightning cable",
+            "USB-C charger",
+            "Phone case",
+            "Cable USB-C",
+            "x",
+        ],
         "product_description": ["Braided", None, None, None, None, None],
         "product_bullet_point": ["Fast charging\nDurable", None, None, None, None, None],
         "product_brand": ["Anker", "Apple", None, None, None, None],
@@ -77,9 +84,15 @@ def test_esci_official_parquet_pair(tmp_path):
     got = {p.item.id: p for p in result.pairs}
     assert set(got) == {"A1", "A2", "A3", "A4"}
     assert {k: (p.label, p.raw_label) for k, p in got.items()} == {
-        "A1": ("Exact", "E"), "A2": ("Partial", "S"), "A3": ("Partial", "C"), "A4": ("Irrelevant", "I")}
+        "A1": ("Exact", "E"),
+        "A2": ("Partial", "S"),
+        "A3": ("Partial", "C"),
+        "A4": ("Irrelevant", "I"),
+    }
     a1 = got["A1"].item.as_mapping()
-    assert a1["brand"] == "Anker" and a1["color"] == "Black" and a1["bullet_points"] == "Fast charging\nDurable"
+    assert (
+        a1["brand"] == "Anker" and a1["color"] == "Black" and a1["bullet_points"] == "Fast charging\nDurable"
+    )
     assert got["A1"].query_id == "7"
     assert [p.item.id for p in load_pairs(tmp_path, split="test").pairs] == ["A1", "A2", "A4"]
     assert len(load_pairs(tmp_path, locale="es").pairs) == 1
@@ -92,7 +105,9 @@ def test_esci_parquet_missing_column(tmp_path):
     _write_esci_parquet(tmp_path)
     table = pq.read_table(tmp_path / "shopping_queries_dataset_examples.parquet").drop(["esci_label"])
     pq.write_table(table, tmp_path / "shopping_queries_dataset_examples.parquet")
-    with pytest.raises(DataError, match=r"shopping_queries_dataset_examples\.parquet: missing column\(s\) esci_label"):
+    with pytest.raises(
+        DataError, match=r"shopping_queries_dataset_examples\.parquet: missing column\(s\) esci_label"
+    ):
         load_pairs(tmp_path)
 
 
@@ -112,7 +127,7 @@ def _home_depot_csv(path: Path) -> None:
         "id,product_uid,product_title,search_term,relevance\n"
         "2,100001,Simpson Strong-Tie 12-Gauge Angle,angle bracket,3.0\n"
         "3,100001,Simpson Strong-Tie 12-Gauge Angle,l bracket,2.5\n"
-        "9,100002,\"BEHR Premium 1-gal. Deck, 90° finish\",deck over,2.33\n"
+        '9,100002,"BEHR Premium 1-gal. Deck, 90° finish",deck over,2.33\n'
         "16,100005,Delta Vero 1-Handle Shower Faucet,rain shower head,1.5\n"
         "17,100005,Delta Vero 1-Handle Shower Faucet,shower only faucet,1.33\n"
         "18,100006,Whirlpool Microwave,,2.0\n"
@@ -128,13 +143,18 @@ def test_home_depot_iso_8859_1_and_thresholds(tmp_path):
     assert detect_format(path) == "home-depot"
     result = load_pairs(path)
     assert [(p.query, p.label) for p in result.pairs] == [
-        ("angle bracket", "Exact"), ("l bracket", "Exact"), ("deck over", "Partial"),
-        ("rain shower head", "Partial"), ("shower only faucet", "Irrelevant")]
+        ("angle bracket", "Exact"),
+        ("l bracket", "Exact"),
+        ("deck over", "Partial"),
+        ("rain shower head", "Partial"),
+        ("shower only faucet", "Irrelevant"),
+    ]
     assert result.pairs[2].item.title == "BEHR Premium 1-gal. Deck, 90° finish"  # decoded as ISO-8859-1
     assert result.pairs[2].raw_label == pytest.approx(2.33)
     assert result.report.skipped == {"empty search_term": 1, "bad label": 1, "malformed row": 1}
     assert result.report.examples["malformed row"] == [
-        f"{path}:9: 6 cells where the header has 5 (a stray delimiter or quote?)"]
+        f"{path}:9: 6 cells where the header has 5 (a stray delimiter or quote?)"
+    ]
     assert "train.csv:8: relevance 'high' is not a number" in result.report.examples["bad label"][0]
     # The same query text gets the same id (so splits are by query).
     assert result.pairs[0].query_id != result.pairs[1].query_id
@@ -163,8 +183,14 @@ def test_crowdflower_median_relevance(tmp_path):
 def test_generic_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "pairs.jsonl"
     rows = [
-        {"query": "red sofa", "item_id": "s1", "title": "Red sofa", "label": "exact", "brand": "Ikea",
-         "attributes": {"material": "leather"}},
+        {
+            "query": "red sofa",
+            "item_id": "s1",
+            "title": "Red sofa",
+            "label": "exact",
+            "brand": "Ikea",
+            "attributes": {"material": "leather"},
+        },
         {"query": "red sofa", "item_id": "s2", "title": "Blue sofa", "label": 1},
         {"query": "red sofa", "query_id": "q9", "item_id": "s3", "title": "Lamp", "label": "I"},
         {"query": "red sofa", "item_id": "s4", "title": "Sofa bed"},
@@ -180,8 +206,11 @@ def test_generic_jsonl_and_csv(tmp_path):
     assert "pairs.jsonl:5: label 7 is not a grade index 0–2" in result.report.examples["bad label"][0]
 
     csv_path = tmp_path / "pairs.csv"
-    csv_path.write_text('query,item_id,title,label,color,attributes\n'
-                        'red sofa,s1,Red sofa,Partial,red,"{""legs"": ""oak""}"\n', encoding="utf-8")
+    csv_path.write_text(
+        "query,item_id,title,label,color,attributes\n"
+        'red sofa,s1,Red sofa,Partial,red,"{""legs"": ""oak""}"\n',
+        encoding="utf-8",
+    )
     assert detect_format(csv_path) == "csv"
     (pair,) = load_pairs(csv_path).pairs
     assert pair.label == "Partial" and pair.item.as_mapping()["color"] == "red"
@@ -204,9 +233,11 @@ def test_bad_label_strict_names_file_line_and_value(tmp_path):
 
 def test_broken_utf8_names_file_and_line(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_bytes(b"id,query,product_title,product_description,median_relevance,relevance_variance\n"
-                     b"1,sofa,Sofa,,4,0\n"
-                     b"2,caf\xe9 table,Table,,4,0\n")
+    path.write_bytes(
+        b"id,query,product_title,product_description,median_relevance,relevance_variance\n"
+        b"1,sofa,Sofa,,4,0\n"
+        b"2,caf\xe9 table,Table,,4,0\n"
+    )
     with pytest.raises(DataError, match=r"train\.csv:3: not valid utf-8 \(byte \d+"):
         load_pairs(path)
 
@@ -218,8 +249,9 @@ def test_undetectable_format_is_an_error(tmp_path):
         load_pairs(path)
 
 
-@pytest.mark.parametrize(("name", "fmt", "pairs"), [("home-depot", "home-depot", 58262),
-                                                     ("crowdflower", "crowdflower", 7730)])
+@pytest.mark.parametrize(
+    ("name", "fmt", "pairs"), [("home-depot", "home-depot", 58262), ("crowdflower", "crowdflower", 7730)]
+)
 def test_kaggle_files_from_shared_folder(name, fmt, pairs, monkeypatch):
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(SHARED))
     try:
@@ -245,7 +277,9 @@ def test_data_inspect_command_reports_skips():
 
 def test_missing_external_dataset_says_where_and_why(tmp_path, monkeypatch):
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(tmp_path))
-    with pytest.raises(DatasetError, match=r"crowdflower/train\.csv: crowdflower data not found\. It is Kaggle"):
+    with pytest.raises(
+        DatasetError, match=r"crowdflower/train\.csv: crowdflower data not found\. It is Kaggle"
+    ):
         external_dataset_path("crowdflower")
 
 
@@ -257,7 +291,16 @@ def test_every_command_reads_named_datasets_through_one_resolver(tmp_path, monke
 
     monkeypatch.setenv("RELEVANCE_SHARED_DATA", str(tmp_path))
     runs = {
-        "train": ["student", "train", "--name", "x", "--train", "home-depot:train", "--dev", "home-depot:dev"],
+        "train": [
+            "student",
+            "train",
+            "--name",
+            "x",
+            "--train",
+            "home-depot:train",
+            "--dev",
+            "home-depot:dev",
+        ],
         "annotate": ["teacher", "annotate", "--input", "home-depot:dev", "--out", str(tmp_path / "a.jsonl")],
         "eval": ["eval", "run", "--data", "home-depot:dev", "--system", "bm25", "--out", str(tmp_path / "e")],
     }
@@ -271,9 +314,12 @@ def test_a_blank_title_is_skipped_with_its_reason_never_loaded(tmp_path):
     """The one item model (core/item.py) refuses a blank title, as /score does: loaders skip such rows
     and say so, instead of loading items the service would reject."""
     path = tmp_path / "hd.csv"
-    path.write_text("id,product_uid,product_title,search_term,relevance\n"
-                    "1,100,Oak table,oak table,3\n"
-                    "2,101,\xad\xad,oak table,2\n", encoding="iso-8859-1")  # soft hyphens: nothing visible
+    path.write_text(
+        "id,product_uid,product_title,search_term,relevance\n"
+        "1,100,Oak table,oak table,3\n"
+        "2,101,\xad\xad,oak table,2\n",
+        encoding="iso-8859-1",
+    )  # soft hyphens: nothing visible
     result = load_pairs(path, "home-depot")
     assert [p.item.id for p in result.pairs] == ["100"]
     assert result.report.skipped == {"empty product_title": 1}

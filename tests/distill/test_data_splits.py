@@ -14,8 +14,13 @@ from distill.data.splits import split_by_query, split_of
 
 
 def _pairs(n_queries: int, per_query: int = 3) -> list[LabelledPair]:
-    return [LabelledPair(query_id=f"q{q}", query=f"query {q}", item=Item(id=f"i{q}-{i}", title="t"), label="Exact")
-            for q in range(n_queries) for i in range(per_query)]
+    return [
+        LabelledPair(
+            query_id=f"q{q}", query=f"query {q}", item=Item(id=f"i{q}-{i}", title="t"), label="Exact"
+        )
+        for q in range(n_queries)
+        for i in range(per_query)
+    ]
 
 
 def test_split_is_deterministic_and_by_query():
@@ -49,8 +54,12 @@ def test_bundled_splits_match_manifest_and_do_not_overlap():
     assert sorted(dev_q) == manifest["query_ids"]["dev"]
     assert manifest["counts"]["dev"] == {"queries": len(dev_q), "pairs": len(dev)}
     # The manifest is what the split function gives today (no stale manifest).
-    assert all(split_of(q, dev_fraction=manifest["dev_fraction"], seed=manifest["seed"]) == "dev" for q in dev_q)
-    assert all(split_of(q, dev_fraction=manifest["dev_fraction"], seed=manifest["seed"]) == "train" for q in train_q)
+    assert all(
+        split_of(q, dev_fraction=manifest["dev_fraction"], seed=manifest["seed"]) == "dev" for q in dev_q
+    )
+    assert all(
+        split_of(q, dev_fraction=manifest["dev_fraction"], seed=manifest["seed"]) == "train" for q in train_q
+    )
     assert all(p.label is not None for p in every)
 
 

@@ -12,7 +12,9 @@ from distill.data.transfer import transfer_pairs, write_generic_jsonl
 
 
 def _pair(qid: str, query: str, item_id: str, title: str, label: str = "Exact") -> LabelledPair:
-    return LabelledPair(query_id=qid, query=query, item=Item(id=item_id, title=title, brand="Acme"), label=label)
+    return LabelledPair(
+        query_id=qid, query=query, item=Item(id=item_id, title=title, brand="Acme"), label=label
+    )
 
 
 def test_each_query_gets_its_best_unjudged_items_and_no_judged_or_unmatched_one():
@@ -35,12 +37,16 @@ def test_written_file_reads_back_with_the_same_pair_ids_and_labels(tmp_path):
     pairs = [_pair("q1", "red sofa", "i1", "Red sofa"), _pair("q1", "red sofa", "i2", "Red lamp", label=None)]
     write_generic_jsonl(tmp_path / "t.jsonl", pairs)
     back = load_pairs(tmp_path / "t.jsonl").pairs
-    assert [(p.pair_id, p.label, p.query_id) for p in back] == [(p.pair_id, p.label, p.query_id) for p in pairs]
+    assert [(p.pair_id, p.label, p.query_id) for p in back] == [
+        (p.pair_id, p.label, p.query_id) for p in pairs
+    ]
 
 
 def test_cli_writes_labelled_and_unlabelled_bundled_pairs(tmp_path):
     out = tmp_path / "transfer.jsonl"
-    result = CliRunner().invoke(app, ["data", "transfer-set", "-i", "bundled:dev", "-o", str(out), "--per-query", "2"])
+    result = CliRunner().invoke(
+        app, ["data", "transfer-set", "-i", "bundled:dev", "-o", str(out), "--per-query", "2"]
+    )
     assert result.exit_code == 0, result.output
     back = load_pairs(out).pairs
     unlabelled = [p for p in back if p.label is None]

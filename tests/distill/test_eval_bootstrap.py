@@ -17,8 +17,14 @@ def _set(n_queries: int = 30, seed: int = 1) -> EvalSet:
     pairs = []
     for q in range(n_queries):
         for i in range(4):
-            pairs.append(LabelledPair(query_id=f"q{q}", query=f"query {q}", item=Item(id=f"{q}-{i}", title="t"),
-                                      label=GRADE_LEVELS[int(rng.integers(0, 3))]))
+            pairs.append(
+                LabelledPair(
+                    query_id=f"q{q}",
+                    query=f"query {q}",
+                    item=Item(id=f"{q}-{i}", title="t"),
+                    label=GRADE_LEVELS[int(rng.integers(0, 3))],
+                )
+            )
     return EvalSet(pairs)
 
 
@@ -66,12 +72,19 @@ def test_bootstrap_is_reproducible_with_its_seed():
 
 
 def test_single_grade_queries_are_excluded_and_counted():
-    pairs = [LabelledPair(query_id=q, query=q, item=Item(id=f"{q}{i}", title="t"), label=g)
-             for q, grades in {"mixed": ["Exact", "Irrelevant"], "same": ["Exact", "Exact"],
-                               "none": ["Irrelevant"]}.items() for i, g in enumerate(grades)]
+    pairs = [
+        LabelledPair(query_id=q, query=q, item=Item(id=f"{q}{i}", title="t"), label=g)
+        for q, grades in {
+            "mixed": ["Exact", "Irrelevant"],
+            "same": ["Exact", "Exact"],
+            "none": ["Irrelevant"],
+        }.items()
+        for i, g in enumerate(grades)
+    ]
     es = EvalSet(pairs)
-    result = evaluate(es, {"s": predictions(SystemOutput("s", np.array([0.1, 0.9, 0.5, 0.5, 0.2])), None)},
-                      resamples=20)
+    result = evaluate(
+        es, {"s": predictions(SystemOutput("s", np.array([0.1, 0.9, 0.5, 0.5, 0.2])), None)}, resamples=20
+    )
     assert result["queries"] == 3 and result["queries_ndcg"] == 1 and result["queries_map"] == 1
     # Only "mixed" counts, and it is ranked worst-first.
     assert result["systems"]["s"]["metrics"]["ndcg@10"]["value"] == pytest.approx(1 / np.log2(3))

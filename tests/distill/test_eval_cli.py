@@ -31,9 +31,18 @@ def _write_set(path: Path) -> None:
             other_t = THINGS[(THINGS.index(t) + 1) % len(THINGS)]
             rows += [
                 {"query": q, "item_id": f"{c}-{t}", "title": f"{c.title()} {t} deluxe", "label": "Exact"},
-                {"query": q, "item_id": f"{other_c}-{t}", "title": f"{other_c.title()} {t} deluxe", "label": "Partial"},
-                {"query": q, "item_id": f"{other_c}-{other_t}", "title": f"{other_c.title()} {other_t} deluxe",
-                 "label": "Irrelevant"},
+                {
+                    "query": q,
+                    "item_id": f"{other_c}-{t}",
+                    "title": f"{other_c.title()} {t} deluxe",
+                    "label": "Partial",
+                },
+                {
+                    "query": q,
+                    "item_id": f"{other_c}-{other_t}",
+                    "title": f"{other_c.title()} {other_t} deluxe",
+                    "label": "Irrelevant",
+                },
             ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
 
@@ -45,10 +54,18 @@ def _write_annotations(data: Path, path: Path, skip: int) -> None:
         if n == skip:
             continue
         dist = {g: (0.8 if g == pair.label else 0.1) for g in GRADE_LEVELS}
-        record = CoTRecord(teacher_id="test", prompt_version="v1", pair_id=pair.pair_id, query=pair.query,
-                           item_id=pair.item.id, item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
-                           grade=pair.label, grade_levels=list(GRADE_LEVELS), grade_distribution=dist,
-                           distribution_source="logits")
+        record = CoTRecord(
+            teacher_id="test",
+            prompt_version="v1",
+            pair_id=pair.pair_id,
+            query=pair.query,
+            item_id=pair.item.id,
+            item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
+            grade=pair.label,
+            grade_levels=list(GRADE_LEVELS),
+            grade_distribution=dist,
+            distribution_source="logits",
+        )
         lines.append(record.model_dump_json())
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -57,10 +74,29 @@ def test_eval_writes_report_folder(tmp_path):
     data, ann, out = tmp_path / "pairs.jsonl", tmp_path / "teacher.jsonl", tmp_path / "report"
     _write_set(data)
     _write_annotations(data, ann, skip=0)
-    result = CliRunner().invoke(app, [
-        "eval", "run", "--data", str(data), "--split", "all", "--system", "bm25", "--system", f"annotations:{ann}",
-        "--out", str(out), "--slice", "long-tail", "--slice", "negation", "--resamples", "50",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--system",
+            "bm25",
+            "--system",
+            f"annotations:{ann}",
+            "--out",
+            str(out),
+            "--slice",
+            "long-tail",
+            "--slice",
+            "negation",
+            "--resamples",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("metrics.json", "report.md", "per_query_ndcg10.png", "calibration.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -88,8 +124,23 @@ def test_eval_writes_report_folder(tmp_path):
 def test_eval_dev_split_calibrates_score_only_systems(tmp_path):
     data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
     _write_set(data)
-    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "dev", "--system", "bm25",
-                                      "--out", str(out), "--resamples", "20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(data),
+            "--split",
+            "dev",
+            "--system",
+            "bm25",
+            "--out",
+            str(out),
+            "--resamples",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     bm25 = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]["bm25"]
     assert "calibration pairs" in bm25["predictions"]
@@ -98,16 +149,31 @@ def test_eval_dev_split_calibrates_score_only_systems(tmp_path):
 
 def test_eval_reports_bad_input_clearly(tmp_path):
     runner = CliRunner()
-    missing = runner.invoke(app, ["eval", "run", "--data", str(tmp_path / "nope.jsonl"), "--system", "bm25",
-                                  "--out", str(tmp_path / "r")])
+    missing = runner.invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(tmp_path / "nope.jsonl"),
+            "--system",
+            "bm25",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert missing.exit_code == 2 and "nope.jsonl: no such file or folder" in missing.output
     data = tmp_path / "pairs.jsonl"
     _write_set(data)
-    bad = runner.invoke(app, ["eval", "run", "--data", str(data), "--system", "magic", "--out", str(tmp_path / "r")])
+    bad = runner.invoke(
+        app, ["eval", "run", "--data", str(data), "--system", "magic", "--out", str(tmp_path / "r")]
+    )
     assert bad.exit_code == 2 and "system 'magic' is not one of" in bad.output
     unlabelled = tmp_path / "unlabelled.jsonl"
     unlabelled.write_text('{"query": "sofa", "item_id": "1", "title": "Sofa"}\n', encoding="utf-8")
-    nolabel = runner.invoke(app, ["eval", "run", "--data", str(unlabelled), "--system", "bm25", "--out", str(tmp_path / "r")])
+    nolabel = runner.invoke(
+        app, ["eval", "run", "--data", str(unlabelled), "--system", "bm25", "--out", str(tmp_path / "r")]
+    )
     assert nolabel.exit_code == 2 and "1 pairs have no label (e.g. generic:" in nolabel.output
 
 
@@ -117,8 +183,25 @@ def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
         pytest.skip(f"{bundle} not built (make test builds it with `relevance student build-default`)")
     data, out = tmp_path / "pairs.jsonl", tmp_path / "report"
     _write_set(data)
-    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", "bm25",
-                                      "--system", f"bundle:{bundle}", "--out", str(out), "--resamples", "20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--system",
+            "bm25",
+            "--system",
+            f"bundle:{bundle}",
+            "--out",
+            str(out),
+            "--resamples",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
     minilm = systems["bundle:minilm-zero-shot-bi"]
@@ -129,8 +212,10 @@ def test_eval_scores_the_default_bundle_through_the_service_scorer(tmp_path):
 def _report(folder: Path, diffs: dict[str, tuple[float, float, float]]) -> Path:
     from distill.eval.report import METRICS
 
-    metrics = {m: {"diff": diffs.get(m, (0.0, -0.1, 0.1))[0], "ci95": list(diffs.get(m, (0.0, -0.1, 0.1))[1:])}
-               for m in METRICS}
+    metrics = {
+        m: {"diff": diffs.get(m, (0.0, -0.1, 0.1))[0], "ci95": list(diffs.get(m, (0.0, -0.1, 0.1))[1:])}
+        for m in METRICS
+    }
     section = {"comparisons": [{"a": "bundle:kd", "b": "bundle:label", "metrics": metrics}]}
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"sections": {"All queries": section}}))
@@ -157,8 +242,27 @@ def test_systems_with_the_same_file_name_keep_apart(tmp_path):
     _write_annotations(data, tmp_path / "a" / "oof.jsonl", skip=0)
     _write_annotations(data, tmp_path / "b" / "oof.jsonl", skip=1)
     specs = [f"annotations:{tmp_path / 'a' / 'oof.jsonl'}", f"annotations:{tmp_path / 'b' / 'oof.jsonl'}"]
-    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", specs[0],
-                                      "--system", specs[1], "--system", "bm25", "--out", str(out), "--resamples", "20"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--system",
+            specs[0],
+            "--system",
+            specs[1],
+            "--system",
+            "bm25",
+            "--out",
+            str(out),
+            "--resamples",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     systems = json.loads((out / "metrics.json").read_text())["sections"]["All queries"]["systems"]
     assert list(systems) == [*specs, "bm25"]
@@ -170,7 +274,22 @@ def test_an_unreadable_annotation_line_fails_the_run_naming_file_and_line(tmp_pa
     _write_annotations(data, ann, skip=0)
     with ann.open("a", encoding="utf-8") as f:
         f.write("not json\n")
-    result = CliRunner().invoke(app, ["eval", "run", "--data", str(data), "--split", "all", "--system", "bm25",
-                                      "--system", f"annotations:{ann}", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--system",
+            "bm25",
+            "--system",
+            f"annotations:{ann}",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code != 0
     assert f"{ann}:{3 * 64}: not a CoT record" in result.output

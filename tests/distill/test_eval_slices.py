@@ -25,7 +25,9 @@ def test_rarity_by_hand_and_top_quartile():
     ]
     rarity = query_rarity(pairs)
     n = 3  # distinct items i1, i2, i3
-    idf = {w: math.log((n + 1) / (df + 1)) + 1 for w, df in {"sofa": 2, "red": 1, "lamp": 1, "zebra": 0}.items()}
+    idf = {
+        w: math.log((n + 1) / (df + 1)) + 1 for w, df in {"sofa": 2, "red": 1, "lamp": 1, "zebra": 0}.items()
+    }
     assert rarity["q1"] == pytest.approx(idf["sofa"])
     assert rarity["q2"] == pytest.approx((idf["red"] + idf["sofa"]) / 2)
     assert rarity["q4"] == pytest.approx(idf["zebra"])

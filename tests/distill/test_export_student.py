@@ -59,8 +59,12 @@ def test_fp32_export_writes_a_checked_bundle(tmp_path, dev_pairs, kind):
 
     model, config = load_run(tmp_path / "runs" / f"tiny-{kind}")
     tokenizer = make_tokenizer(config, tokenizer_file())
-    expected = predict_scores(model, manifest, build_examples(config.student_kind, dev_pairs, tokenizer,
-                                                              config.template), tokenizer.pad_id)
+    expected = predict_scores(
+        model,
+        manifest,
+        build_examples(config.student_kind, dev_pairs, tokenizer, config.template),
+        tokenizer.pad_id,
+    )
     served, _, _ = score_bundle(out, dev_pairs)
     assert np.max(np.abs(served - expected)) <= 1e-4
 
@@ -77,7 +81,9 @@ def test_int8_export_refused_when_quantisation_reorders_scores(tmp_path, dev_pai
     # An untrained head gives all but constant scores (spread ~1e-7), so int8 weight noise reorders
     # them: the export must refuse, say by how much, and write nothing.
     out = tmp_path / "int8"
-    with pytest.raises(ExportCheckError, match=r"int8 export refused: Spearman vs fp32 is -?[0-9.]+, below 0.99 by"):
+    with pytest.raises(
+        ExportCheckError, match=r"int8 export refused: Spearman vs fp32 is -?[0-9.]+, below 0.99 by"
+    ):
         export_student(_run(tmp_path, "cross"), out, dev_pairs, precision="int8")
     assert not out.exists()
 
@@ -99,7 +105,9 @@ def test_broken_export_is_refused_with_the_measured_difference(tmp_path, dev_pai
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "keep.txt").write_text("previous bundle")
-    with pytest.raises(ExportCheckError, match=r"fp32 export refused: max \|ONNX − PyTorch\| .* is ([0-9.e-]+)"):
+    with pytest.raises(
+        ExportCheckError, match=r"fp32 export refused: max \|ONNX − PyTorch\| .* is ([0-9.e-]+)"
+    ):
         export_student(_run(tmp_path, "cross"), out, dev_pairs, precision="fp32")
     assert (out / "keep.txt").read_text() == "previous bundle"  # the old bundle is untouched
     assert not (out / "bundle.json").exists()

@@ -47,7 +47,8 @@ def test_score_kd_temperature_two_softens_teacher_and_scales_by_t_squared():
     student = [math.exp(v) / sum(math.exp(u) for u in z) for v in z]
     expected = 4.0 * sum(t * math.log(t / s) for t, s in zip(soft, student, strict=True))
     loss = ScoreDistributionKDLoss(temperature=2.0)(
-        torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([teacher]), torch.tensor([True]))
+        torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([teacher]), torch.tensor([True])
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -24,11 +24,20 @@ SCORES_C = {"Irrelevant": 0.6, "Partial": 0.3, "Exact": 0.1}
 def _score_record(pair, distribution: dict[str, float], *, with_cot: bool = False) -> CoTRecord:
     """A score-mode teacher record (distribution, no reasoning) unless ``with_cot``."""
     dims = [DimensionJudgement(dimension="brand", verdict="mismatch")] if with_cot else []
-    return CoTRecord(teacher_id="teacher-a", prompt_version="v1", mode="cot" if with_cot else "score",
-                     pair_id=pair.pair_id, query=DEFAULT_TEMPLATE.query_text(pair.query), item_id=pair.item.id,
-                     item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()), grade="Exact",
-                     grade_levels=list(GRADE_LEVELS), grade_distribution=distribution,
-                     distribution_source="logits", dimensions=dims)
+    return CoTRecord(
+        teacher_id="teacher-a",
+        prompt_version="v1",
+        mode="cot" if with_cot else "score",
+        pair_id=pair.pair_id,
+        query=DEFAULT_TEMPLATE.query_text(pair.query),
+        item_id=pair.item.id,
+        item_text=DEFAULT_TEMPLATE.item_text(pair.item.as_mapping()),
+        grade="Exact",
+        grade_levels=list(GRADE_LEVELS),
+        grade_distribution=distribution,
+        distribution_source="logits",
+        dimensions=dims,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,9 @@ def pairs():
 def _examples(pairs, sources, report, kind="cross"):
     config = TrainConfig(name="t", kind=kind, max_tokens=64)
     merged = merge_teacher(pairs, sources, report)
-    return build_examples(config.student_kind, pairs, make_tokenizer(config, tokenizer_file()), DEFAULT_TEMPLATE,
-                          merged, report)
+    return build_examples(
+        config.student_kind, pairs, make_tokenizer(config, tokenizer_file()), DEFAULT_TEMPLATE, merged, report
+    )
 
 
 @pytest.mark.parametrize("kind", ["cross", "bi"])
@@ -73,8 +83,11 @@ def test_use_restricts_signals_and_first_file_wins(pairs):
     # A cot-mode record read as "scores" gives its distribution only; a later "all" file still
     # supplies the CoT, and its distribution loses to the earlier file's.
     a = TeacherSource("a.jsonl", "scores", [_score_record(pairs[0], SCORES_A, with_cot=True)])
-    c = TeacherSource("c.jsonl", "all", [_score_record(pairs[0], SCORES_C, with_cot=True),
-                                         _score_record(pairs[1], SCORES_C)])
+    c = TeacherSource(
+        "c.jsonl",
+        "all",
+        [_score_record(pairs[0], SCORES_C, with_cot=True), _score_record(pairs[1], SCORES_C)],
+    )
     report = TeacherReport()
     ex0, ex1, *rest = _examples(pairs, [a, c], report)
 
@@ -99,18 +112,52 @@ def test_train_cli_merges_files_and_refuses_a_term_with_no_coverage(tmp_path):
     scores.write_text("".join(_score_record(p, SCORES_A).model_dump_json() + "\n" for p in train[:10]))
     runner = CliRunner()
     # Score-mode records carry no evidence: --w-cot would silently train without its term.
-    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
-                                 str(scores), "--w-score-kd", "1", "--w-cot", "0.5", "--runs-dir", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "student",
+            "train",
+            "--name",
+            "x",
+            "--teacher-scores",
+            str(scores),
+            "--teacher-cot",
+            str(scores),
+            "--w-score-kd",
+            "1",
+            "--w-cot",
+            "0.5",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2
     assert "the cot weight is > 0 but no training pair got usable evidence spans" in result.output
     assert "score_kd weight" not in result.output  # 10 pairs did get a distribution
     assert not (tmp_path / "x").exists()
 
-    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--w-cot", "0.5"])
+    result = runner.invoke(
+        app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--w-cot", "0.5"]
+    )
     assert result.exit_code == 2 and "--teacher-cot" in result.output
 
     bad = tmp_path / "cot.jsonl"
     bad.write_text(bootstrap_record(train[0], DEFAULT_TEMPLATE).model_dump_json() + "\n{}\n")
-    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher-scores", str(scores), "--teacher-cot",
-                                 str(bad), "--w-cot", "0.5", "--runs-dir", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "student",
+            "train",
+            "--name",
+            "x",
+            "--teacher-scores",
+            str(scores),
+            "--teacher-cot",
+            str(bad),
+            "--w-cot",
+            "0.5",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2 and f"{bad}:2: not a CoT record" in result.output

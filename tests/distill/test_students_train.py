@@ -23,8 +23,9 @@ from distill.students.run_folder import load_run
 pytestmark = pytest.mark.slow
 
 
-def _teacher_record(pair, *, grade: str | None = None, distribution: dict[str, float] | None = None,
-                    with_cot: bool = True) -> CoTRecord:
+def _teacher_record(
+    pair, *, grade: str | None = None, distribution: dict[str, float] | None = None, with_cot: bool = True
+) -> CoTRecord:
     """A record as the teacher writes it: evidence = the query's first word, found in the rendered texts."""
     query = DEFAULT_TEMPLATE.query_text(pair.query)
     item_text = DEFAULT_TEMPLATE.item_text(pair.item.as_mapping())
@@ -33,13 +34,23 @@ def _teacher_record(pair, *, grade: str | None = None, distribution: dict[str, f
     title_word = item_text.split()[0]
     spans.append(EvidenceSpan(source="item", text=title_word, start=0, end=len(title_word), verified=True))
     return CoTRecord(
-        teacher_id="test-teacher", prompt_version="v1", pair_id=pair.pair_id, query=query, item_id=pair.item.id,
-        item_text=item_text, grade=grade or pair.label, grade_levels=list(GRADE_LEVELS),
-        grade_distribution=distribution if distribution is not None
+        teacher_id="test-teacher",
+        prompt_version="v1",
+        pair_id=pair.pair_id,
+        query=query,
+        item_id=pair.item.id,
+        item_text=item_text,
+        grade=grade or pair.label,
+        grade_levels=list(GRADE_LEVELS),
+        grade_distribution=distribution
+        if distribution is not None
         else {"Irrelevant": 0.2, "Partial": 0.3, "Exact": 0.5},
         distribution_source="logits" if distribution != {} else "none",
-        dimensions=[DimensionJudgement(dimension="product_type", verdict="match", evidence=spans)] if with_cot else [],
-        label=pair.label)
+        dimensions=[DimensionJudgement(dimension="product_type", verdict="match", evidence=spans)]
+        if with_cot
+        else [],
+        label=pair.label,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +58,11 @@ def data():
     train_pairs = load_bundled("train")[:8]
     dev_pairs = load_bundled("dev")[:6]
     records = [_teacher_record(p) for p in train_pairs[:5]]
-    records.append(_teacher_record(train_pairs[5], grade="Irrelevant" if train_pairs[5].label != "Irrelevant"
-                                   else "Exact"))  # disagrees with the human label
+    records.append(
+        _teacher_record(
+            train_pairs[5], grade="Irrelevant" if train_pairs[5].label != "Irrelevant" else "Exact"
+        )
+    )  # disagrees with the human label
     records.append(_teacher_record(dev_pairs[0]))  # not a training pair
     return train_pairs, dev_pairs, records
 
@@ -63,8 +77,14 @@ def test_teacher_records_are_matched_and_counted(data):
     config = TrainConfig(name="t", weights=LossWeights(score_kd=1, cot=1), teacher=["x"], max_tokens=32)
     from distill.students.backbone import tokenizer_file
 
-    examples = build_examples(STUDENT_KINDS["cross"], train_pairs, make_tokenizer(config, tokenizer_file()),
-                              DEFAULT_TEMPLATE, matched, report)
+    examples = build_examples(
+        STUDENT_KINDS["cross"],
+        train_pairs,
+        make_tokenizer(config, tokenizer_file()),
+        DEFAULT_TEMPLATE,
+        matched,
+        report,
+    )
     assert sum(ex.teacher_probs is not None for ex in examples) == 6
     assert report.evidence_skipped_disagree == 1  # its distribution is used, its evidence is not
     with_evidence = [ex for ex in examples if ex.pair_evidence is not None]
@@ -73,16 +93,31 @@ def test_teacher_records_are_matched_and_counted(data):
         assert ex.pair_evidence.sum() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("kind,weights", [
-    ("cross", LossWeights(hard=1.0, score_kd=0.5, cot=0.5)),
-    ("bi", LossWeights(hard=1.0, score_kd=0.5, cot=0.5, verdict=0.5)),
-])
+@pytest.mark.parametrize(
+    "kind,weights",
+    [
+        ("cross", LossWeights(hard=1.0, score_kd=0.5, cot=0.5)),
+        ("bi", LossWeights(hard=1.0, score_kd=0.5, cot=0.5, verdict=0.5)),
+    ],
+)
 def test_two_step_training_run(tmp_path, data, kind, weights):
     train_pairs, dev_pairs, records = data
-    config = TrainConfig(name=f"smoke-{kind}", kind=kind, layers=2, max_tokens=32, max_query_tokens=16,
-                         epochs=1, max_steps=2, batch_size=4, weights=weights, teacher=["records.jsonl"])
+    config = TrainConfig(
+        name=f"smoke-{kind}",
+        kind=kind,
+        layers=2,
+        max_tokens=32,
+        max_query_tokens=16,
+        epochs=1,
+        max_steps=2,
+        batch_size=4,
+        weights=weights,
+        teacher=["records.jsonl"],
+    )
     run_dir = tmp_path / config.name
-    result = train(config, train_pairs, dev_pairs, run_dir, teacher=[TeacherSource("records.jsonl", "all", records)])
+    result = train(
+        config, train_pairs, dev_pairs, run_dir, teacher=[TeacherSource("records.jsonl", "all", records)]
+    )
 
     assert result.history[0]["steps"] == 2
     losses = result.history[0]["train_loss"]
@@ -104,8 +139,10 @@ def test_two_step_training_run(tmp_path, data, kind, weights):
     assert scores.shape == (len(dev_pairs),) and ((scores >= 0) & (scores <= 1)).all()
     fresh = config.student_kind.build(2)
     # The backbone starts from the same pretrained weights every time, so a difference is training's.
-    changed = any(not torch.equal(a, b) for a, b in zip(fresh.bert.state_dict().values(),
-                                                       model.bert.state_dict().values(), strict=True))
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(fresh.bert.state_dict().values(), model.bert.state_dict().values(), strict=True)
+    )
     assert changed
 
 
@@ -123,16 +160,34 @@ def test_train_cli_errors_name_the_problem(tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["student", "train", "--name", "x", "--w-score-kd", "1"])
-    assert result.exit_code == 2 and "needs teacher records (--teacher or --teacher-scores FILE)" in result.output
+    assert (
+        result.exit_code == 2
+        and "needs teacher records (--teacher or --teacher-scores FILE)" in result.output
+    )
 
     missing = tmp_path / "missing.jsonl"
-    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher", str(missing), "--w-score-kd", "1"])
+    result = runner.invoke(
+        app, ["student", "train", "--name", "x", "--teacher", str(missing), "--w-score-kd", "1"]
+    )
     assert result.exit_code == 2 and f"{missing}: CoT record file not found" in result.output
 
     bad = tmp_path / "records.jsonl"
     good = _teacher_record(load_bundled("train")[0]).model_dump_json()
     bad.write_text(good + "\n" + '{"teacher_id": "t"}\n', encoding="utf-8")
-    result = runner.invoke(app, ["student", "train", "--name", "x", "--teacher", str(bad), "--w-score-kd", "1",
-                                 "--runs-dir", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "student",
+            "train",
+            "--name",
+            "x",
+            "--teacher",
+            str(bad),
+            "--w-score-kd",
+            "1",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2 and f"{bad}:2: not a CoT record" in result.output
     assert not (tmp_path / "x").exists()

@@ -31,7 +31,9 @@ def _lines(path: Path) -> int:
 
 
 def _run_until_lines_then_signal(cmd: list[str], out: Path, lines: int, sig: int) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + 240
     while _lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -51,7 +53,9 @@ def test_resume_after_sigint_and_sigkill(tmp_path: Path) -> None:
     with out.open("ab") as f:
         f.write(first[: len(first) // 2])
 
-    subprocess.run(_cli(out, summary), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        _cli(out, summary), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+    )
     report = json.loads(summary.read_text())
     assert report["torn_lines_truncated"] == 1
     assert report["already_done"] == done
@@ -64,5 +68,7 @@ def test_resume_after_sigint_and_sigkill(tmp_path: Path) -> None:
     assert all(r.query_id and r.distribution_source == "logits" for r in records)
 
     # A rerun pays nothing.
-    subprocess.run(_cli(out, summary), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        _cli(out, summary), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+    )
     assert json.loads(summary.read_text())["already_done"] == N_PAIRS and _lines(out) == N_PAIRS

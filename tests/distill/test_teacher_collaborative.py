@@ -23,13 +23,21 @@ def test_majority_and_share() -> None:
 async def test_kept_only_where_annotators_and_label_agree(tmp_path: Path) -> None:
     pairs = load_bundled("dev")[:3]
     summary = await collaborate(
-        pairs, tmp_path, annotators=("llamacpp", "llamacpp?temperature=0.5"), samples=2, mode="score", progress=False
+        pairs,
+        tmp_path,
+        annotators=("llamacpp", "llamacpp?temperature=0.5"),
+        samples=2,
+        mode="score",
+        progress=False,
     )
     a_records, _ = read_records(tmp_path / "annotator_a.jsonl")
     b_records, _ = read_records(tmp_path / "annotator_b.jsonl")
     # Greedy annotator: its two samples coincide and are judged once; the sampled one twice.
     assert len(a_records) == 3 and len(b_records) == 6
-    assert summary["teacher_ids"]["b"] == ["llamacpp:SmolLM2-135M-Instruct.Q4_1@t0.5s0", "llamacpp:SmolLM2-135M-Instruct.Q4_1@t0.5s1"]
+    assert summary["teacher_ids"]["b"] == [
+        "llamacpp:SmolLM2-135M-Instruct.Q4_1@t0.5s0",
+        "llamacpp:SmolLM2-135M-Instruct.Q4_1@t0.5s1",
+    ]
 
     grade_a = {r.pair_id: r.grade for r in a_records}
     expected = [p.pair_id for p in pairs if grade_a[p.pair_id] == p.label]  # score mode: annotators agree

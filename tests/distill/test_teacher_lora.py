@@ -60,7 +60,9 @@ def test_labels_cover_exactly_the_assistant_turn(tokenizer, records, mode) -> No
     record = _evidence_record(records)
     example = build_example(record, mode, tokenizer, record.grade_levels)
     prompt = tokenizer.apply_chat_template(
-        build_messages(record.query, record.item_text, mode, record.grade_levels), tokenize=False, add_generation_prompt=True
+        build_messages(record.query, record.item_text, mode, record.grade_levels),
+        tokenize=False,
+        add_generation_prompt=True,
     )
     n = example.answer_start
     assert tokenizer.decode(example.input_ids[:n]) == prompt  # the teacher's prompt, chat template included
@@ -95,7 +97,9 @@ def test_loss_is_the_mean_over_assistant_tokens_only(base, tokenizer, records) -
 
     model = AutoModelForCausalLM.from_pretrained(base)
     batch = [build_example(r, "score", tokenizer, r.grade_levels) for r in records[:2]]
-    batch.append(build_example(records[2], "cot", tokenizer, records[2].grade_levels))  # different lengths: padding
+    batch.append(
+        build_example(records[2], "cot", tokenizer, records[2].grade_levels)
+    )  # different lengths: padding
     firsts = level_first_tokens(tokenizer, records[0].grade_levels)
     with torch.no_grad():
         loss, verdict_ce, _ = batch_losses(model, batch, tokenizer.eos_token_id, firsts, "cpu")
@@ -121,7 +125,9 @@ def test_too_long_and_ungraded_records_are_counted_not_trained(tokenizer, record
     ungraded = records[0].model_copy(update={"grade": None})
     examples, counts = build_examples([ungraded, *records[1:3]], tokenizer, LoRAConfig(max_length=400))
     assert counts["skipped_no_grade"] == 1
-    assert counts["skipped_too_long_cot"] == 2 and counts["examples_score"] == 2  # the CoT prompt alone is > 400 tokens
+    assert (
+        counts["skipped_too_long_cot"] == 2 and counts["examples_score"] == 2
+    )  # the CoT prompt alone is > 400 tokens
     assert {e.mode for e in examples} == {"score"}
 
 
@@ -138,7 +144,15 @@ async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, 
     examples, _ = build_examples(records, tokenizer, config)
     firsts = level_first_tokens(tokenizer, records[0].grade_levels)
     no_autocast = torch.autocast("cpu", enabled=False)
-    before = evaluate(AutoModelForCausalLM.from_pretrained(base), examples, tokenizer.eos_token_id, firsts, "cpu", 4, no_autocast)
+    before = evaluate(
+        AutoModelForCausalLM.from_pretrained(base),
+        examples,
+        tokenizer.eos_token_id,
+        firsts,
+        "cpu",
+        4,
+        no_autocast,
+    )
 
     report = run_lora_sft(records, out, config, base=base, progress=False)
     assert report["steps"] == 12 and report["train_examples"] == len(examples) and report["device"] == "cpu"
@@ -147,7 +161,15 @@ async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, 
     tuned, original = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
     changed = {name for name in tuned if not torch.equal(tuned[name], original[name])}
     assert changed and all(name.split(".")[-2] in config.target_modules for name in changed)
-    after = evaluate(AutoModelForCausalLM.from_pretrained(out), examples, tokenizer.eos_token_id, firsts, "cpu", 4, no_autocast)
+    after = evaluate(
+        AutoModelForCausalLM.from_pretrained(out),
+        examples,
+        tokenizer.eos_token_id,
+        firsts,
+        "cpu",
+        4,
+        no_autocast,
+    )
     # It learned the training records (a tiny random model starts near ln(vocab) and moves slowly;
     # the run is deterministic: fixed seeds, fp32, one thread).
     assert after["token_ce"] < before["token_ce"] - 0.1, (before, after)
@@ -177,7 +199,9 @@ def test_rope_permutation_is_what_transformers_gguf_loader_undoes() -> None:
 
 
 def test_held_out_queries_are_evaluated_and_the_best_adapter_recorded(base, records, tmp_path) -> None:
-    config = LoRAConfig(max_steps=2, batch_size=4, eval_fraction=0.5, eval_every=1, threads=1, precision="fp32")
+    config = LoRAConfig(
+        max_steps=2, batch_size=4, eval_fraction=0.5, eval_every=1, threads=1, precision="fp32"
+    )
     report = run_lora_sft(records, tmp_path / "lora", config, base=base, progress=False)
     assert report["held_out_examples"] > 0 and report["held_out_queries"] > 0
     assert [h["step"] for h in report["eval_history"]] == [0, 1, 2]

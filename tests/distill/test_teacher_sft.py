@@ -11,7 +11,9 @@ from distill.teacher.sft import SFTConfig, choose_l2, fit_rows
 pytestmark = pytest.mark.slow
 
 
-def _data(signal: float, n: int = 240, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _data(
+    signal: float, n: int = 240, dim: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
     centres = rng.normal(size=(3, dim)) * signal
@@ -62,7 +64,9 @@ def test_an_interrupted_run_keeps_the_states_it_read_and_the_next_run_resumes(tm
     assert not list(tmp_path.glob("*.partial*"))
 
     calls.clear()
-    monkeypatch.setattr(sft.VerdictFeatures, "__call__", lambda self, text: calls.append(text) or real_call(self, text))
+    monkeypatch.setattr(
+        sft.VerdictFeatures, "__call__", lambda self, text: calls.append(text) or real_call(self, text)
+    )
     sft.run_sft(pairs, tmp_path, config, progress=False)
     assert len(calls) == len(pairs) - 3  # the three saved pairs are not read again
     assert len(np.load(tmp_path / sft.STATES_FILE)["pair_ids"]) == len(pairs)
@@ -75,13 +79,20 @@ def test_cot_features_count_rule_verdicts_and_never_read_the_label() -> None:
     from distill.teacher.sft import COT_FEATURE_DIMENSIONS, cot_features
 
     def pair(label):
-        return LabelledPair(query_id="q", query="red paper bags without handles",
-                            item=Item(id="i", title="Blue paper bags with handles"), label=label)
+        return LabelledPair(
+            query_id="q",
+            query="red paper bags without handles",
+            item=Item(id="i", title="Blue paper bags with handles"),
+            label=label,
+        )
 
     features = cot_features([pair("Exact"), pair("Irrelevant")])
     assert np.array_equal(features[0], features[1])  # label-free
-    at = {(d, v): features[0, i * len(VERDICTS) + j]
-          for i, d in enumerate(COT_FEATURE_DIMENSIONS) for j, v in enumerate(VERDICTS)}
+    at = {
+        (d, v): features[0, i * len(VERDICTS) + j]
+        for i, d in enumerate(COT_FEATURE_DIMENSIONS)
+        for j, v in enumerate(VERDICTS)
+    }
     # red/Blue: colour mismatch; paper: material match; "without handles" / "with handles": exclusion mismatch
     assert at[("color", "mismatch")] == at[("material", "match")] == at[("exclusion", "mismatch")] == 1
     assert sum(at.values()) == 3
@@ -96,12 +107,21 @@ def test_cot_conditioned_head_writes_its_head_and_cot_records_and_scores_held_ou
     from distill.teacher import sft
 
     train, dev = load_bundled("train")[:8], load_bundled("dev")[:3]
-    report = sft.run_sft(train, tmp_path, SFTConfig(max_iter=5, threads=1, cot_features=True), progress=False,
-                         predict=dev, predict_out=tmp_path / "dev.jsonl")
+    report = sft.run_sft(
+        train,
+        tmp_path,
+        SFTConfig(max_iter=5, threads=1, cot_features=True),
+        progress=False,
+        predict=dev,
+        predict_out=tmp_path / "dev.jsonl",
+    )
     assert report["teacher_spec"] is None and not (tmp_path / sft.SFT_GGUF).exists()
     head = np.load(tmp_path / sft.COT_HEAD_FILE)
     assert head["rows"].shape == (3, 576 + len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
-    assert float(head["cot_feature_scale"]) == report["cot_feature_scale"] and report["cot_feature_scale"] in sft.COT_SCALE_GRID
+    assert (
+        float(head["cot_feature_scale"]) == report["cot_feature_scale"]
+        and report["cot_feature_scale"] in sft.COT_SCALE_GRID
+    )
     assert len(report["cv_ce_by_l2"]) == len(sft.COT_SCALE_GRID) * len(sft.L2_GRID)
     for path, n in ((tmp_path / sft.OOF_FILE, len(train)), (tmp_path / "dev.jsonl", len(dev))):
         records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -125,8 +145,14 @@ def test_rules_only_ablation_reads_no_llm_state(tmp_path) -> None:
     train, dev = load_bundled("train")[:8], load_bundled("dev")[:3]
     with pytest.raises(ValueError, match="needs the CoT features"):
         sft.run_sft(train, tmp_path, SFTConfig(llm_states=False), progress=False)
-    sft.run_sft(train, tmp_path, SFTConfig(max_iter=5, threads=1, cot_features=True, llm_states=False),
-                progress=False, predict=dev, predict_out=tmp_path / "dev.jsonl")
+    sft.run_sft(
+        train,
+        tmp_path,
+        SFTConfig(max_iter=5, threads=1, cot_features=True, llm_states=False),
+        progress=False,
+        predict=dev,
+        predict_out=tmp_path / "dev.jsonl",
+    )
     assert np.load(tmp_path / sft.COT_HEAD_FILE)["rows"].shape == (3, len(sft.COT_FEATURE_DIMENSIONS) * 4 + 1)
     assert not (tmp_path / sft.STATES_FILE).exists()  # no LLM state was read
     record = json.loads((tmp_path / "dev.jsonl").read_text().splitlines()[0])

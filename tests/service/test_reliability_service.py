@@ -63,8 +63,9 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_in_time(bu
     # Each batch waits 1.5 s to fill, so a request is in flight when SIGTERM arrives.
     server = Server(bundles["cross"], tmp_path / "drain.log", batch_max_wait_ms=1500, shutdown_grace_s=10)
     in_flight: dict[str, httpx.Response] = {}
-    sender = threading.Thread(target=lambda: in_flight.setdefault(
-        "r", httpx.post(f"{server.url}/score", json=BODY, timeout=30)))
+    sender = threading.Thread(
+        target=lambda: in_flight.setdefault("r", httpx.post(f"{server.url}/score", json=BODY, timeout=30))
+    )
     sender.start()
     time.sleep(0.4)
     signalled = time.monotonic()
@@ -91,24 +92,37 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_in_time(bu
 
 
 def _model_info(server: Server) -> str:
-    line = next(ln for ln in httpx.get(f"{server.url}/metrics").text.splitlines()
-                if ln.startswith("relevance_model_info{"))
+    line = next(
+        ln
+        for ln in httpx.get(f"{server.url}/metrics").text.splitlines()
+        if ln.startswith("relevance_model_info{")
+    )
     return line
 
 
 def test_reload_swaps_bundles_under_load_without_a_failed_request(bundles, tmp_path):
-    server = Server(bundles["cross"], tmp_path / "reload.log", api_keys=ADMIN_KEY, batch_max_wait_ms=5,
-                    explain_teacher="llamacpp")
+    server = Server(
+        bundles["cross"],
+        tmp_path / "reload.log",
+        api_keys=ADMIN_KEY,
+        batch_max_wait_ms=5,
+        explain_teacher="llamacpp",
+    )
     admin = {"X-API-Key": ADMIN_KEY}
     try:
-        assert httpx.post(f"{server.url}/admin/reload", json={"bundle": str(bundles["bi"])},
-                          timeout=30).status_code == 401
+        assert (
+            httpx.post(
+                f"{server.url}/admin/reload", json={"bundle": str(bundles["bi"])}, timeout=30
+            ).status_code
+            == 401
+        )
 
         async def load_and_reload():
             seen: list[list[str]] = [[] for _ in range(4)]
             statuses: list[int] = []
             stop = asyncio.Event()
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
                 async def client_loop(i: int) -> None:
                     while not stop.is_set():
                         resp = await client.post("/score", json=BODY)
@@ -118,7 +132,9 @@ def test_reload_swaps_bundles_under_load_without_a_failed_request(bundles, tmp_p
 
                 loops = [asyncio.create_task(client_loop(i)) for i in range(4)]
                 await asyncio.sleep(1.0)
-                reload = await client.post("/admin/reload", json={"bundle": str(bundles["bi"])}, headers=admin)
+                reload = await client.post(
+                    "/admin/reload", json={"bundle": str(bundles["bi"])}, headers=admin
+                )
                 after = await client.post("/score", json=BODY)
                 await asyncio.sleep(1.0)
                 stop.set()
@@ -143,12 +159,15 @@ def test_reload_swaps_bundles_under_load_without_a_failed_request(bundles, tmp_p
         # A broken bundle is refused with the reason, and the current one keeps serving.
         broken = _copy(bundles["cross"], tmp_path / "broken")
         (broken / MODEL_FILE).write_bytes(b"not an onnx graph" * 100)
-        refused = httpx.post(f"{server.url}/admin/reload", json={"bundle": str(broken)}, headers=admin, timeout=30)
+        refused = httpx.post(
+            f"{server.url}/admin/reload", json={"bundle": str(broken)}, headers=admin, timeout=30
+        )
         assert refused.status_code == 422, refused.text
         error = refused.json()["error"]
         assert error["code"] == "bundle_invalid" and str(broken) in error["message"]
-        missing = httpx.post(f"{server.url}/admin/reload", json={"bundle": str(tmp_path / "none")},
-                             headers=admin, timeout=30)
+        missing = httpx.post(
+            f"{server.url}/admin/reload", json={"bundle": str(tmp_path / "none")}, headers=admin, timeout=30
+        )
         assert missing.status_code == 422 and "does not exist" in missing.json()["error"]["message"]
         still = httpx.post(f"{server.url}/score", json=BODY, timeout=30)
         assert still.status_code == 200 and still.json()["model"]["name"] == "tiny-bi"
@@ -183,7 +202,7 @@ def test_sighup_reloads_the_bundle_folder_written_in_place(bundles, tmp_path):
 def test_a_corrupted_bundle_at_startup_never_becomes_ready_and_says_why(bundles, tmp_path):
     corrupted = _copy(bundles["cross"], tmp_path / "corrupted")
     raw = bytearray((corrupted / MODEL_FILE).read_bytes())
-    raw[len(raw) // 3: len(raw) // 3 + 4096] = b"\xff" * 4096  # same size, garbage in the middle
+    raw[len(raw) // 3 : len(raw) // 3 + 4096] = b"\xff" * 4096  # same size, garbage in the middle
     (corrupted / MODEL_FILE).write_bytes(bytes(raw))
     with pytest.raises(RuntimeError) as failed:
         Server(corrupted, tmp_path / "corrupted.log")
@@ -201,14 +220,17 @@ def test_cors_is_off_by_default_and_limited_to_configured_origins(bundles, tmp_p
     try:
         resp = httpx.options(f"{server.url}/score", headers=preflight, timeout=10)
         assert "access-control-allow-origin" not in resp.headers
-        resp = httpx.post(f"{server.url}/score", json=BODY, headers={"Origin": "https://evil.example"}, timeout=30)
+        resp = httpx.post(
+            f"{server.url}/score", json=BODY, headers={"Origin": "https://evil.example"}, timeout=30
+        )
         assert resp.status_code == 200 and "access-control-allow-origin" not in resp.headers
     finally:
         server.stop()
     server = Server(bundles["bi"], tmp_path / "cors-on.log", cors_origins="https://admin.example")
     try:
-        ok = httpx.options(f"{server.url}/score", timeout=10,
-                           headers={**preflight, "Origin": "https://admin.example"})
+        ok = httpx.options(
+            f"{server.url}/score", timeout=10, headers={**preflight, "Origin": "https://admin.example"}
+        )
         assert ok.headers["access-control-allow-origin"] == "https://admin.example"
         other = httpx.options(f"{server.url}/score", headers=preflight, timeout=10)
         assert "access-control-allow-origin" not in other.headers
@@ -218,17 +240,37 @@ def test_cors_is_off_by_default_and_limited_to_configured_origins(bundles, tmp_p
 
 def test_api_keys_never_reach_the_logs(bundles, tmp_path):
     wrong = "wrong-key-that-must-not-be-logged"
-    server = Server(bundles["cross"], tmp_path / "secrets.log", score_api_keys=API_KEY, api_keys=ADMIN_KEY,
-                    log_level="DEBUG")
+    server = Server(
+        bundles["cross"],
+        tmp_path / "secrets.log",
+        score_api_keys=API_KEY,
+        api_keys=ADMIN_KEY,
+        log_level="DEBUG",
+    )
     try:
-        for headers in ({"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": API_KEY},
-                        {"Authorization": f"Bearer {wrong}"}, {"X-API-Key": wrong}, {}):
+        for headers in (
+            {"Authorization": f"Bearer {API_KEY}"},
+            {"X-API-Key": API_KEY},
+            {"Authorization": f"Bearer {wrong}"},
+            {"X-API-Key": wrong},
+            {},
+        ):
             httpx.post(f"{server.url}/score", json=BODY, headers=headers, timeout=30)
-            httpx.post(f"{server.url}/admin/reload", json={"bundle": "/nonexistent"}, headers=headers, timeout=30)
-        httpx.post(f"{server.url}/admin/reload", json={"bundle": "/nonexistent"}, headers={"X-API-Key": ADMIN_KEY},
-                   timeout=30)
-        httpx.get(f"{server.url}/explain", params={"query": "q", "item_id": "x"}, headers={"X-API-Key": wrong},
-                  timeout=30)
+            httpx.post(
+                f"{server.url}/admin/reload", json={"bundle": "/nonexistent"}, headers=headers, timeout=30
+            )
+        httpx.post(
+            f"{server.url}/admin/reload",
+            json={"bundle": "/nonexistent"},
+            headers={"X-API-Key": ADMIN_KEY},
+            timeout=30,
+        )
+        httpx.get(
+            f"{server.url}/explain",
+            params={"query": "q", "item_id": "x"},
+            headers={"X-API-Key": wrong},
+            timeout=30,
+        )
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(20)
         log = server.log_path.read_text(errors="replace")
@@ -241,8 +283,14 @@ def test_api_keys_never_reach_the_logs(bundles, tmp_path):
 
 
 def test_serve_refuses_a_bad_setting_naming_it(bundles):
-    bad = subprocess.run([RELEVANCE, "serve", "--bundle", str(bundles["bi"])], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "RELEVANCE_SHUTDOWN_GRACE_S": "-1"})
+    bad = subprocess.run(
+        [RELEVANCE, "serve", "--bundle", str(bundles["bi"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "RELEVANCE_SHUTDOWN_GRACE_S": "-1"},
+    )
     assert bad.returncode != 0 and "RELEVANCE_SHUTDOWN_GRACE_S" in bad.stderr
 
 
@@ -264,8 +312,13 @@ def test_a_load_run_across_a_restart_loses_no_admitted_request(bundles, tmp_path
 
 
 def test_every_route_caps_the_body_and_explain_caps_item_fields(bundles, tmp_path):
-    server = Server(bundles["cross"], tmp_path / "limits.log", api_keys=ADMIN_KEY, max_body_bytes=4096,
-                    max_field_chars=100)
+    server = Server(
+        bundles["cross"],
+        tmp_path / "limits.log",
+        api_keys=ADMIN_KEY,
+        max_body_bytes=4096,
+        max_field_chars=100,
+    )
     key = {"X-API-Key": ADMIN_KEY}
     big = {"query": "sofa", "item": {"id": "x", "title": "y" * 5000}}
     try:
@@ -280,11 +333,19 @@ def test_every_route_caps_the_body_and_explain_caps_item_fields(bundles, tmp_pat
                     yield b"y" * 1000
                 yield b'"}}'
 
-            streamed = httpx.post(f"{server.url}{path}", content=chunks(), timeout=30,
-                                  headers={**key, "Content-Type": "application/json"})
+            streamed = httpx.post(
+                f"{server.url}{path}",
+                content=chunks(),
+                timeout=30,
+                headers={**key, "Content-Type": "application/json"},
+            )
             assert streamed.status_code == 413, (path, streamed.text)
-        long_title = httpx.post(f"{server.url}/explain", headers=key, timeout=30,
-                                json={"query": "sofa", "item": {"id": "x", "title": "y" * 101}})
+        long_title = httpx.post(
+            f"{server.url}/explain",
+            headers=key,
+            timeout=30,
+            json={"query": "sofa", "item": {"id": "x", "title": "y" * 101}},
+        )
         assert long_title.status_code == 422 and long_title.json()["error"]["field"] == "item.title"
         assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200  # the server is fine
     finally:
@@ -297,8 +358,18 @@ def test_every_route_caps_the_body_and_explain_caps_item_fields(bundles, tmp_pat
 def test_a_short_burst_with_large_requests_misses_no_deadline(bundles, tmp_path):
     from loadtest.reliability import burst
 
-    result = asyncio.run(burst(bundles["cross"], duration_s=4, clients=8, items=10, large_every_s=1.0,
-                               large_items=500, deadline_ms=2000, log_dir=tmp_path))
+    result = asyncio.run(
+        burst(
+            bundles["cross"],
+            duration_s=4,
+            clients=8,
+            items=10,
+            large_every_s=1.0,
+            large_items=500,
+            deadline_ms=2000,
+            log_dir=tmp_path,
+        )
+    )
     assert result["admitted_past_deadline_504"] == 0, result
     small, large = result["small"], result["large"]
     assert small["status_counts"].get("200", 0) > 0 and set(small["status_counts"]) <= {"200", "503"}, result

@@ -24,8 +24,9 @@ BODY = {"query": "red leather sofa", "items": items(3, 6)}
 
 @pytest.fixture(scope="module")
 def tiny(bundles, tmp_path_factory):
-    server = Server(bundles["cross"], tmp_path_factory.mktemp("logs") / "tiny.log", header_timeout_s=1,
-                    body_timeout_s=1)
+    server = Server(
+        bundles["cross"], tmp_path_factory.mktemp("logs") / "tiny.log", header_timeout_s=1, body_timeout_s=1
+    )
     try:
         yield server
     finally:
@@ -62,21 +63,34 @@ def _read_all(sock: socket.socket, timeout_s: float) -> bytes:
 # --- 1. a request too large for its deadline cannot starve the others ---
 
 
-def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_and_small_ones_keep_their_deadline(tmp_path):
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_and_small_ones_keep_their_deadline(
+    tmp_path,
+):
     # The real default bundle (MiniLM, 6 layers): 500 items of ~128 tokens take far longer than 5 s here.
     server = Server(DEFAULT_BUNDLE, tmp_path / "large.log", ort_intra_op_threads=2)
-    words = ("sofa leather red oak table lamp cable charger steel boots cotton shirt mouse mug hose bike "
-             "helmet").split()
+    words = (
+        "sofa leather red oak table lamp cable charger steel boots cotton shirt mouse mug hose bike helmet"
+    ).split()
     long_title = " ".join(words[i % len(words)] for i in range(120))
-    large = {"query": "red leather sofa",
-             "items": [{"id": f"big-{i}", "title": f"{i} {long_title}"} for i in range(500)]}
+    large = {
+        "query": "red leather sofa",
+        "items": [{"id": f"big-{i}", "title": f"{i} {long_title}"} for i in range(500)],
+    }
     small = {"query": "red leather sofa", "items": [{"id": "one", "title": "red leather sofa"}]}
     try:
         with ThreadPoolExecutor(13) as pool:
             big = pool.submit(httpx.post, f"{server.url}/score", json=large, timeout=60)
             time.sleep(0.2)
-            smalls = [pool.submit(httpx.post, f"{server.url}/score", json=small, timeout=30,
-                                  headers={"X-Deadline-Ms": "1000"}) for _ in range(12)]
+            smalls = [
+                pool.submit(
+                    httpx.post,
+                    f"{server.url}/score",
+                    json=small,
+                    timeout=30,
+                    headers={"X-Deadline-Ms": "1000"},
+                )
+                for _ in range(12)
+            ]
             refused = big.result()
             answers = [f.result() for f in smalls]
         assert refused.status_code == 413, refused.text
@@ -84,10 +98,16 @@ def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once_and_small_on
         assert error["code"] == "request_too_costly" and error["field"] == "items"
         assert "tokens/s" in error["message"] and "X-Deadline-Ms" in error["message"]
         assert refused.elapsed.total_seconds() < 5  # refused at once, not after its deadline
-        assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
+        assert [r.status_code for r in answers] == [200] * 12, [
+            r.text for r in answers if r.status_code != 200
+        ]
         # With a deadline it can meet, the same request is admitted and scored.
-        ok = httpx.post(f"{server.url}/score", json={**large, "items": large["items"][:20]}, timeout=60,
-                        headers={"X-Deadline-Ms": "60000"})
+        ok = httpx.post(
+            f"{server.url}/score",
+            json={**large, "items": large["items"][:20]},
+            timeout=60,
+            headers={"X-Deadline-Ms": "60000"},
+        )
         assert ok.status_code == 200 and len(ok.json()["scores"]) == 20
         text = httpx.get(f"{server.url}/metrics").text
         assert 'relevance_rejected_requests_total{reason="too_costly"} 1.0' in text
@@ -149,8 +169,10 @@ def test_a_connection_that_never_finishes_its_headers_gets_408_and_is_closed(tin
 def test_a_stalled_body_gets_a_json_408_and_the_connection_is_closed(tiny):
     sock = _raw_connection(tiny)
     try:
-        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n{\"query\":")
+        sock.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"query":'
+        )
         raw = _read_all(sock, timeout_s=5)
     finally:
         sock.close()
@@ -160,12 +182,16 @@ def test_a_stalled_body_gets_a_json_408_and_the_connection_is_closed(tiny):
     assert json.loads(body)["error"]["code"] == "body_timeout"
 
 
-def test_at_sigterm_a_stalled_upload_is_cut_short_with_json_503_and_the_process_exits_at_once(bundles, tmp_path):
+def test_at_sigterm_a_stalled_upload_is_cut_short_with_json_503_and_the_process_exits_at_once(
+    bundles, tmp_path
+):
     server = Server(bundles["cross"], tmp_path / "slow-upload.log", shutdown_grace_s=20, body_timeout_s=60)
     sock = _raw_connection(server)
     try:
-        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n0123456789")
+        sock.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n0123456789"
+        )
         time.sleep(0.3)
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -187,19 +213,29 @@ def test_at_sigterm_a_stalled_upload_is_cut_short_with_json_503_and_the_process_
 
 def test_bodies_must_be_sent_as_json(tiny):
     raw = json.dumps(BODY).encode()
-    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+    for headers in (
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {},
+    ):
         resp = httpx.post(f"{tiny.url}/score", content=raw, headers=headers, timeout=30)
         assert resp.status_code == 415, (headers, resp.text)
         assert resp.json()["error"]["field"] == "header.Content-Type"
-    ok = httpx.post(f"{tiny.url}/score", content=raw, headers={"Content-Type": "application/json; charset=utf-8"},
-                    timeout=30)
+    ok = httpx.post(
+        f"{tiny.url}/score",
+        content=raw,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        timeout=30,
+    )
     assert ok.status_code == 200
 
 
 @pytest.mark.parametrize("text", ["\u200b\u200b", "\u200d\ufeff", "\x00\x07", " \u2060\u00ad "])
 def test_text_of_only_invisible_characters_is_blank(tiny, text):
-    for body, field in (({"query": "sofa", "items": [{"id": "a", "title": text}]}, "items[0].title"),
-                        ({"query": text, "items": [{"id": "a", "title": "sofa"}]}, "query")):
+    for body, field in (
+        ({"query": "sofa", "items": [{"id": "a", "title": text}]}, "items[0].title"),
+        ({"query": text, "items": [{"id": "a", "title": "sofa"}]}, "query"),
+    ):
         resp = httpx.post(f"{tiny.url}/score", json=body, timeout=30)
         assert resp.status_code == 422 and resp.json()["error"]["field"] == field, resp.text
 
@@ -238,10 +274,16 @@ def test_reload_and_explain_name_bad_input_as_score_does(keyed):
     error = wrong_type.json()["error"]
     assert wrong_type.status_code == 422 and error["field"] == "bundle", wrong_type.text
     assert "<class" not in error["message"] and "Path" not in error["message"]
-    missing = httpx.get(f"{keyed.url}/explain", params={"item_id": "x"}, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    missing = httpx.get(
+        f"{keyed.url}/explain", params={"item_id": "x"}, headers={"X-API-Key": ADMIN_KEY}, timeout=30
+    )
     assert missing.status_code == 422 and missing.json()["error"]["field"] == "query", missing.text
-    blank = httpx.post(f"{keyed.url}/explain", json={"query": "sofa", "item": {"id": "a", "title": "\u200b"}},
-                       headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    blank = httpx.post(
+        f"{keyed.url}/explain",
+        json={"query": "sofa", "item": {"id": "a", "title": "\u200b"}},
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=30,
+    )
     assert blank.status_code == 422 and blank.json()["error"]["field"] == "item.title", blank.text
 
 
@@ -256,10 +298,17 @@ def test_a_corrupted_model_at_startup_is_reported_in_one_line_without_a_tracebac
     corrupted = tmp_path / "corrupted"
     shutil.copytree(bundles["cross"], corrupted)
     (corrupted / MODEL_FILE).write_bytes(b"\x08\x07garbage" * 100)
-    manifest = read_manifest(corrupted)  # re-record the checksums: the file is intact, its content is not ONNX
+    manifest = read_manifest(
+        corrupted
+    )  # re-record the checksums: the file is intact, its content is not ONNX
     write_manifest(corrupted, manifest.model_copy(update={"files": {}}))
-    out = subprocess.run([RELEVANCE, "serve", "--bundle", str(corrupted), "--port", "0"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [RELEVANCE, "serve", "--bundle", str(corrupted), "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3, out.stderr
     assert str(corrupted / MODEL_FILE) in out.stderr
@@ -270,8 +319,14 @@ def test_a_bad_environment_variable_is_named_as_the_user_set_it(bundles):
 
     from service_harness import RELEVANCE, REPO
 
-    out = subprocess.run([RELEVANCE, "serve", "--bundle", str(bundles["bi"])], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "RELEVANCE_MAX_ITEMS": "lots"})
+    out = subprocess.run(
+        [RELEVANCE, "serve", "--bundle", str(bundles["bi"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "RELEVANCE_MAX_ITEMS": "lots"},
+    )
     assert out.returncode == 2 and "RELEVANCE_MAX_ITEMS='lots'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
@@ -281,9 +336,11 @@ def test_a_bad_environment_variable_is_named_as_the_user_set_it(bundles):
 
 def test_counters_exist_before_their_first_event_and_docs_has_its_own_route_label(tiny):
     text = httpx.get(f"{tiny.url}/metrics").text
-    for sample in ('relevance_rejected_requests_total{reason="shutting_down"} 0.0',
-                   'relevance_dropped_pairs_total{reason="deadline"} 0.0',
-                   'relevance_model_reloads_total{result="refused"} 0.0'):
+    for sample in (
+        'relevance_rejected_requests_total{reason="shutting_down"} 0.0',
+        'relevance_dropped_pairs_total{reason="deadline"} 0.0',
+        'relevance_model_reloads_total{result="refused"} 0.0',
+    ):
         assert sample in text
     assert httpx.get(f"{tiny.url}/docs").status_code == 200
     text = httpx.get(f"{tiny.url}/metrics").text

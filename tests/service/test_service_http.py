@@ -29,10 +29,17 @@ def servers(bundles, tmp_path_factory):
     started: dict[str, Server] = {}
     try:
         # Waits long enough that concurrent requests share batches (asserted below).
-        started["cross"] = Server(bundles["cross"], logs / "cross.log", batch_max_wait_ms=40, max_items=40,
-                                  score_api_keys=API_KEY)
-        started["bi"] = Server(bundles["bi"], logs / "bi.log", batch_max_wait_ms=40, max_items=40,
-                               max_field_chars=1000, max_body_bytes=60_000)
+        started["cross"] = Server(
+            bundles["cross"], logs / "cross.log", batch_max_wait_ms=40, max_items=40, score_api_keys=API_KEY
+        )
+        started["bi"] = Server(
+            bundles["bi"],
+            logs / "bi.log",
+            batch_max_wait_ms=40,
+            max_items=40,
+            max_field_chars=1000,
+            max_body_bytes=60_000,
+        )
         yield started
     finally:
         for server in started.values():
@@ -93,7 +100,9 @@ def test_batched_concurrent_scores_equal_scoring_each_pair_alone(servers, kind):
     assert len(diffs) == 100 and max(diffs) <= 1e-4
     assert min(spread) > 1e-2  # scores differ enough that mixed-up rows would be caught
     # Requests were batched together: fewer batches than requests for the concurrent round.
-    batches = metric(after, "relevance_batch_size_pairs_count") - metric(before, "relevance_batch_size_pairs_count")
+    batches = metric(after, "relevance_batch_size_pairs_count") - metric(
+        before, "relevance_batch_size_pairs_count"
+    )
     assert batches < len(requests)
 
 
@@ -103,7 +112,9 @@ def test_bi_item_embeddings_are_cached(servers):
     first = _post(server, body).json()
     hits = metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total")
     second = _post(server, body).json()
-    assert metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total") == hits + 10
+    assert (
+        metric(httpx.get(f"{server.url}/metrics").text, "relevance_embedding_cache_hits_total") == hits + 10
+    )
     assert [s["score"] for s in first["scores"]] == [s["score"] for s in second["scores"]]
     changed = dict(body["items"][0], title="a completely different title")
     third = _post(server, {"query": "oak table", "items": [changed]}).json()  # same id, new text: recomputed
@@ -115,40 +126,73 @@ def test_bi_item_embeddings_are_cached(servers):
 GOOD_ITEM = {"id": "a", "title": "red sofa"}
 
 
-@pytest.mark.parametrize("payload,status,code,field", [
-    ({"query": "   ", "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
-    ({"items": [GOOD_ITEM]}, 422, "validation_error", "query"),
-    ({"query": "sofa", "items": []}, 422, "validation_error", "items"),
-    ({"query": "sofa", "items": [GOOD_ITEM] * 41}, 413, "too_many_items", "items"),
-    ({"query": "sofa", "items": [GOOD_ITEM] * 3 + [{"id": "d", "title": "x" * 1001}]}, 422, "field_too_long",
-     "items[3].title"),
-    ({"query": "x" * 1001, "items": [GOOD_ITEM]}, 422, "field_too_long", "query"),
-    ({"query": "sofa", "items": [{"id": 12, "title": "t"}]}, 422, "validation_error", "items[0].id"),
-    ({"query": "sofa", "items": [{"id": "a", "title": ["t"]}]}, 422, "validation_error", "items[0].title"),
-    ({"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": {"color": [1]}}]}, 422,
-     "validation_error", "items[0].attributes.color"),
-    ({"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": "red"}]}, 422, "validation_error",
-     "items[0].attributes"),
-    ({"query": 3, "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
-    ({"query": "sofa", "items": [GOOD_ITEM], "limit": 3}, 422, "validation_error", "limit"),
-])
+@pytest.mark.parametrize(
+    "payload,status,code,field",
+    [
+        ({"query": "   ", "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+        ({"items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+        ({"query": "sofa", "items": []}, 422, "validation_error", "items"),
+        ({"query": "sofa", "items": [GOOD_ITEM] * 41}, 413, "too_many_items", "items"),
+        (
+            {"query": "sofa", "items": [GOOD_ITEM] * 3 + [{"id": "d", "title": "x" * 1001}]},
+            422,
+            "field_too_long",
+            "items[3].title",
+        ),
+        ({"query": "x" * 1001, "items": [GOOD_ITEM]}, 422, "field_too_long", "query"),
+        ({"query": "sofa", "items": [{"id": 12, "title": "t"}]}, 422, "validation_error", "items[0].id"),
+        (
+            {"query": "sofa", "items": [{"id": "a", "title": ["t"]}]},
+            422,
+            "validation_error",
+            "items[0].title",
+        ),
+        (
+            {"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": {"color": [1]}}]},
+            422,
+            "validation_error",
+            "items[0].attributes.color",
+        ),
+        (
+            {"query": "sofa", "items": [{"id": "a", "title": "t", "attributes": "red"}]},
+            422,
+            "validation_error",
+            "items[0].attributes",
+        ),
+        ({"query": 3, "items": [GOOD_ITEM]}, 422, "validation_error", "query"),
+        ({"query": "sofa", "items": [GOOD_ITEM], "limit": 3}, 422, "validation_error", "limit"),
+    ],
+)
 def test_bad_input_gets_status_and_field(servers, payload, status, code, field):
     resp = _post(servers["bi"], payload)
     assert resp.status_code == status, resp.text
-    assert resp.json() == {"error": {"code": code, "message": resp.json()["error"]["message"], "field": field}}
+    assert resp.json() == {
+        "error": {"code": code, "message": resp.json()["error"]["message"], "field": field}
+    }
     assert field in resp.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("content,status,code,phrase", [
-    (b'{"query": "sofa", "items": [', 400, "invalid_json", "not valid JSON"),
-    (b'{"query": "caf\xe9", "items": []}', 400, "invalid_encoding", "UTF-8"),
-    (b'', 400, "invalid_json", "not valid JSON"),
-    (b'[1, 2]', 422, "validation_error", "JSON object"),
-    (b'{"query": "sofa", "items": [' + b'{"id": "a", "title": "t"},' * 3000 + b'{"id": "b", "title": "t"}]}', 413,
-     "payload_too_large", "RELEVANCE_MAX_BODY_BYTES"),
-])
+@pytest.mark.parametrize(
+    "content,status,code,phrase",
+    [
+        (b'{"query": "sofa", "items": [', 400, "invalid_json", "not valid JSON"),
+        (b'{"query": "caf\xe9", "items": []}', 400, "invalid_encoding", "UTF-8"),
+        (b"", 400, "invalid_json", "not valid JSON"),
+        (b"[1, 2]", 422, "validation_error", "JSON object"),
+        (
+            b'{"query": "sofa", "items": ['
+            + b'{"id": "a", "title": "t"},' * 3000
+            + b'{"id": "b", "title": "t"}]}',
+            413,
+            "payload_too_large",
+            "RELEVANCE_MAX_BODY_BYTES",
+        ),
+    ],
+)
 def test_bad_bodies(servers, content, status, code, phrase):
-    resp = httpx.post(f"{servers['bi'].url}/score", content=content, headers={"content-type": "application/json"})
+    resp = httpx.post(
+        f"{servers['bi'].url}/score", content=content, headers={"content-type": "application/json"}
+    )
     assert resp.status_code == status, resp.text
     assert resp.json()["error"]["code"] == code and phrase in resp.json()["error"]["message"]
 
@@ -175,8 +219,10 @@ def test_request_id_echoed_or_generated(servers):
     assert _post(server, dict(body, request_id="from-body")).headers["X-Request-ID"] == "from-body"
     generated = _post(server, body).headers["X-Request-ID"]
     assert len(generated) == 32 and generated != _post(server, body).headers["X-Request-ID"]
-    assert _post(server, body, headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"] != \
-        "bad id\twith spaces"
+    assert (
+        _post(server, body, headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"]
+        != "bad id\twith spaces"
+    )
     assert '"request_id":"abc-123"' in servers["bi"].log()  # one JSON log line per request
 
 
@@ -191,12 +237,21 @@ def test_readyz_and_metrics(servers):
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     _post(server, {"query": "sofa", "items": [GOOD_ITEM]}, headers=AUTH)
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("relevance_requests_total", "relevance_request_duration_seconds_bucket",
-                 "relevance_queue_wait_seconds_bucket", "relevance_tokenization_seconds_bucket",
-                 "relevance_inference_seconds_bucket", "relevance_batch_size_pairs_bucket",
-                 "relevance_batch_tokens_bucket", "relevance_batch_padding_ratio_bucket",
-                 "relevance_queue_depth_pairs", "relevance_model_info", "relevance_dropped_pairs_total",
-                 "relevance_scored_pairs_total", "process_resident_memory_bytes"):
+    for name in (
+        "relevance_requests_total",
+        "relevance_request_duration_seconds_bucket",
+        "relevance_queue_wait_seconds_bucket",
+        "relevance_tokenization_seconds_bucket",
+        "relevance_inference_seconds_bucket",
+        "relevance_batch_size_pairs_bucket",
+        "relevance_batch_tokens_bucket",
+        "relevance_batch_padding_ratio_bucket",
+        "relevance_queue_depth_pairs",
+        "relevance_model_info",
+        "relevance_dropped_pairs_total",
+        "relevance_scored_pairs_total",
+        "process_resident_memory_bytes",
+    ):
         assert name in text, name
     assert 'relevance_requests_total{route="/score",status="200"}' in text
     assert 'provider="CPUExecutionProvider"' in text
@@ -207,17 +262,24 @@ def test_readyz_and_metrics(servers):
 
 def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
     # The queue holds one 20-item request at a time, so concurrent requests must be refused, not queued.
-    server = Server(bundles["cross"], tmp_path / "overload.log", max_items=20, queue_capacity_pairs=21,
-                    batch_max_wait_ms=20)
+    server = Server(
+        bundles["cross"],
+        tmp_path / "overload.log",
+        max_items=20,
+        queue_capacity_pairs=21,
+        batch_max_wait_ms=20,
+    )
     try:
         body = {"query": "red leather sofa", "items": items(5, 20)}
 
         async def burst():
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
                 async def one():
                     start = time.perf_counter()
                     resp = await client.post("/score", json=body)
                     return resp, time.perf_counter() - start
+
                 return await asyncio.gather(*(one() for _ in range(24)))
 
         results = asyncio.run(burst())
@@ -236,7 +298,9 @@ def test_overload_gets_503_with_retry_after_fast(bundles, tmp_path):
         server.stop()
 
 
-def test_disconnected_requests_are_dropped_not_computed_and_a_batch_never_waits_past_a_deadline(bundles, tmp_path):
+def test_disconnected_requests_are_dropped_not_computed_and_a_batch_never_waits_past_a_deadline(
+    bundles, tmp_path
+):
     # A batch waits up to 3 s to fill, so a lone request stays queued long enough to hang up on it
     # (after 0.3 s): it must not reach the model. The next one, with a 1 s deadline, must not wait the
     # 3 s: its batch closes when waiting longer would make it late. (Inputs that expire in the queue are
@@ -262,8 +326,13 @@ def test_disconnected_requests_are_dropped_not_computed_and_a_batch_never_waits_
 
 
 def test_serve_refuses_a_missing_or_mismatched_bundle(bundles, tmp_path):
-    missing = subprocess.run([RELEVANCE, "serve", "--bundle", str(tmp_path / "nope")], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [RELEVANCE, "serve", "--bundle", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert "relevance student build-default" in missing.stderr
 
@@ -272,7 +341,12 @@ def test_serve_refuses_a_missing_or_mismatched_bundle(bundles, tmp_path):
 
     # A cross model described as a bi bundle: the graph has `logits`, bundle.json promises `embedding`.
     wrong = read_manifest(bundles["cross"]).model_copy(
-        update={"kind": "bi", "score": CosineGradeHeadScore(weights=[0, 0, 0], bias=[0, 0, 0]), "embedding_dim": 32})
+        update={
+            "kind": "bi",
+            "score": CosineGradeHeadScore(weights=[0, 0, 0], bias=[0, 0, 0]),
+            "embedding_dim": 32,
+        }
+    )
     with pytest.raises(BundleError, match="needs output 'embedding'"):
         OnnxModel(bundles["cross"], wrong, provider="cpu")
 
@@ -300,11 +374,17 @@ def test_default_bundle_ranks_a_red_leather_sofa_above_a_usb_cable(default_bundl
     assert manifest.metrics["export_checks"]["fp32_max_abs_diff_vs_pytorch"] <= 1e-4
     server = Server(default_bundle, tmp_path / "default.log")
     try:
-        resp = _post(server, {"query": "red leather sofa", "items": [
-            {"id": "cable", "title": "USB-C to USB-A charging cable, 2 m, braided"},
-            {"id": "sofa", "title": "Three-seat sofa", "color": "red", "material": "leather"},
-            {"id": "lamp", "title": "Brass floor lamp"},
-        ]})
+        resp = _post(
+            server,
+            {
+                "query": "red leather sofa",
+                "items": [
+                    {"id": "cable", "title": "USB-C to USB-A charging cable, 2 m, braided"},
+                    {"id": "sofa", "title": "Three-seat sofa", "color": "red", "material": "leather"},
+                    {"id": "lamp", "title": "Brass floor lamp"},
+                ],
+            },
+        )
         assert resp.status_code == 200, resp.text
         scores = {s["id"]: s["score"] for s in resp.json()["scores"]}
         assert scores["sofa"] > scores["lamp"] and scores["sofa"] > scores["cable"]

@@ -55,7 +55,9 @@ def _feeds(rows: int, width: int = WIDTH, seed: int = 0) -> dict[str, np.ndarray
 def bi_bundle(tmp_path_factory) -> Path:
     """The tiny bi bundle with 256-token items."""
     out = tiny_bundle(tmp_path_factory.mktemp("memory") / "bi", "bi")
-    write_manifest(out, read_manifest(out).model_copy(update={"max_item_tokens": WIDTH, "max_pair_tokens": WIDTH}))
+    write_manifest(
+        out, read_manifest(out).model_copy(update={"max_item_tokens": WIDTH, "max_pair_tokens": WIDTH})
+    )
     return out
 
 
@@ -89,10 +91,14 @@ def test_a_release_returns_the_memory_of_the_largest_batch_and_scores_identicall
     big = _feeds(256)
     first = model.run(big)
     held, peak = _rss_mib()
-    assert peak - fresh > 100, f"the large batch should need >100 MiB (fresh {fresh:.0f}, peak {peak:.0f} MiB)"
+    assert peak - fresh > 100, (
+        f"the large batch should need >100 MiB (fresh {fresh:.0f}, peak {peak:.0f} MiB)"
+    )
     model.release_memory()  # without it, the arena kept this for the life of the process
     after = _wait_for_rss_below(fresh + 40, timeout_s=5)
-    assert after <= fresh + 40, f"RSS {after:.0f} MiB after a release; peak {peak:.0f}, held {held:.0f}, fresh {fresh:.0f}"
+    assert after <= fresh + 40, (
+        f"RSS {after:.0f} MiB after a release; peak {peak:.0f}, held {held:.0f}, fresh {fresh:.0f}"
+    )
     assert model.releases == 2
     model.release_memory()  # nothing ran since: nothing to do
     assert model.releases == 2
@@ -102,7 +108,9 @@ def test_a_release_returns_the_memory_of_the_largest_batch_and_scores_identicall
 
 
 def test_under_continuous_load_one_run_per_period_returns_the_memory(bi_bundle):
-    model = OnnxModel(bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1, release_every_s=0.3)
+    model = OnnxModel(
+        bi_bundle, read_manifest(bi_bundle), provider="cpu", intra_op_threads=1, release_every_s=0.3
+    )
     spy = model.session = _RunSpy(model.session)
     feeds = _feeds(8, 64)
     expected = model.run(feeds)
@@ -126,8 +134,13 @@ async def test_the_batcher_calls_its_idle_hook_once_after_work_never_while_busy(
     def run(arrays):
         return np.zeros((len(arrays["input_ids"]), 2), dtype=np.float32)
 
-    batcher = Batcher(run, BatchPolicy(max_pairs=8, max_tokens=1000, max_wait_s=0.001, capacity=100), Metrics(),
-                      on_idle=lambda: calls.append(time.monotonic()), idle_s=0.3)
+    batcher = Batcher(
+        run,
+        BatchPolicy(max_pairs=8, max_tokens=1000, max_wait_s=0.001, capacity=100),
+        Metrics(),
+        on_idle=lambda: calls.append(time.monotonic()),
+        idle_s=0.3,
+    )
     batcher.start()
     try:
         encoded = [Encoded(ids=[1, 2], type_ids=[0, 0], offsets=[(0, 0)] * 2, sequence_ids=[0, 0])]
@@ -152,15 +165,29 @@ def test_a_server_returns_to_its_fresh_memory_after_a_large_request(bi_bundle, t
         fresh, _ = _rss_mib(pid)
         words = "red leather sofa oak table usb cable charger lamp steel waterproof hiking boots".split()
         rng = np.random.default_rng(0)
-        body = {"query": "red sofa", "items": [
-            {"id": f"i{i}", "title": " ".join(rng.choice(words, 40)),
-             "attributes": {f"a{k}": " ".join(rng.choice(words, 25)) for k in range(10)}} for i in range(500)]}
-        response = httpx.post(f"{server.url}/score", json=body, headers={"X-Deadline-Ms": "60000"}, timeout=120)
+        body = {
+            "query": "red sofa",
+            "items": [
+                {
+                    "id": f"i{i}",
+                    "title": " ".join(rng.choice(words, 40)),
+                    "attributes": {f"a{k}": " ".join(rng.choice(words, 25)) for k in range(10)},
+                }
+                for i in range(500)
+            ],
+        }
+        response = httpx.post(
+            f"{server.url}/score", json=body, headers={"X-Deadline-Ms": "60000"}, timeout=120
+        )
         assert response.status_code == 200, response.text[:500]
         _, peak = _rss_mib(pid)
-        assert peak - fresh > 100, f"the request should need >100 MiB (fresh {fresh:.0f}, peak {peak:.0f} MiB)"
+        assert peak - fresh > 100, (
+            f"the request should need >100 MiB (fresh {fresh:.0f}, peak {peak:.0f} MiB)"
+        )
         after = _wait_for_rss_below(fresh + 60, pid)
-        assert after <= fresh + 60, (f"server RSS {after:.0f} MiB 15 s after a request that peaked at "
-                                     f"{peak:.0f} (fresh {fresh:.0f})\n{server.log_tail()}")
+        assert after <= fresh + 60, (
+            f"server RSS {after:.0f} MiB 15 s after a request that peaked at "
+            f"{peak:.0f} (fresh {fresh:.0f})\n{server.log_tail()}"
+        )
     finally:
         server.stop()

@@ -107,10 +107,13 @@ async def test_batcher_scatters_rows_back_in_each_requests_order():
     batcher = _batcher(max_pairs=7)
     batcher.start()
     try:
+
         async def one(seed: int):
             rng = np.random.default_rng(seed)
-            encoded = [_enc(int(n), first=int(f)) for n, f in zip(rng.integers(1, 30, 20), rng.integers(1, 99, 20),
-                                                                   strict=True)]
+            encoded = [
+                _enc(int(n), first=int(f))
+                for n, f in zip(rng.integers(1, 30, 20), rng.integers(1, 99, 20), strict=True)
+            ]
             ticket = batcher.admit(len(encoded), 5000)
             batcher.enqueue(ticket, encoded)
             out = await batcher.result(ticket)
@@ -282,26 +285,53 @@ def _metric_text(batcher: Batcher) -> str:
 LIMITS = Limits(max_items=3, max_field_chars=20, max_body_bytes=10_000)
 
 
-@pytest.mark.parametrize("body,status,code,field", [
-    (b'{"query": "  ", "items": [{"id": "a", "title": "t"}]}', 422, "validation_error", "query"),
-    (b'{"items": [{"id": "a", "title": "t"}]}', 422, "validation_error", "query"),
-    (b'{"query": "q", "items": []}', 422, "validation_error", "items"),
-    (b'{"query": "q", "items": [{"id": "a", "title": "t"}, {"id": "b", "title": "t"}, {"id": "c", "title": "t"},'
-     b' {"id": "d", "title": "t"}]}', 413, "too_many_items", "items"),
-    (b'{"query": "q", "items": [{"id": "a", "title": "t"}, {"id": "b", "title": "' + b"x" * 21 + b'"}]}',
-     422, "field_too_long", "items[1].title"),
-    (b'{"query": "q", "items": [{"id": "a", "title": "t", "brand": "' + b"x" * 21 + b'"}]}',
-     422, "field_too_long", "items[0].brand"),
-    (b'{"query": "q", "items": [{"id": "a", "title": "t", "attributes": {"size": {"w": 1}}}]}',
-     422, "validation_error", "items[0].attributes.size"),
-    (b'{"query": "q", "items": [{"id": 7, "title": "t"}]}', 422, "validation_error", "items[0].id"),
-    (b'{"query": "q", "items": [{"id": "a"}]}', 422, "validation_error", "items[0].title"),
-    (b'{"query": "q", "items": "abc"}', 422, "validation_error", "items"),
-    (b'{"query": "q", "items": [{"id": "a", "title": "t"}], "colour": 1}', 422, "validation_error", "colour"),
-    (b'["q"]', 422, "validation_error", None),
-    (b'{"query": "q", "items": [', 400, "invalid_json", None),
-    (b'\xff{"query": "q"}', 400, "invalid_encoding", None),
-])
+@pytest.mark.parametrize(
+    "body,status,code,field",
+    [
+        (b'{"query": "  ", "items": [{"id": "a", "title": "t"}]}', 422, "validation_error", "query"),
+        (b'{"items": [{"id": "a", "title": "t"}]}', 422, "validation_error", "query"),
+        (b'{"query": "q", "items": []}', 422, "validation_error", "items"),
+        (
+            b'{"query": "q", "items": [{"id": "a", "title": "t"}, {"id": "b", "title": "t"}, {"id": "c", "title": "t"},'
+            b' {"id": "d", "title": "t"}]}',
+            413,
+            "too_many_items",
+            "items",
+        ),
+        (
+            b'{"query": "q", "items": [{"id": "a", "title": "t"}, {"id": "b", "title": "'
+            + b"x" * 21
+            + b'"}]}',
+            422,
+            "field_too_long",
+            "items[1].title",
+        ),
+        (
+            b'{"query": "q", "items": [{"id": "a", "title": "t", "brand": "' + b"x" * 21 + b'"}]}',
+            422,
+            "field_too_long",
+            "items[0].brand",
+        ),
+        (
+            b'{"query": "q", "items": [{"id": "a", "title": "t", "attributes": {"size": {"w": 1}}}]}',
+            422,
+            "validation_error",
+            "items[0].attributes.size",
+        ),
+        (b'{"query": "q", "items": [{"id": 7, "title": "t"}]}', 422, "validation_error", "items[0].id"),
+        (b'{"query": "q", "items": [{"id": "a"}]}', 422, "validation_error", "items[0].title"),
+        (b'{"query": "q", "items": "abc"}', 422, "validation_error", "items"),
+        (
+            b'{"query": "q", "items": [{"id": "a", "title": "t"}], "colour": 1}',
+            422,
+            "validation_error",
+            "colour",
+        ),
+        (b'["q"]', 422, "validation_error", None),
+        (b'{"query": "q", "items": [', 400, "invalid_json", None),
+        (b'\xff{"query": "q"}', 400, "invalid_encoding", None),
+    ],
+)
 def test_parse_errors_name_the_field(body, status, code, field):
     with pytest.raises(ApiError) as err:
         parse_score_request(body, LIMITS)
@@ -311,10 +341,15 @@ def test_parse_errors_name_the_field(body, status, code, field):
 
 
 def test_parse_accepts_extras_attributes_and_duplicate_ids():
-    body = (b'{"query": "sofa", "request_id": "r1", "items": [{"id": "a", "title": "Sofa", "brand": "Acme",'
-            b' "price": 12.5, "attributes": {"color": "red", "seats": 3}}, {"id": "a", "title": "Sofa"}]}')
+    body = (
+        b'{"query": "sofa", "request_id": "r1", "items": [{"id": "a", "title": "Sofa", "brand": "Acme",'
+        b' "price": 12.5, "attributes": {"color": "red", "seats": 3}}, {"id": "a", "title": "Sofa"}]}'
+    )
     req = parse_score_request(body, LIMITS)
-    assert [i.id for i in req.items] == ["a", "a"] and req.items[0].model_extra == {"brand": "Acme", "price": 12.5}
+    assert [i.id for i in req.items] == ["a", "a"] and req.items[0].model_extra == {
+        "brand": "Acme",
+        "price": 12.5,
+    }
 
 
 def test_field_path():

@@ -28,7 +28,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.llm]
 SPEC = "llamacpp?threads=1"
 # The CoT for this pair runs ~10 s on one thread (measured: 12 s, ~1300 characters, no early stop).
 QUERY = "110cfm bathroom exhaust fan without light"
-ITEM = {"id": "B076Q7V5WX", "title": "Panasonic FV-0511VQ1 WhisperCeiling DC Ventilation Fan, Quiet", "color": "White"}
+ITEM = {
+    "id": "B076Q7V5WX",
+    "title": "Panasonic FV-0511VQ1 WhisperCeiling DC Ventilation Fan, Quiet",
+    "color": "White",
+}
 # A prompt the model answers for as long as it may: counting never writes '"grade"' nor stops.
 COUNTING = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
 
@@ -43,7 +47,9 @@ def backend() -> LlamaCppBackend:
 
 def _long_request() -> VerdictRequest:
     # max_tokens beyond n_ctx: llama.cpp caps it at the context (~2000 tokens, ~40 s here).
-    return VerdictRequest(messages=COUNTING, prefill="1\n2\n3\n", mode="cot", levels=GRADE_LEVELS, max_tokens=4000)
+    return VerdictRequest(
+        messages=COUNTING, prefill="1\n2\n3\n", mode="cot", levels=GRADE_LEVELS, max_tokens=4000
+    )
 
 
 async def _until(condition: Any, timeout_s: float) -> bool:
@@ -158,7 +164,9 @@ async def test_explain_timeout_stops_the_teacher_within_a_second(backend, monkey
         DEFAULT_TEMPLATE.query_text(QUERY), DEFAULT_TEMPLATE.item_text(ITEM), "cot", GRADE_LEVELS
     )
     warm = await backend.verdict(
-        VerdictRequest(messages=messages, prefill=prefill("cot"), mode="cot", levels=GRADE_LEVELS, max_tokens=1)
+        VerdictRequest(
+            messages=messages, prefill=prefill("cot"), mode="cot", levels=GRADE_LEVELS, max_tokens=1
+        )
     )
     assert not warm.reached_verdict
 

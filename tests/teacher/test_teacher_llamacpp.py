@@ -18,7 +18,11 @@ from teacher.prompt import SCORE_PREFILL, build_messages
 pytestmark = pytest.mark.llm
 
 QUERY = "110cfm bathroom exhaust fan without light"
-ITEM = {"id": "B076Q7V5WX", "title": "Panasonic FV-0511VQ1 WhisperCeiling DC Ventilation Fan, Quiet", "color": "White"}
+ITEM = {
+    "id": "B076Q7V5WX",
+    "title": "Panasonic FV-0511VQ1 WhisperCeiling DC Ventilation Fan, Quiet",
+    "color": "White",
+}
 
 
 # One thread: the tests run beside other jobs, and llama.cpp's threads wait on each other when starved.
@@ -84,7 +88,9 @@ def test_verdict_logits_equal_a_logits_all_evaluation(teacher) -> None:
     backend = teacher.backend
     text = backend.render_prompt(build_messages(QUERY, ITEM["title"], "score", GRADE_LEVELS)) + SCORE_PREFILL
     tokens = backend.tokenize(text)
-    reference = Llama(model_path=str(default_gguf_path()), logits_all=True, n_ctx=1024, n_threads=1, verbose=False)
+    reference = Llama(
+        model_path=str(default_gguf_path()), logits_all=True, n_ctx=1024, n_threads=1, verbose=False
+    )
     try:
         reference.eval(tokens)
         ref = reference.scores[len(tokens) - 1].astype(np.float64)

@@ -61,7 +61,11 @@ def test_evidence_not_in_text_is_kept_unverified_and_counted() -> None:
 
 
 def test_evidence_source_is_corrected_to_where_the_span_is() -> None:
-    raw = _answer(dimensions=[{"dimension": "color", "verdict": "mismatch", "evidence": [{"source": "item", "text": "red"}]}])
+    raw = _answer(
+        dimensions=[
+            {"dimension": "color", "verdict": "mismatch", "evidence": [{"source": "item", "text": "red"}]}
+        ]
+    )
     span = parse_output(raw, QUERY, ITEM, LEVELS).dimensions[0].evidence[0]
     assert (span.source, span.start, span.end, span.verified) == ("query", 0, 3, True)
 
@@ -116,14 +120,22 @@ def test_unknown_grade_and_verdict_are_errors_not_drops() -> None:
 
 
 def test_dimensions_as_object_and_verdict_synonyms() -> None:
-    raw = json.dumps({"dimensions": {"Brand": {"verdict": "Matches"}, "size": {"verdict": "not stated"}}, "grade": "Exact"})
+    raw = json.dumps(
+        {"dimensions": {"Brand": {"verdict": "Matches"}, "size": {"verdict": "not stated"}}, "grade": "Exact"}
+    )
     parsed = parse_output(raw, QUERY, ITEM, LEVELS)
     assert parsed.ok, parsed.errors
-    assert [(d.dimension, d.verdict) for d in parsed.dimensions] == [("brand", "match"), ("size", "not_stated")]
+    assert [(d.dimension, d.verdict) for d in parsed.dimensions] == [
+        ("brand", "match"),
+        ("size", "not_stated"),
+    ]
 
 
 def test_locate_span_ignores_case_and_whitespace() -> None:
-    assert locate_span("running   SHOE", ITEM) == (ITEM.index("Running"), ITEM.index("Running") + len("Running Shoe"))
+    assert locate_span("running   SHOE", ITEM) == (
+        ITEM.index("Running"),
+        ITEM.index("Running") + len("Running Shoe"),
+    )
     assert locate_span("   ", ITEM) is None
 
 

@@ -66,8 +66,13 @@ async def test_a_cancelled_generation_stops_within_a_token(checkpoint) -> None:
 
     backend = load_teacher(f"hf:{checkpoint}").backend
     # Random weights never write the grade key: this generation would run all 3000 tokens.
-    request = VerdictRequest(messages=build_messages("wireless mouse", "Logitech M185", "cot", LEVELS),
-                             prefill=COT_PREFILL, mode="cot", levels=LEVELS, max_tokens=3000)
+    request = VerdictRequest(
+        messages=build_messages("wireless mouse", "Logitech M185", "cot", LEVELS),
+        prefill=COT_PREFILL,
+        mode="cot",
+        levels=LEVELS,
+        max_tokens=3000,
+    )
     task = asyncio.ensure_future(backend.verdict(request))
     await asyncio.sleep(0.5)
     assert not task.done()

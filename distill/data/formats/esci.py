@@ -23,15 +23,35 @@ from distill.data.schema import LabelledPair
 
 EXAMPLES_FILE = "shopping_queries_dataset_examples.parquet"
 PRODUCTS_FILE = "shopping_queries_dataset_products.parquet"
-EXAMPLE_COLUMNS = ("example_id", "query", "query_id", "product_id", "product_locale", "esci_label",
-                   "small_version", "large_version", "split")
-PRODUCT_COLUMNS = ("product_id", "product_title", "product_description", "product_bullet_point",
-                   "product_brand", "product_color", "product_locale")
+EXAMPLE_COLUMNS = (
+    "example_id",
+    "query",
+    "query_id",
+    "product_id",
+    "product_locale",
+    "esci_label",
+    "small_version",
+    "large_version",
+    "split",
+)
+PRODUCT_COLUMNS = (
+    "product_id",
+    "product_title",
+    "product_description",
+    "product_bullet_point",
+    "product_brand",
+    "product_color",
+    "product_locale",
+)
 FLAT_COLUMNS = ("query_id", "query", "product_id", "product_title", "esci_label")
 TSV_COLUMNS = ("query_id", "query", "product_id", "product_title", "esci_label")
 # Official product column → item field (the names TextTemplate.item_fields renders).
-_ITEM_FIELDS = {"product_brand": "brand", "product_color": "color", "product_description": "description",
-                "product_bullet_point": "bullet_points"}
+_ITEM_FIELDS = {
+    "product_brand": "brand",
+    "product_color": "color",
+    "product_description": "description",
+    "product_bullet_point": "bullet_points",
+}
 
 Version = Literal["small", "large", "any"]
 
@@ -58,12 +78,26 @@ def _pair(row: Mapping[str, object], where: str, out: PairCollector, dataset: st
         return
     fields = {field: cell(col) for col, field in _ITEM_FIELDS.items() if cell(col)}
     item = Item(id=pid, title=cell("product_title"), **fields)
-    out.add(LabelledPair(query_id=cell("query_id") or query, query=query, item=item, label=grade,
-                         raw_label=cell("esci_label"), source=f"{dataset}:{where}"))
+    out.add(
+        LabelledPair(
+            query_id=cell("query_id") or query,
+            query=query,
+            item=item,
+            label=grade,
+            raw_label=cell("esci_label"),
+            source=f"{dataset}:{where}",
+        )
+    )
 
 
-def load_parquet(path: str | Path, *, locale: str | None = "us", version: Version = "small",
-                 split: str | None = None, on_error: OnError = "skip") -> LoadResult:
+def load_parquet(
+    path: str | Path,
+    *,
+    locale: str | None = "us",
+    version: Version = "small",
+    split: str | None = None,
+    on_error: OnError = "skip",
+) -> LoadResult:
     """The official parquet pair; ``path`` is their folder. Rows outside the filters (locale,
     small/large version, split) are not part of this selection and are not counted as skipped."""
     import pyarrow as pa
@@ -95,8 +129,11 @@ def load_parquet(path: str | Path, *, locale: str | None = "us", version: Versio
         where = f"{files[0]}:row {ex['__row__']}"
         product = catalogue.get((str(ex["product_id"]), str(ex["product_locale"])))
         if product is None:
-            out.skip("product not in products file", where,
-                     f"product_id {ex['product_id']!r} (locale {ex['product_locale']}) is not in {PRODUCTS_FILE}")
+            out.skip(
+                "product not in products file",
+                where,
+                f"product_id {ex['product_id']!r} (locale {ex['product_locale']}) is not in {PRODUCTS_FILE}",
+            )
             continue
         _pair({**product, **ex}, where, out, "esci")
     return out.result()
@@ -109,17 +146,23 @@ def _read_parquet(pq, path: Path, columns: Iterable[str]):
         raise DataError(f"{path}: not a readable parquet file ({exc})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names)})")
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names)})"
+        )
     return table.select(list(columns))
 
 
-def load_flat(path: str | Path, *, locale: str | None = "us", on_error: OnError = "skip",
-              delimiter: str = ",") -> LoadResult:
+def load_flat(
+    path: str | Path, *, locale: str | None = "us", on_error: OnError = "skip", delimiter: str = ","
+) -> LoadResult:
     """Flat CSV (examples and product columns in one file) or the judgments TSV (delimiter="\\t")."""
     p = Path(path)
     out = PairCollector("esci-tsv" if delimiter == "\t" else "esci-csv", [p], on_error)
-    rows = ((line, row) for line, row in read_table(p, required=FLAT_COLUMNS, delimiter=delimiter)
-            if not (locale and "product_locale" in row and clean(row["product_locale"]).lower() != locale))
+    rows = (
+        (line, row)
+        for line, row in read_table(p, required=FLAT_COLUMNS, delimiter=delimiter)
+        if not (locale and "product_locale" in row and clean(row["product_locale"]).lower() != locale)
+    )
     for where, row in out.table_rows(rows, p):
         _pair(row, where, out, "esci")
     return out.result()

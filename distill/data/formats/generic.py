@@ -47,15 +47,26 @@ def _pair(record: dict[str, Any], where: str, out: PairCollector) -> None:
         return
     fields = {k: v for k, v in record.items() if k not in _RESERVED and v not in (None, "")}
     try:
-        item = Item(id=item_id, title=str(record.get("title") or "").strip(),
-                    attributes={str(k): str(v) for k, v in attributes.items()}, **fields)
+        item = Item(
+            id=item_id,
+            title=str(record.get("title") or "").strip(),
+            attributes={str(k): str(v) for k, v in attributes.items()},
+            **fields,
+        )
     except ValidationError as exc:
         out.skip("bad item", where, str(exc.errors()[0]["msg"]))
         return
     label = record.get("label")
-    out.add(LabelledPair(query_id=str(record.get("query_id") or query).strip(), query=query, item=item,
-                         label=grade, raw_label=label if isinstance(label, str | int | float) else None,
-                         source=f"generic:{where}"))
+    out.add(
+        LabelledPair(
+            query_id=str(record.get("query_id") or query).strip(),
+            query=query,
+            item=item,
+            label=grade,
+            raw_label=label if isinstance(label, str | int | float) else None,
+            source=f"generic:{where}",
+        )
+    )
 
 
 def load_jsonl(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:

@@ -29,7 +29,9 @@ def query_id_for(query: str) -> str:
     return "q" + hashlib.sha1(normalise_text(query).lower().encode("utf-8")).hexdigest()[:12]
 
 
-def load_home_depot(path: str | Path, *, on_error: OnError = "skip", encoding: str = "iso-8859-1") -> LoadResult:
+def load_home_depot(
+    path: str | Path, *, on_error: OnError = "skip", encoding: str = "iso-8859-1"
+) -> LoadResult:
     p = Path(path)
     out = PairCollector("home-depot", [p], on_error)
     for where, row in out.table_rows(read_table(p, required=HOME_DEPOT_COLUMNS, encoding=encoding), p):
@@ -48,9 +50,16 @@ def load_home_depot(path: str | Path, *, on_error: OnError = "skip", encoding: s
         except LabelError as exc:
             out.skip("bad label", where, str(exc))
             continue
-        out.add(LabelledPair(query_id=query_id_for(query), query=query,
-                             item=Item(id=uid, title=clean(row["product_title"])),
-                             label=grade, raw_label=mean, source=f"home-depot:{where}"))
+        out.add(
+            LabelledPair(
+                query_id=query_id_for(query),
+                query=query,
+                item=Item(id=uid, title=clean(row["product_title"])),
+                label=grade,
+                raw_label=mean,
+                source=f"home-depot:{where}",
+            )
+        )
     return out.result()
 
 
@@ -72,7 +81,17 @@ def load_crowdflower(path: str | Path, *, on_error: OnError = "skip") -> LoadRes
             continue
         description = clean(row["product_description"])
         # No product ids in this set: the row id names the judged item.
-        item = Item(id=f"cf{clean(row['id'])}", title=title, **({"description": description} if description else {}))
-        out.add(LabelledPair(query_id=query_id_for(query), query=query, item=item, label=grade,
-                             raw_label=median, source=f"crowdflower:{where}"))
+        item = Item(
+            id=f"cf{clean(row['id'])}", title=title, **({"description": description} if description else {})
+        )
+        out.add(
+            LabelledPair(
+                query_id=query_id_for(query),
+                query=query,
+                item=item,
+                label=grade,
+                raw_label=median,
+                source=f"crowdflower:{where}",
+            )
+        )
     return out.result()

@@ -74,7 +74,9 @@ def load(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:
             out.skip("empty query", where, f"query_id {qid!r} has an empty query in query.csv")
             continue
         if pid in untitled:
-            out.skip("empty product_name", where, f"product_id {pid!r} has an empty product_name in product.csv")
+            out.skip(
+                "empty product_name", where, f"product_id {pid!r} has an empty product_name in product.csv"
+            )
             continue
         if pid not in products:
             out.skip("unknown product_id", where, f"product_id {pid!r} is not in product.csv")
@@ -84,6 +86,14 @@ def load(path: str | Path, *, on_error: OnError = "skip") -> LoadResult:
         except LabelError as exc:
             out.skip("bad label", where, str(exc))
             continue
-        out.add(LabelledPair(query_id=qid, query=queries[qid], item=products[pid], label=grade,
-                             raw_label=clean(row["label"]), source=f"wands:{where}"))
+        out.add(
+            LabelledPair(
+                query_id=qid,
+                query=queries[qid],
+                item=products[pid],
+                label=grade,
+                raw_label=clean(row["label"]),
+                source=f"wands:{where}",
+            )
+        )
     return out.result()
