@@ -11,6 +11,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
+from core.bundle import ONNX_SIGNATURES
 from service.middleware import DOCS_PATH, REQUEST_ID_HEADER
 from service.settings import MIN_DEADLINE_MS, Settings
 
@@ -45,7 +46,7 @@ _READY = {
             "properties": {
                 "name": {"type": "string"},
                 "version": {"type": "string"},
-                "kind": {"type": "string", "enum": ["cross", "bi"]},
+                "kind": {"type": "string", "enum": list(ONNX_SIGNATURES)},
                 "dir": {"type": "string", "description": "the bundle folder's name"},
                 "score_method": {"type": "string"},
                 "precision": {"type": ["string", "null"]},
