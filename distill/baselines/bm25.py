@@ -8,7 +8,7 @@ stop-word removal. A pair's score is its item's BM25 score for the pair's query.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -52,4 +52,20 @@ class BM25Scorer:
                 continue  # no query word in the catalogue: every item scores 0
             doc_scores = self.index.get_scores(q)
             out[rows] = doc_scores[[self.row[pairs[i].item.id] for i in rows]]
+        return out
+
+    def top_items(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, its ``k`` best catalogue rows (in catalogue order, ``self.row``) and their
+        BM25 scores, best first: one top-k retrieval over the index, not a score per item. A query
+        with no word in the catalogue gets none."""
+        texts = [[w for w in tokens(self.template.query_text(q)) if w in self.vocab] for q in queries]
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, int), np.zeros(0))] * len(queries)
+        asked = [i for i, words in enumerate(texts) if words]
+        k = min(k, len(self.row))
+        if not asked or k <= 0:
+            return out
+        rows, scores = self.index.retrieve([texts[i] for i in asked], k=k, show_progress=False)
+        for n, i in enumerate(asked):
+            order = np.lexsort((rows[n], -scores[n]))  # best first, ties by catalogue row: deterministic
+            out[i] = (rows[n][order], scores[n][order])
         return out

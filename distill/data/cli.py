@@ -44,21 +44,71 @@ def register(app: typer.Typer) -> None:
         input: Annotated[
             str, typer.Option("--input", "-i", help="labelled pairs: " + SPEC_HELP)
         ] = "bundled:train",
-        per_query: Annotated[int, typer.Option(min=1, help="unjudged items per query, best BM25 first")] = 4,
+        per_query: Annotated[int, typer.Option(min=0, help="unjudged items per query, best BM25 first")] = 4,
+        random_per_query: Annotated[
+            int, typer.Option(min=0, help="also this many random unjudged items per query (easy negatives)")
+        ] = 0,
+        seed: Annotated[int, typer.Option(help="seed of the random items (with the query id)")] = 0,
         include_labelled: Annotated[
             bool, typer.Option(help="write the labelled input pairs too, so one file trains a student")
         ] = True,
+        force: Annotated[
+            bool, typer.Option(help="rebuild even when OUTPUT was built with these options")
+        ] = False,
     ) -> None:
         """Unlabelled pairs for distillation: each query with the top-BM25 catalogue items it has no
-        judgement for (label empty), for a teacher to label and a student to learn from."""
-        from distill.data.transfer import transfer_pairs, write_generic_jsonl
-        from distill.teacher.cli import load_input_pairs
+        judgement for, plus random unjudged ones (label empty), for a teacher to label and a student to
+        learn from. Deterministic; OUTPUT is written whole or not at all, and a rerun with the same
+        options skips the work (OUTPUT.json records them)."""
+        import json
+        from collections import Counter
 
-        labelled = load_input_pairs(input, None)
-        extra = transfer_pairs(labelled, per_query)
-        write_generic_jsonl(output, (list(labelled) if include_labelled else []) + extra)
+        from distill.data.datasets import load_dataset
+        from distill.data.transfer import transfer_pairs, write_generic_jsonl
+
+        options = {
+            "input": input,
+            "per_query": per_query,
+            "random_per_query": random_per_query,
+            "seed": seed,
+            "include_labelled": include_labelled,
+        }
+        meta_path = output.with_name(output.name + ".json")
+        if not force and output.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("options") == options:
+                typer.echo(f"{output} is already built with these options ({meta['pairs']} pairs): skipped")
+                return
+        try:
+            dataset = load_dataset(input)
+        except DataError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--input") from None
+        typer.echo(f"loaded {len(dataset.pairs)} pairs: {dataset.description}", err=True)
+        labelled = dataset.pairs
+        extra = transfer_pairs(
+            labelled, per_query, random_per_query=random_per_query, seed=seed, progress=True
+        )
+        written = (list(labelled) if include_labelled else []) + extra
+        partial = output.with_name(output.name + ".partial")
+        write_generic_jsonl(partial, written)
+        partial.replace(output)  # whole or not at all: a killed run leaves no half file behind
+        sources = Counter(p.source for p in extra)
+        meta_path.write_text(
+            json.dumps(
+                {
+                    "options": options,
+                    "pairs": len(written),
+                    "unlabelled": dict(sources),
+                    "queries": len({p.query_id for p in extra}),
+                },
+                indent=1,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         typer.echo(
-            f"wrote {output}: {len(extra)} unlabelled pairs for {len({p.query_id for p in extra})} queries"
+            f"wrote {output}: {len(extra)} unlabelled pairs ({dict(sources)}) for "
+            f"{len({p.query_id for p in extra})} queries"
             + (f" + {len(labelled)} labelled" if include_labelled else "")
         )
 

@@ -52,3 +52,32 @@ def test_cli_writes_labelled_and_unlabelled_bundled_pairs(tmp_path):
     unlabelled = [p for p in back if p.label is None]
     assert 0 < len(unlabelled) <= 2 * len({p.query_id for p in back})
     assert len(back) - len(unlabelled) == 223  # the dev split's labelled pairs, written too
+
+
+def test_random_items_are_unjudged_distinct_from_the_bm25_ones_and_deterministic():
+    pairs = [_pair("q1", "red sofa", "i1", "Red sofa")] + [
+        _pair(f"q{n}", f"thing {n}", f"i{n}", f"Thing {n}") for n in range(2, 40)
+    ]
+    first = transfer_pairs(pairs, per_query=2, random_per_query=3, seed=7)
+    assert first == transfer_pairs(pairs, per_query=2, random_per_query=3, seed=7)
+    assert first != transfer_pairs(pairs, per_query=2, random_per_query=3, seed=8)
+    judged = {(p.query_id, p.item.id) for p in pairs}
+    by_query: dict[str, list[str]] = {}
+    for p in first:
+        assert (p.query_id, p.item.id) not in judged and p.label is None
+        by_query.setdefault(p.query_id, []).append(p.item.id)
+    assert all(len(ids) == len(set(ids)) for ids in by_query.values())
+    assert sum(p.source == "transfer:random" for p in first) == 3 * 39
+    # "thing N" queries share the word "thing" with every other item: 2 BM25 items each
+    assert sum(p.source == "transfer:bm25" for p in first if p.query_id != "q1") == 2 * 38
+
+
+def test_cli_skips_a_rerun_with_the_same_options_and_rebuilds_on_new_ones(tmp_path):
+    out = tmp_path / "transfer.jsonl"
+    args = ["data", "transfer-set", "-i", "bundled:dev", "-o", str(out), "--per-query", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "already built with these options" in again.output
+    more = CliRunner().invoke(app, [*args, "--random-per-query", "2"])
+    assert more.exit_code == 0 and "transfer:random" in more.output
+    assert not (tmp_path / "transfer.jsonl.partial").exists()
