@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 
@@ -68,8 +68,13 @@ def export_student(
     name: str | None = None,
     version: str | None = None,
     created_by: str = "relevance student export",
+    accept: Callable[[Path], dict] | None = None,
 ) -> BundleManifest:
-    """Export, check and write the bundle; raises ExportCheckError (nothing written) when a check fails."""
+    """Export, check and write the bundle; raises ExportCheckError (nothing written) when a check fails.
+
+    ``accept``, when given, is called with the checked bundle's folder before ``out_dir`` is touched:
+    it raises to refuse the bundle (the promotion gate, distill/export/promotion.py), or returns
+    figures recorded in bundle.json under ``metrics.promotion``."""
     import torch
 
     from distill.students import run_folder
@@ -128,6 +133,8 @@ def export_student(
                 "teacher": run_metrics.get("teacher"),
             },
         }
+        if accept is not None:
+            manifest.metrics["promotion"] = accept(bundle_dir)
         write_manifest(bundle_dir, manifest)
         # Replace the target only now that every check passed.
         staging = out_dir.with_name(out_dir.name + ".incoming")

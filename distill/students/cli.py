@@ -180,14 +180,31 @@ def export_command(
     dev_format: Annotated[str | None, typer.Option(help="loader format of --dev")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default student-KIND-RUN)")] = None,
     version: Annotated[str | None, typer.Option(help="bundle version (default: UTC timestamp)")] = None,
+    gate: Annotated[
+        str,
+        typer.Option(help="evaluation set of the promotion gate, when --out is the served models/student"),
+    ] = "bundled:dev",
+    force: Annotated[
+        bool, typer.Option(help="replace the served bundle even if the new one is not better")
+    ] = False,
 ) -> None:
-    """Export a trained student to a bundle; refuses (exit 1) when the ONNX parity checks fail."""
+    """Export a trained student to a bundle; refuses (exit 1) when the ONNX parity checks fail, and when
+    --out is the served folder (models/student) and the new bundle does not beat the one served there
+    (or the zero-shot default) on --gate (distill/export/promotion.py)."""
     from distill.data.reading import DataError
     from distill.export.checks import ExportCheckError
+    from distill.export.promotion import PromotionRefused, check_promotion, is_served_folder
     from distill.export.student import export_student
 
     try:
         dev_pairs, _ = load_data(dev_data, dev_format)
+        accept = None
+        if is_served_folder(out) and not force:
+            gate_pairs = dev_pairs if gate == dev_data else load_data(gate, None)[0]
+
+            def accept(bundle: Path) -> dict:
+                return {"data": gate, **check_promotion(bundle, out, gate_pairs, gate)}
+
         manifest = export_student(
             run,
             out,
@@ -196,8 +213,9 @@ def export_command(
             name=name,
             version=version,
             created_by="relevance " + " ".join(sys.argv[1:]),
+            accept=accept,
         )
-    except ExportCheckError as exc:
+    except (ExportCheckError, PromotionRefused) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
     except (DataError, ValueError) as exc:

@@ -66,7 +66,8 @@ def predict_scores(
 
 
 def ranking_metrics(pairs: Sequence[LabelledPair], scores: np.ndarray) -> dict[str, float]:
-    """Dev NDCG@10 (graded gains) and AUC (Exact vs not) over labelled pairs."""
+    """NDCG@10 (graded gains), AUC Exact vs the rest (``auc``) and AUC Exact+Partial vs Irrelevant
+    (``auc_ep_vs_i``) over labelled pairs."""
     from distill.eval.metrics import binary_auc, mean_ndcg
 
     keep = [i for i, p in enumerate(pairs) if p.label in GRADE_GAINS]
@@ -76,6 +77,7 @@ def ranking_metrics(pairs: Sequence[LabelledPair], scores: np.ndarray) -> dict[s
     return {
         "ndcg@10": float(mean_ndcg(qids, gains, s, k=10)),
         "auc": float(binary_auc([int(pairs[i].label == "Exact") for i in keep], s)),
+        "auc_ep_vs_i": float(binary_auc([int(pairs[i].label != "Irrelevant") for i in keep], s)),
         "pairs": len(keep),
         "queries": len(set(qids)),
     }

@@ -123,3 +123,40 @@ def test_reduced_precision_check_reports_each_failure_and_margin():
     assert "fp16 export refused" in message
     assert "below 0.99 by" in message
     assert "drops by 0.1000 (0.8000 → 0.7000), above the limit 0.005 by 0.0950" in message
+
+
+def test_exporting_to_the_served_folder_promotes_only_a_better_bundle(tmp_path, monkeypatch):
+    """An untrained cross student is worse than the zero-shot default on bundled:dev: exporting it to
+    models/student (what `make serve` would then serve) is refused with both sets of numbers, and
+    nothing is written; --force writes it; an export to any other folder is not gated."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from service.settings import DEFAULT_BUNDLE
+
+    default = Path.cwd() / DEFAULT_BUNDLE
+    if not (default / "bundle.json").is_file():
+        pytest.skip(f"{DEFAULT_BUNDLE} not built (make test builds it first)")
+    run = _run(tmp_path, "cross")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / DEFAULT_BUNDLE).symlink_to(default)
+    export = ["student", "export", str(run), "--precision", "fp32"]
+
+    refused = CliRunner().invoke(app, [*export, "--out", "models/student"])
+    assert refused.exit_code == 1, refused.output
+    assert "not promoted to models/student: on bundled:dev" in refused.output
+    assert f"served {DEFAULT_BUNDLE}" in refused.output and "auc " in refused.output and " vs " in refused.output
+    assert not (tmp_path / "models" / "student").exists()
+
+    elsewhere = CliRunner().invoke(app, [*export, "--out", "models/candidate"])
+    assert elsewhere.exit_code == 0, elsewhere.output
+
+    forced = CliRunner().invoke(app, [*export, "--out", "models/student", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert read_manifest(tmp_path / "models" / "student").kind == "cross"
+    # The same student again is not better than itself: refused, and the served one is kept.
+    again = CliRunner().invoke(app, [*export, "--out", "models/student"])
+    assert again.exit_code == 1 and "served models/student" in again.output
