@@ -148,7 +148,9 @@ def test_exporting_to_the_served_folder_promotes_only_a_better_bundle(tmp_path, 
     refused = CliRunner().invoke(app, [*export, "--out", "models/student"])
     assert refused.exit_code == 1, refused.output
     assert "not promoted to models/student: on bundled:dev" in refused.output
-    assert f"served {DEFAULT_BUNDLE}" in refused.output and "auc " in refused.output and " vs " in refused.output
+    assert (
+        f"served {DEFAULT_BUNDLE}" in refused.output and "auc " in refused.output and " vs " in refused.output
+    )
     assert not (tmp_path / "models" / "student").exists()
 
     elsewhere = CliRunner().invoke(app, [*export, "--out", "models/candidate"])
