@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.grades import GRADE_LEVELS, LEVEL_VALUES
 from core.text_template import TextTemplate
+from core.tokenization import BundleTokenizer
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "bundle.json"
@@ -233,3 +234,13 @@ def verify_files(bundle_dir: str | Path, manifest: BundleManifest) -> None:
                 f"{path}: cannot load it, its SHA-256 is {actual[:12]}… but bundle.json records "
                 f"{expected[:12]}… (the file is corrupted or was replaced without its bundle.json)"
             )
+
+
+def bundle_tokenizer(bundle_dir: str | Path, manifest: BundleManifest) -> BundleTokenizer:
+    """The bundle's tokenizer.json with the bundle's token limits: the inputs its model was checked on."""
+    return BundleTokenizer(
+        Path(bundle_dir) / TOKENIZER_FILE,
+        max_pair_tokens=manifest.max_pair_tokens,
+        max_query_tokens=manifest.max_query_tokens,
+        max_item_tokens=manifest.max_item_tokens,
+    )

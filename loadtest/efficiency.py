@@ -152,9 +152,11 @@ def raw_onnx_throughput(
     Each request is one batch (what the service runs for a lone client): the serving template,
     tokenizer, length-sorted runs (``plan_runs``), padding and onnxruntime session, in this thread.
     """
-    from core.bundle import TOKENIZER_FILE, read_manifest
-    from core.tokenization import BundleTokenizer, pad_batch
+    from core.bundle import bundle_tokenizer, read_manifest
+    from core.tokenization import pad_batch
     from service.batcher import RUN_OVERHEAD_TOKENS, plan_runs
+    from service.kinds import scoring_for
+    from service.metrics import Metrics
     from service.onnx_model import OnnxModel
     from service.settings import Settings
 
@@ -168,13 +170,9 @@ def raw_onnx_throughput(
         intra_op_threads=intra_op_threads or settings.ort_intra_op_threads,
         allow_spinning=settings.ort_allow_spinning,
     )
-    tokenizer = BundleTokenizer(
-        bundle / TOKENIZER_FILE,
-        max_pair_tokens=manifest.max_pair_tokens,
-        max_query_tokens=manifest.max_query_tokens,
-        max_item_tokens=manifest.max_item_tokens,
-    )
+    tokenizer = bundle_tokenizer(bundle, manifest)
     template = manifest.template
+    kind = scoring_for(manifest, tokenizer, 0, Metrics())  # the service's inputs per kind, uncached
     overhead = RUN_OVERHEAD_TOKENS["cpu"]
 
     pairs = batches = sequences = padded_tokens = real_tokens = 0
@@ -182,7 +180,9 @@ def raw_onnx_throughput(
 
     def score(request: Request) -> None:
         nonlocal batches, sequences, padded_tokens, real_tokens, model_s, padded, useful
-        encoded = _encode(tokenizer, template, manifest.kind, request)
+        encoded = kind.inputs(
+            template.query_text(request.query), [template.item_text(i) for i in request.items]
+        )
         lengths = [len(e) for e in encoded]
         for run in plan_runs(lengths, overhead):
             arrays = pad_batch([encoded[i] for i in run], tokenizer.pad_id)
@@ -216,15 +216,6 @@ def raw_onnx_throughput(
         mean_padded_length=padded_tokens / sequences,
         mean_length=real_tokens / sequences,
     )
-
-
-def _encode(tokenizer, template, kind: str, request: Request) -> list:
-    """A request's model inputs as the service builds them: one pair per item (cross) or query + items (bi)."""
-    query = template.query_text(request.query)
-    items = [template.item_text(item) for item in request.items]
-    if kind == "cross":
-        return tokenizer.encode_pairs([query] * len(items), items)
-    return tokenizer.encode_queries([query]) + tokenizer.encode_items(items)
 
 
 def _cycle_until(requests: list[Request], started: float, max_seconds: float):

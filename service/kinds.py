@@ -38,6 +38,10 @@ class KindScoring(ABC):
         """The model inputs of the warm-up batch (Scorer checks the model's output on them)."""
 
     @abstractmethod
+    def inputs(self, query: str, texts: list[str]) -> list[Encoded]:
+        """All model inputs of one request without the embedding cache (rendered query, item texts)."""
+
+    @abstractmethod
     async def score(
         self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
     ) -> Scores:
@@ -46,14 +50,15 @@ class KindScoring(ABC):
 
 class CrossScoring(KindScoring):
     def warmup_inputs(self) -> list[Encoded]:
-        return self.tokenizer.encode_pairs([_WARMUP_QUERY] * len(_WARMUP_ITEMS), _WARMUP_ITEMS)
+        return self.inputs(_WARMUP_QUERY, _WARMUP_ITEMS)
+
+    def inputs(self, query: str, texts: list[str]) -> list[Encoded]:
+        return self.tokenizer.encode_pairs([query] * len(texts), texts)
 
     async def score(
         self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
     ) -> Scores:
-        logits = await run(
-            len(texts), lambda: self.tokenizer.encode_pairs([query] * len(texts), texts), deadline_ms
-        )
+        logits = await run(len(texts), lambda: self.inputs(query, texts), deadline_ms)
         return score_mapping.from_logits(self.manifest, logits)
 
 
@@ -67,7 +72,10 @@ class BiScoring(KindScoring):
         self._version = f"{manifest.name}@{manifest.version}"
 
     def warmup_inputs(self) -> list[Encoded]:
-        return self.tokenizer.encode_queries([_WARMUP_QUERY]) + self.tokenizer.encode_items(_WARMUP_ITEMS)
+        return self.inputs(_WARMUP_QUERY, _WARMUP_ITEMS)
+
+    def inputs(self, query: str, texts: list[str]) -> list[Encoded]:
+        return self.tokenizer.encode_queries([query]) + self.tokenizer.encode_items(texts)
 
     async def score(
         self, run: Run, query: str, items: list[Item], texts: list[str], deadline_ms: float
@@ -81,11 +89,7 @@ class BiScoring(KindScoring):
         self._metrics.cache_hits.inc(len(items) - len(missing))
         self._metrics.cache_misses.inc(len(missing))
         to_embed = [texts[i] for i in missing.values()]
-        out = await run(
-            1 + len(to_embed),
-            lambda: self.tokenizer.encode_queries([query]) + self.tokenizer.encode_items(to_embed),
-            deadline_ms,
-        )
+        out = await run(1 + len(to_embed), lambda: self.inputs(query, to_embed), deadline_ms)
         for row, key in enumerate(missing, start=1):
             self.cache.put(key, out[row].copy())  # a copy: a view would pin the whole batch output
         fresh = dict(zip(missing, out[1:], strict=True))

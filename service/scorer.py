@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from core.bundle import TOKENIZER_FILE, BundleManifest, read_manifest, verify_files
+from core.bundle import BundleManifest, bundle_tokenizer, read_manifest, verify_files
 from core.item import Item
-from core.tokenization import BundleTokenizer, Encoded
+from core.tokenization import Encoded
 from service.batcher import RUN_OVERHEAD_TOKENS, Batcher, BatchPolicy
 from service.kinds import KindScoring, scoring_for
 from service.metrics import Metrics
@@ -44,12 +44,7 @@ class Scorer:
             )
         m = self.manifest
         self.template = m.template
-        self.tokenizer = BundleTokenizer(
-            self.bundle_dir / TOKENIZER_FILE,
-            max_pair_tokens=m.max_pair_tokens,
-            max_query_tokens=m.max_query_tokens,
-            max_item_tokens=m.max_item_tokens,
-        )
+        self.tokenizer = bundle_tokenizer(self.bundle_dir, m)
         self.model = OnnxModel(
             self.bundle_dir,
             m,

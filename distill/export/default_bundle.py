@@ -117,15 +117,11 @@ def embedding_parity(module, bundle_dir: Path, manifest: BundleManifest, batch_s
     """Max |ONNX − PyTorch| over parity texts, batched and padded as the service does it."""
     import torch
 
-    from core.tokenization import BundleTokenizer, pad_batch
+    from core.bundle import bundle_tokenizer
+    from core.tokenization import pad_batch
     from service.onnx_model import OnnxModel
 
-    tokenizer = BundleTokenizer(
-        bundle_dir / TOKENIZER_FILE,
-        max_pair_tokens=manifest.max_pair_tokens,
-        max_query_tokens=manifest.max_query_tokens,
-        max_item_tokens=manifest.max_item_tokens,
-    )
+    tokenizer = bundle_tokenizer(bundle_dir, manifest)
     model = OnnxModel(bundle_dir, manifest, provider="cpu", intra_op_threads=torch.get_num_threads())
     queries, items = parity_texts(manifest)
     encoded = tokenizer.encode_queries(queries) + tokenizer.encode_items(items)
