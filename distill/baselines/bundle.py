@@ -19,23 +19,33 @@ from distill.data.schema import LabelledPair
 CONCURRENT_REQUESTS = 8  # × max_items (500) + 8 stays below the service's default queue capacity
 
 
+def offline_settings(bundle_dir: str | Path, **overrides: Any):
+    """The service's settings for scoring a bundle in-process: CPU, OMP_NUM_THREADS (default up to 4)
+    inference threads, and a deadline no offline batch meets by accident (10 minutes)."""
+    from service.settings import Settings
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or min(4, os.cpu_count() or 1)
+    return Settings(
+        bundle=Path(bundle_dir),
+        ort_intra_op_threads=threads,
+        request_deadline_ms=600_000,
+        provider="cpu",
+        **overrides,
+    )
+
+
 def score_bundle(
     bundle_dir: str | Path, pairs: list[LabelledPair]
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """(score per pair, grade probabilities over GRADE_LEVELS per pair or None, bundle info)."""
     from core.bundle import read_manifest
-    from service.settings import Settings
 
     manifest = read_manifest(bundle_dir)  # BundleError (a ValueError) names the problem
     if manifest.has_grades and list(manifest.grade_levels) != list(GRADE_LEVELS):
         raise ValueError(
             f"{bundle_dir}: grade levels {manifest.grade_levels} differ from the project's {GRADE_LEVELS}"
         )
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or min(4, os.cpu_count() or 1)
-    settings = Settings(
-        bundle=Path(bundle_dir), ort_intra_op_threads=threads, request_deadline_ms=600_000, provider="cpu"
-    )
-    scores, probs = asyncio.run(_score_all(settings, pairs))
+    scores, probs = asyncio.run(_score_all(offline_settings(bundle_dir), pairs))
     return scores, probs if manifest.has_grades else None, manifest.summary()
 
 

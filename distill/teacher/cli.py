@@ -36,7 +36,10 @@ def register(app: typer.Typer) -> None:
     def annotate(
         input: str = typer.Option(..., "--input", "-i", help=SPEC_HELP),
         out: Path = typer.Option(..., "--out", "-o", help="JSONL of CoT records (appended to; resumes)"),
-        teacher: str = typer.Option("llamacpp", help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR"),
+        teacher: str = typer.Option(
+            "llamacpp",
+            help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR, or bundle:PATH (score mode)",
+        ),
         mode: Mode = typer.Option(Mode.score, help="score (verdict only, fast) or cot (reasoning + verdict)"),
         fmt: str | None = typer.Option(None, "--format", help="input format (default: detected)"),
         concurrency: int = typer.Option(1, min=1, help="judgements in flight (HTTP teachers benefit)"),
@@ -47,10 +50,19 @@ def register(app: typer.Typer) -> None:
         """Judge pairs with an ELLM-rele teacher → CoT records (JSONL, resumable)."""
         from distill.teacher.annotate import annotate as run_annotation
         from distill.teacher.annotate import write_parquet
+        from distill.teacher.bundle_teacher import SPEC_PREFIX, BundleTeacher
         from teacher import load_teacher
 
         pairs = load_input_pairs(input, fmt)[:limit]
-        judge = load_teacher(teacher)
+        if teacher.startswith(SPEC_PREFIX):  # a model bundle: scored through the service's Scorer
+            try:
+                judge = BundleTeacher(teacher.removeprefix(SPEC_PREFIX))
+            except ValueError as exc:  # BundleError, BundleTeacherError
+                raise typer.BadParameter(str(exc), param_hint="--teacher") from None
+            if mode != Mode.score:
+                raise typer.BadParameter("a bundle teacher judges in score mode only", param_hint="--mode")
+        else:
+            judge = load_teacher(teacher)
 
         async def run() -> None:
             try:

@@ -1,0 +1,92 @@
+"""A model bundle as a teacher: ``relevance teacher annotate --teacher bundle:PATH``.
+
+The strongest cheap teacher is often not an LLM but a large student, e.g. the 6-layer cross-encoder
+fine-tuned on the labels. This judge scores each pair through the service's own Scorer (so the
+distribution is exactly what that bundle serves) and writes the same CoT record as an LLM teacher in
+score mode: the grade distribution from the bundle's grade head (``distribution_source`` "logits"),
+no dimensions. Concurrent judgements are batched by the Scorer's batcher. Only bundles with a grade
+head qualify: a cosine-only bi bundle has no distribution to distil.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.bundle import read_manifest
+from core.cot import CoTRecord
+from core.grades import GRADE_LEVELS
+from core.item import Item, pair_hash
+
+SPEC_PREFIX = "bundle:"
+PROMPT_VERSION = "bundle-score-v1"  # no prompt: the version of this record layout
+
+
+class BundleTeacherError(ValueError):
+    """A bundle that cannot teach; the message says why."""
+
+
+class BundleTeacher:
+    """Duck-types ``teacher.Teacher`` for ``distill.teacher.annotate``: ``teacher_id``, ``prompt_version``,
+    ``judge`` (score mode only) and ``aclose``."""
+
+    def __init__(self, bundle_dir: str | Path) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir)
+        if not self.manifest.has_grades or list(self.manifest.grade_levels) != list(GRADE_LEVELS):
+            raise BundleTeacherError(
+                f"{self.bundle_dir}: a teacher bundle needs a grade head over {list(GRADE_LEVELS)} "
+                f"(this one: score method {self.manifest.score.method}, levels {self.manifest.grade_levels})"
+            )
+        self.teacher_id = f"bundle:{self.manifest.name}@{self.manifest.version}"
+        self.prompt_version = PROMPT_VERSION
+        self._scorer = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self):
+        async with self._lock:
+            if self._scorer is None:
+                from distill.baselines.bundle import offline_settings
+                from service.metrics import Metrics
+                from service.scorer import Scorer
+
+                scorer = Scorer(offline_settings(self.bundle_dir), Metrics())
+                await scorer.start()
+                self._scorer = scorer
+        return self._scorer
+
+    async def judge(
+        self, query: str, item: Mapping[str, Any], *, label: str | None = None, mode: str = "score"
+    ) -> CoTRecord:
+        from service.schemas import ScoreRequest
+
+        if mode != "score":
+            raise BundleTeacherError(f"a bundle teacher has no reasoning: use --mode score, not {mode!r}")
+        scorer = await self._started()
+        with scorer.in_use():
+            (result,) = await scorer.score(ScoreRequest(query=query, items=[Item.model_validate(dict(item))]))
+        template = self.manifest.template
+        distribution = result["grades"]
+        return CoTRecord(
+            teacher_id=self.teacher_id,
+            prompt_version=self.prompt_version,
+            mode="score",
+            pair_id=pair_hash(query, dict(item)),
+            query=template.query_text(query),
+            item_id=str(item.get("id") or ""),
+            item_text=template.item_text(item),
+            grade=max(distribution, key=distribution.__getitem__),
+            grade_levels=list(GRADE_LEVELS),
+            grade_distribution=distribution,
+            distribution_source="logits",
+            label=label,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    async def aclose(self) -> None:
+        if self._scorer is not None:
+            await self._scorer.stop()
+            self._scorer = None
