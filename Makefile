@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test test-fast bench infinity-venv lint format audit default-bundle clean
+.PHONY: venv serve test test-fast experiment-hd bench infinity-venv lint format audit default-bundle clean
 
 # llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
 # crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
@@ -39,6 +39,12 @@ test: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 # The unit tests only (no server, no model training, no Redis, no LLM): under a minute.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not redis and not llm"
+
+# The Home Depot distillation chain (distill/experiments/hd.py), resumable: each step is skipped when its
+# output exists. BUDGET=smoke runs it on the bundled ESCI split in a few steps (a test runs that too).
+BUDGET ?= full
+experiment-hd: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
+	$(BIN)/relevance experiment hd --budget $(BUDGET)
 
 # Infinity (the side-by-side baseline of `make bench`) pins old dependencies: its own venv, never .venv.
 INFINITY_VENV := .venv-infinity

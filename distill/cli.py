@@ -29,13 +29,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distill.teacher.cli",
     "distill.students.cli",
     "distill.eval.cli",
+    "distill.experiments.cli",
 )
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
-if (
-    __name__ == "__main__"
-):  # `python -m distill.cli …`, as `accelerate launch -m distill.cli student train` needs
+# `python -m distill.cli …`, as `accelerate launch -m distill.cli student train` needs.
+if __name__ == "__main__":
     app()

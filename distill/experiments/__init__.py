@@ -1,0 +1,1 @@
+"""Reproducible experiment chains: each a list of ``relevance`` commands, resumable step by step."""

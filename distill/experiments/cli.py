@@ -1,0 +1,36 @@
+"""``relevance experiment``: run a whole experiment chain, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distill.experiments.hd import Budget
+
+
+def register(app: typer.Typer) -> None:
+    experiment_app = typer.Typer(
+        help="Experiments: whole chains from data to bundles, resumable.", no_args_is_help=True
+    )
+    app.add_typer(experiment_app, name="experiment")
+
+    @experiment_app.command("hd")
+    def hd(
+        budget: Annotated[
+            Budget, typer.Option(help="full (Home Depot) or smoke (bundled ESCI, a few steps)")
+        ] = Budget.full,
+        root: Annotated[
+            Path, typer.Option(help="folder that gets runs/, models/students/ and reports/")
+        ] = Path("."),
+    ) -> None:
+        """Home Depot distillation: transfer set, teacher, label-only and MKD students, eval, experiment.json
+        (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
+        from distill.experiments.hd import Experiment, run_experiment
+
+        try:
+            run_experiment(Experiment(root=root, budget=budget), echo=typer.echo)
+        except RuntimeError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from None

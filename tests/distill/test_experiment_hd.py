@@ -1,0 +1,49 @@
+"""`relevance experiment hd --budget smoke`: the whole Home Depot chain on the bundled split in a few
+steps, so the recipe cannot rot; a rerun skips every step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.bundle import read_manifest
+from core.cot import grade_distribution, read_records
+from core.grades import GRADE_LEVELS
+from service.settings import DEFAULT_BUNDLE
+
+# Trains four students and scores them: not part of make test-fast.
+pytestmark = pytest.mark.slow
+
+
+def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and_resumes(tmp_path):
+    if not (DEFAULT_BUNDLE / "bundle.json").is_file():
+        pytest.skip(f"{DEFAULT_BUNDLE} not built (make test builds it first)")
+    relevance = str(Path(sys.executable).with_name("relevance"))
+    command = [relevance, "experiment", "hd", "--budget", "smoke", "--root", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    report = tmp_path / "reports" / "experiments" / "hd-smoke"
+    manifest = json.loads((report / "experiment.json").read_text())
+    assert {s["role"] for s in manifest["students"]} == {"label-only", "mkd"}
+    for student in manifest["students"] + manifest["ablations"]:
+        assert read_manifest(student["path"]).kind == student["kind"] == "cross"
+        assert Path(student["path"]).name.startswith("hd-smoke-")
+        if student["role"] != "label-only":
+            assert Path(student["twin"]).name == f"hd-smoke-cross2-label-s{student['seed']}"
+    teacher = manifest["teacher"]["spec"]
+    assert teacher.startswith("bundle:") and read_manifest(teacher.removeprefix("bundle:")).kind == "cross"
+    records, _ = read_records(tmp_path / "runs" / "hd-smoke" / "teacher-a.jsonl")
+    assert records and all(grade_distribution(r, GRADE_LEVELS) is not None for r in records)
+    assert sum(r.label is None for r in records) > 0  # the transfer pairs were labelled by the teacher
+    systems = json.loads((report / "eval-dev" / "metrics.json").read_text())["sections"]["All queries"][
+        "systems"
+    ]
+    assert {"bundle:minilm-zero-shot-bi", "bm25", "bundle:hd-smoke-teacher-cross6"} <= set(systems)
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("already there") == 12, again.stdout
