@@ -47,15 +47,35 @@ class Plan:
     teacher_lr: float
     student_lr: float
     epochs: int
-    max_steps: int | None  # None: whole epochs
+    teacher_max_steps: int | None  # None: whole epochs
+    student_max_steps: int | None
     seeds: tuple[int, ...]
     promote: bool
 
 
+# The full plan is sized for 3 hours on 2 CPU cores from 40-step probes on an AMD EPYC (batch 16):
+# a 6-layer cross step ≈ 0.5 s, a 2-layer one ≈ 0.2 s. One teacher epoch over the 45,854 train pairs
+# ≈ 25 min; 8 BM25 + 2 random items per train query ≈ 70k transfer pairs for the teacher to label;
+# every student gets the optimiser steps of one epoch over the train pairs (2,866), so a KD student
+# costs what its label-only twin costs and sees the transfer pairs in their place; 3 seeds × 3
+# students ≈ 90 min. An estimate, not a measurement of the whole chain.
+ONE_TRAIN_EPOCH_STEPS = 2866
 PLANS: dict[Budget, Plan] = {
-    # Transfer: 20 BM25 + 4 random per train query ≈ 170k unlabelled pairs on Home Depot train.
-    Budget.full: Plan("home-depot:train", "home-depot:dev", 20, 4, 6, 1e-4, 2e-4, 1, None, (0, 1, 2), True),
-    Budget.smoke: Plan("bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 2e-4, 1, 3, (0,), False),
+    Budget.full: Plan(
+        "home-depot:train",
+        "home-depot:dev",
+        8,
+        2,
+        6,
+        1e-4,
+        2e-4,
+        1,
+        None,
+        ONE_TRAIN_EPOCH_STEPS,
+        (0, 1, 2),
+        True,
+    ),
+    Budget.smoke: Plan("bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 2e-4, 1, 3, 3, (0,), False),
 }
 
 
@@ -118,7 +138,7 @@ class Experiment:
             ),
         ]
         teacher = self.bundle("teacher-cross6")
-        steps += self._train_and_export("teacher-cross6", teacher, [
+        steps += self._train_and_export("teacher-cross6", teacher, p.teacher_max_steps, [
             "--kind", "cross", "--layers", str(p.teacher_layers), "--lr", str(p.teacher_lr), "--train", p.train])  # fmt: skip
         steps.append(Step("teacher records on train + transfer pairs", records.with_name(records.name + ".done"), [
             "teacher", "annotate", "-i", str(transfer), "-o", str(records), "--teacher", f"bundle:{teacher}",
@@ -127,11 +147,14 @@ class Experiment:
             names = self.student_names(seed)
             common = ["--kind", "cross", "--layers", "2", "--lr", str(p.student_lr), "--seed", str(seed)]
             steps += self._train_and_export(
-                names["label"], self.bundle(names["label"]), [*common, "--train", p.train]
+                names["label"],
+                self.bundle(names["label"]),
+                p.student_max_steps,
+                [*common, "--train", p.train],
             )
-            steps += self._train_and_export(names["score-kd"], self.bundle(names["score-kd"]), [
+            steps += self._train_and_export(names["score-kd"], self.bundle(names["score-kd"]), p.student_max_steps, [
                 *common, "--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1"])  # fmt: skip
-            steps += self._train_and_export(names["mkd"], self.bundle(names["mkd"]), [
+            steps += self._train_and_export(names["mkd"], self.bundle(names["mkd"]), p.student_max_steps, [
                 *common, "--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1",
                 "--teacher-cot", str(cot), "--w-cot", "0.5"])  # fmt: skip
         systems = ["bundle:models/minilm-zero-shot-bi", "bm25", f"bundle:{teacher}"]
@@ -141,9 +164,11 @@ class Experiment:
             "eval", "run", "--data", p.dev, "--out", str(eval_dir), *[a for s in systems for a in ("--system", s)]]))  # fmt: skip
         return steps
 
-    def _train_and_export(self, name: str, bundle: Path, options: list[str]) -> list[Step]:
+    def _train_and_export(
+        self, name: str, bundle: Path, max_steps: int | None, options: list[str]
+    ) -> list[Step]:
         p, run = self.plan, self.runs / name
-        limits = ["--epochs", str(p.epochs)] + (["--max-steps", str(p.max_steps)] if p.max_steps else [])
+        limits = ["--epochs", str(p.epochs)] + (["--max-steps", str(max_steps)] if max_steps else [])
         return [
             Step(
                 f"train {name}",
