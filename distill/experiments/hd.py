@@ -82,7 +82,7 @@ PLANS: dict[Budget, Plan] = {
 @dataclass
 class Step:
     name: str
-    done: Path  # the step is skipped when this file exists
+    done: Path | None  # skipped when this file exists; None: always run (the command skips its own work)
     argv: list[str]
     may_refuse: bool = False  # exit 1 is an outcome (the promotion gate), not a failure
 
@@ -115,9 +115,11 @@ class Experiment:
             runs / "teacher-a.jsonl",
         )
         steps = [
+            # Always run: transfer-set itself skips when OUTPUT was built with these options and rebuilds
+            # one built with others (a marker file alone would keep a stale set).
             Step(
                 "transfer set",
-                transfer.with_name(transfer.name + ".json"),
+                None,
                 [
                     "data",
                     "transfer-set",
@@ -219,7 +221,7 @@ def run_experiment(experiment: Experiment, *, echo=print) -> dict:
     steps = experiment.steps()
     for n, step in enumerate(steps, start=1):
         head = f"[{n}/{len(steps)}] {step.name}"
-        if step.done.exists():
+        if step.done is not None and step.done.exists():
             echo(f"{head}: already there ({step.done}), skipped")
             continue
         echo(f"{head}: relevance {shlex.join(step.argv)}")
