@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from core.bundle import MANIFEST_FILE
+
 
 class Budget(StrEnum):
     smoke = "smoke"
@@ -84,7 +86,6 @@ class Step:
     name: str
     done: Path | None  # skipped when this file exists; None: always run (the command skips its own work)
     argv: list[str]
-    may_refuse: bool = False  # exit 1 is an outcome (the promotion gate), not a failure
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Experiment:
             ),  # fmt: skip
             Step(
                 f"export {name}",
-                bundle / "bundle.json",
+                bundle / MANIFEST_FILE,
                 ["student", "export", str(run), "--out", str(bundle), "--precision", "fp32", "--dev", p.dev],
             ),  # fmt: skip
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.bundle import MANIFEST_FILE
 from distill.data.schema import LabelledPair
 from service.settings import DEFAULT_BUNDLE, STUDENT_BUNDLE
 
@@ -30,7 +31,7 @@ def is_served_folder(out: Path) -> bool:
 
 def incumbent(out: Path) -> Path:
     """What is served now in place of ``out``: ``out`` when it holds a bundle, else the zero-shot default."""
-    return out if (out / "bundle.json").is_file() else DEFAULT_BUNDLE
+    return out if (out / MANIFEST_FILE).is_file() else DEFAULT_BUNDLE
 
 
 def gate_metrics(bundle: Path, pairs: Sequence[LabelledPair]) -> dict[str, float]:
@@ -43,7 +44,7 @@ def gate_metrics(bundle: Path, pairs: Sequence[LabelledPair]) -> dict[str, float
 def check_promotion(new: Path, out: Path, pairs: Sequence[LabelledPair], data: str) -> dict[str, dict]:
     """Both bundles' metrics on ``data``; raises PromotionRefused unless ``new`` beats the incumbent."""
     current = incumbent(out)
-    if not (current / "bundle.json").is_file():  # nothing served yet, not even the default: no gate
+    if not (current / MANIFEST_FILE).is_file():  # nothing served yet, not even the default: no gate
         return {"new": gate_metrics(new, pairs)}
     mine, theirs = gate_metrics(new, pairs), gate_metrics(current, pairs)
     first, *rest = GATE_METRICS
