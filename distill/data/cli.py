@@ -1,4 +1,4 @@
-"""``relevance data``: inspect a dataset file and maintain the bundled splits."""
+"""``relevance data``: inspect a dataset file, build transfer sets and held-out folds, maintain the bundled splits."""
 
 from __future__ import annotations
 
@@ -111,6 +111,39 @@ def register(app: typer.Typer) -> None:
             f"{len({p.query_id for p in extra})} queries"
             + (f" + {len(labelled)} labelled" if include_labelled else "")
         )
+
+    @data_app.command("holdout")
+    def holdout(
+        fit: Annotated[Path, typer.Option(help="JSONL to write: the pairs of every query outside the fold")],
+        held_out: Annotated[Path, typer.Option("--holdout", help="JSONL to write: the fold's pairs")],
+        input: Annotated[
+            str, typer.Option("--input", "-i", help="labelled pairs: " + SPEC_HELP)
+        ] = "bundled:train",
+        folds: Annotated[int, typer.Option(min=2, help="number of folds the queries are hashed into")] = 5,
+        fold: Annotated[int, typer.Option(min=0, help="the fold held out, in [0, FOLDS)")] = 0,
+    ) -> None:
+        """Split labelled pairs by query into a fit part and a held-out fold (``core.datasets.fold_of``,
+        salt "holdout"): for a model fitted on pairs another model never saw, e.g. the ensemble head over
+        a teacher trained on the fit part. Deterministic; both files are written whole or not at all."""
+        from core.datasets import fold_of
+        from distill.data.datasets import load_dataset
+        from distill.data.transfer import write_generic_jsonl
+
+        if fold >= folds:
+            raise typer.BadParameter(f"{fold} is not in [0, {folds})", param_hint="--fold")
+        try:
+            dataset = load_dataset(input)
+        except DataError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--input") from None
+        parts: dict[bool, list] = {True: [], False: []}
+        for pair in dataset.pairs:
+            parts[fold_of(pair.query_id, folds, salt="holdout") == fold].append(pair)
+        for path, pairs in ((fit, parts[False]), (held_out, parts[True])):
+            partial = path.with_name(path.name + ".partial")
+            write_generic_jsonl(partial, pairs)
+            partial.replace(path)
+            queries = len({p.query_id for p in pairs})
+            typer.echo(f"wrote {path}: {len(pairs)} pairs of {queries} queries")
 
     @data_app.command("bundle-splits")
     def bundle_splits() -> None:

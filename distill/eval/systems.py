@@ -2,6 +2,8 @@
 
 * ``bm25`` — distill.baselines.bm25 over the dataset's whole catalogue.
 * ``bundle:PATH`` — a model bundle scored in-process through the service's scoring code.
+* ``ensemble:DIR`` — teacher rung (c) (distill/teacher/ensemble.py): score = expected level value of
+  its grade distribution.
 * ``annotations:PATH.jsonl`` — teacher CoTRecords: score = expected level value of the grade
   distribution, grades from the distribution (a record with a grade but no distribution counts
   as one-hot). Pairs without a usable record are left unscored (NaN) and counted.
@@ -19,7 +21,7 @@ from distill.data.reading import DataError
 from distill.data.schema import LabelledPair
 from distill.eval.evaluate import SystemOutput
 
-KINDS = ("bm25", "bundle:PATH", "annotations:PATH")
+KINDS = ("bm25", "bundle:PATH", "ensemble:DIR", "annotations:PATH")
 
 
 def score_system(spec: str, pairs: list[LabelledPair], catalogue: list[LabelledPair]) -> SystemOutput:
@@ -33,6 +35,12 @@ def score_system(spec: str, pairs: list[LabelledPair], catalogue: list[LabelledP
 
         scores, probs, info = score_bundle(arg, pairs)
         return SystemOutput(f"bundle:{Path(arg).name}", scores, probs, info={"spec": spec, **info})
+    if kind == "ensemble" and arg:
+        from distill.teacher.ensemble import score_ensemble
+
+        probs, info = score_ensemble(arg, pairs)
+        scores = probs @ np.asarray(LEVEL_VALUES)
+        return SystemOutput(f"ensemble:{Path(arg).name}", scores, probs, info={"spec": spec, **info})
     if kind == "annotations" and arg:
         return annotations_output(arg, pairs)
     raise ValueError(f"system {spec!r} is not one of {', '.join(KINDS)}")

@@ -5,17 +5,24 @@ skipped when its output is already there, so a killed or timed-out run resumes w
 
 1. transfer set: the train pairs plus, per train query, unjudged top-BM25 and random items
 2. the rule CoT (per-dimension verdicts and evidence) for the train pairs: the CoT KD targets
-3. teacher rung (a): the 6-layer cross-encoder fine-tuned on the train labels, exported (fp32)
-4. teacher records: rung (a)'s grade distribution on every train and transfer pair
-5. students, per seed: the 2-layer cross label-only twin; + score-distribution KD on the labelled and
-   transfer pairs; full MKD (score KD + CoT KD), each exported (fp32)
-6. ``relevance eval run`` on the dev split: zero-shot default, BM25, the teacher and every student
-7. ``experiment.json`` (the shape of docs/RESULTS.md: students with kind, role, seed and twin, and the
+3. a held-out fold of the train queries (``relevance data holdout``, 1 in 5)
+4. teacher rung (a): the 6-layer cross-encoder fine-tuned on the other four folds, exported (fp32)
+5. teacher rung (c): the ensemble head over (a), the zero-shot bi-encoder, BM25 and the rule CoT
+   verdicts, fitted on the held-out fold (distill/teacher/ensemble.py); the shipped teacher, fixed
+   before any dev number is seen
+6. teacher records: rung (c)'s grade distribution on every train and transfer pair
+7. students, per seed: the 2-layer cross label-only twin (from all-MiniLM-L6-v2); + score-distribution
+   KD on the labelled and transfer pairs; full MKD (score KD + CoT KD), both warm-started from the
+   teacher's first two layers; then seed 0's label-only student with that warm start (the ablation
+   that tells the warm start from KD); each exported (fp32)
+8. ``relevance eval run`` on the dev split, then on CrowdFlower dev and bundled ESCI dev (the transfer
+   checks): zero-shot default, BM25, both teacher rungs and every student
+9. ``experiment.json`` (the shape of docs/RESULTS.md: students with kind, role, seed and twin, and the
    teacher spec), then the best MKD student is exported to models/student through the promotion gate
    (full budget only; a refusal is reported, not an error)
 
-Built: teacher rung (a) and the cross students. Not built yet (issue 12): the LLM rung (b), the
-ensemble rung (c), the bi students, the KD weight/temperature sweep and the frontier table.
+Not built yet (issue 12): the LLM rung (b), the bi students, the KD weight/temperature sweep and the
+frontier table.
 ``--budget smoke`` runs the same chain on the bundled ESCI split with a few optimiser steps, so the
 recipe is exercised in CI; ``--budget full`` is the real run (not yet timed end to end here).
 """
@@ -32,6 +39,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from core.bundle import MANIFEST_FILE
+from distill.teacher.ensemble import ENSEMBLE_FILE
+from service.settings import DEFAULT_BUNDLE
 
 
 class Budget(StrEnum):
@@ -53,15 +62,21 @@ class Plan:
     student_max_steps: int | None
     seeds: tuple[int, ...]
     promote: bool
+    transfer_checks: tuple[
+        tuple[str, str], ...
+    ]  # (label, dataset): other sources the same bundles are evaluated on
 
 
-# The full plan is sized for 3 hours on 2 CPU cores from 40-step probes on an AMD EPYC (batch 16):
-# a 6-layer cross step ≈ 0.5 s, a 2-layer one ≈ 0.2 s. One teacher epoch over the 45,854 train pairs
-# ≈ 25 min; 8 BM25 + 2 random items per train query ≈ 70k transfer pairs for the teacher to label;
-# every student gets the optimiser steps of one epoch over the train pairs (2,866), so a KD student
-# costs what its label-only twin costs and sees the transfer pairs in their place; 3 seeds × 3
-# students ≈ 90 min. An estimate, not a measurement of the whole chain.
+# The full plan is sized for 3 hours on 2 CPU cores (AMD EPYC, batch 16): a 6-layer cross step took
+# 0.61 s (one epoch over the 45,854 train pairs: 1,743 s), a 2-layer one ≈ 0.2 s. The teacher trains on
+# four of five train folds (≈ 23 min); 8 BM25 + 2 random items per train query ≈ 70k transfer pairs
+# for the ensemble to label (≈ 11 min); every student gets the optimiser steps of one epoch over the
+# train pairs (2,866, ≈ 10 min), so a KD student costs what its label-only twin costs and sees the
+# transfer pairs in their place; 3 seeds × 3 students + the ablation ≈ 110 min.
 ONE_TRAIN_EPOCH_STEPS = 2866
+# The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
+# on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
+EXPORT_CHECK_DATA = "bundled:dev"
 PLANS: dict[Budget, Plan] = {
     Budget.full: Plan(
         "home-depot:train",
@@ -76,8 +91,9 @@ PLANS: dict[Budget, Plan] = {
         ONE_TRAIN_EPOCH_STEPS,
         (0, 1, 2),
         True,
+        (("crowdflower-dev", "crowdflower:dev"), ("bundled-dev", "bundled:dev")),
     ),
-    Budget.smoke: Plan("bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 2e-4, 1, 3, 3, (0,), False),
+    Budget.smoke: Plan("bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 2e-4, 1, 3, 3, (0,), False, ()),
 }
 
 
@@ -105,15 +121,26 @@ class Experiment:
     def bundle(self, name: str) -> Path:
         return self.models / f"{self.prefix}-{name}"
 
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.root / "models" / "teachers" / f"{self.prefix}-ensemble"
+
+    @property
+    def teacher_spec(self) -> str:
+        """The shipped teacher: rung (c), chosen before any dev number (it has rung (a) as a feature)."""
+        return f"ensemble:{self.ensemble_dir}"
+
     def student_names(self, seed: int) -> dict[str, str]:
-        return {v: f"cross2-{v}-s{seed}" for v in ("label", "score-kd", "mkd")}
+        """Run (and bundle) names of a seed's students; the warm-started label-only ablation is seed 0's only."""
+        variants = ["label", "score-kd", "mkd"] + (["label-warm"] if seed == self.plan.seeds[0] else [])
+        return {v: f"cross2-{v}-s{seed}" for v in variants}
 
     def steps(self) -> list[Step]:
         p, runs = self.plan, self.runs
         transfer, cot, records = (
             runs / "transfer.jsonl",
             runs / "rule-cot-train.jsonl",
-            runs / "teacher-a.jsonl",
+            runs / "teacher-c.jsonl",
         )
         steps = [
             # Always run: transfer-set itself skips when OUTPUT was built with these options and rebuilds
@@ -140,32 +167,61 @@ class Experiment:
                 ["teacher", "bootstrap-cot", "-i", p.train, "-o", str(cot)],
             ),
         ]
+        fit, holdout = runs / "train-fit.jsonl", runs / "train-holdout.jsonl"
+        steps.append(Step("hold out a fold of the train queries for the ensemble head", holdout, [
+            "data", "holdout", "-i", p.train, "--fit", str(fit), "--holdout", str(holdout)]))  # fmt: skip
         teacher = self.bundle("teacher-cross6")
         steps += self._train_and_export("teacher-cross6", teacher, p.teacher_max_steps, [
-            "--kind", "cross", "--layers", str(p.teacher_layers), "--lr", str(p.teacher_lr), "--train", p.train])  # fmt: skip
+            "--kind", "cross", "--layers", str(p.teacher_layers), "--lr", str(p.teacher_lr), "--train", str(fit)])  # fmt: skip
+        ensemble = self.ensemble_dir
+        steps.append(Step("teacher rung (c): fit the ensemble head on the held-out fold", ensemble / ENSEMBLE_FILE, [
+            "teacher", "ensemble-fit", "--out", str(ensemble), "--cross", f"bundle:{teacher}",
+            "--bi", f"bundle:{DEFAULT_BUNDLE}", "--data", str(holdout), "--catalogue", p.train]))  # fmt: skip
         steps.append(Step("teacher records on train + transfer pairs", records.with_name(records.name + ".done"), [
-            "teacher", "annotate", "-i", str(transfer), "-o", str(records), "--teacher", f"bundle:{teacher}",
+            "teacher", "annotate", "-i", str(transfer), "-o", str(records), "--teacher", self.teacher_spec,
             "--mode", "score", "--concurrency", "32", "--summary", str(records.with_name(records.name + ".done"))]))  # fmt: skip
-        for seed in p.seeds:
-            names = self.student_names(seed)
+        # The KD students start from the teacher's own first two layers, embeddings and head (a warm
+        # start, the same bottom-layer truncation as the MiniLM start); the label-only twin starts from
+        # all-MiniLM-L6-v2, as a user without a teacher would. "label-warm" (seed 0) is the label-only
+        # student with the teacher's warm start: it separates what the warm start gives from what KD gives.
+        warm = ["--init-from", str(self.runs / "teacher-cross6")]
+        kd = ["--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1"]
+        options = {
+            "label": ["--train", p.train],
+            "score-kd": [*warm, *kd],
+            "mkd": [*warm, *kd, "--teacher-cot", str(cot), "--w-cot", "0.5"],
+            "label-warm": [*warm, "--train", p.train],
+        }
+
+        def train(seed: int, variant: str, name: str) -> list[Step]:
             common = ["--kind", "cross", "--layers", "2", "--lr", str(p.student_lr), "--seed", str(seed)]
-            steps += self._train_and_export(
-                names["label"],
-                self.bundle(names["label"]),
-                p.student_max_steps,
-                [*common, "--train", p.train],
+            return self._train_and_export(
+                name, self.bundle(name), p.student_max_steps, [*common, *options[variant]]
             )
-            steps += self._train_and_export(names["score-kd"], self.bundle(names["score-kd"]), p.student_max_steps, [
-                *common, "--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1"])  # fmt: skip
-            steps += self._train_and_export(names["mkd"], self.bundle(names["mkd"]), p.student_max_steps, [
-                *common, "--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1",
-                "--teacher-cot", str(cot), "--w-cot", "0.5"])  # fmt: skip
-        systems = ["bundle:models/minilm-zero-shot-bi", "bm25", f"bundle:{teacher}"]
-        systems += [f"bundle:{self.bundle(n)}" for seed in p.seeds for n in self.student_names(seed).values()]
-        eval_dir = self.report / "eval-dev"
-        steps.append(Step("eval on dev", eval_dir / "metrics.json", [
-            "eval", "run", "--data", p.dev, "--out", str(eval_dir), *[a for s in systems for a in ("--system", s)]]))  # fmt: skip
+
+        # The main students and their evaluation first, the ablation after: a run cut short has the
+        # comparisons the issue asks for.
+        main = [(s, v, n) for s in p.seeds for v, n in self.student_names(s).items() if v != "label-warm"]
+        for seed, variant, name in main:
+            steps += train(seed, variant, name)
+        systems = [f"bundle:{DEFAULT_BUNDLE}", "bm25", f"bundle:{teacher}", self.teacher_spec]
+        systems += [f"bundle:{self.bundle(name)}" for _, _, name in main]
+        for label, data in (("dev", p.dev), *p.transfer_checks):
+            steps.append(self._eval(label, data, systems))
+        ablation = self.student_names(p.seeds[0])
+        steps += train(p.seeds[0], "label-warm", ablation["label-warm"])
+        names = [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")]
+        steps.append(
+            self._eval(
+                "dev-warm-start", p.dev, [f"bundle:{teacher}", *(f"bundle:{self.bundle(n)}" for n in names)]
+            )
+        )
         return steps
+
+    def _eval(self, label: str, data: str, systems: list[str]) -> Step:
+        eval_dir = self.report / f"eval-{label}"
+        return Step(f"eval on {data} ({label})", eval_dir / "metrics.json", [
+            "eval", "run", "--data", data, "--out", str(eval_dir), *(a for s in systems for a in ("--system", s))])  # fmt: skip
 
     def _train_and_export(
         self, name: str, bundle: Path, max_steps: int | None, options: list[str]
@@ -194,7 +250,17 @@ class Experiment:
             Step(
                 f"export {name}",
                 bundle / MANIFEST_FILE,
-                ["student", "export", str(run), "--out", str(bundle), "--precision", "fp32", "--dev", p.dev],
+                [
+                    "student",
+                    "export",
+                    str(run),
+                    "--out",
+                    str(bundle),
+                    "--precision",
+                    "fp32",
+                    "--dev",
+                    EXPORT_CHECK_DATA,
+                ],
             ),  # fmt: skip
         ]
 
@@ -208,12 +274,15 @@ class Experiment:
             students.append({"path": str(self.bundle(names["mkd"])), "kind": "cross", "role": "mkd",
                              "seed": seed, "twin": twin})  # fmt: skip
         ablations = [
-            {"path": str(self.bundle(self.student_names(s)["score-kd"])), "kind": "cross", "role": "score-kd",
-             "seed": s, "twin": str(self.bundle(self.student_names(s)["label"]))}
+            {"path": str(self.bundle(name)), "kind": "cross", "role": variant, "seed": s,
+             "twin": str(self.bundle(self.student_names(s)["label"]))}
             for s in self.plan.seeds
+            for variant, name in self.student_names(s).items()
+            if variant in ("score-kd", "label-warm")
         ]  # fmt: skip
         return {"budget": str(self.budget), "students": students, "ablations": ablations,
-                "teacher": {"spec": f"bundle:{self.bundle('teacher-cross6')}"}}  # fmt: skip
+                "teacher": {"spec": self.teacher_spec, "rungs": {"a": f"bundle:{self.bundle('teacher-cross6')}",
+                                                               "c": self.teacher_spec}}}  # fmt: skip
 
 
 def run_experiment(experiment: Experiment, *, echo=print) -> dict:

@@ -42,6 +42,13 @@ def train_command(
     layers: Annotated[int, typer.Option(help="keep the first N of all-MiniLM-L6-v2's 6 layers")] = _D[
         "layers"
     ],
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="start from this trained run (runs/NAME) of the same kind: its embeddings, first "
+            "LAYERS layers and heads, instead of all-MiniLM-L6-v2's (a teacher as warm start)"
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="token limit of a pair (cross) or an item (bi)")] = _D[
         "max_tokens"
     ],
@@ -106,6 +113,7 @@ def train_command(
             name=name,
             kind=kind,
             layers=layers,
+            init_from=str(init_from) if init_from else None,
             max_tokens=max_tokens,
             max_query_tokens=max_query_tokens,
             epochs=epochs,

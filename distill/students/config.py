@@ -43,6 +43,9 @@ class TrainConfig(BaseModel):
     name: str = Field(min_length=1)
     kind: Kind = Kind.cross
     layers: int = Field(default=4, ge=1)
+    # A trained run of the same kind whose first ``layers`` layers, embeddings and heads start this
+    # student (a teacher's weights as the warm start) instead of all-MiniLM-L6-v2's; None: MiniLM.
+    init_from: str | None = None
     max_tokens: int = Field(default=64, ge=8)  # pair (cross) / item (bi) limit
     max_query_tokens: int = Field(default=32, ge=4)  # bi query tower limit
     epochs: int = Field(default=3, ge=1)

@@ -20,7 +20,7 @@ from core.grades import GRADE_GAINS, GRADE_LEVELS
 from distill.data.schema import LabelledPair
 from distill.students.config import TrainConfig, make_tokenizer
 from distill.students.predict import predict_scores, ranking_metrics, student_manifest
-from distill.students.run_folder import save_run, write_metrics
+from distill.students.run_folder import init_from_run, save_run, write_metrics
 
 
 def _loss_terms(model, batch: dict, config: TrainConfig, losses: dict) -> dict:
@@ -110,6 +110,8 @@ def train(
         raise ValueError("the dev set has no labelled pair: early stopping on NDCG@10 needs labels")
 
     model = kind.build(config.layers)
+    if config.init_from:
+        init_from_run(model, config.init_from, config.kind)
     head_ids = {id(p) for p in model.head_parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": config.lr},

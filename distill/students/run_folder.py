@@ -59,6 +59,30 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
     )
 
 
+def init_from_run(model, run_dir: str | Path, kind: str) -> None:
+    """Start ``model`` from a trained run's weights: its embeddings, first layers and heads.
+
+    Layers are kept from the bottom, the same truncation as the MiniLM start (``load_bert``). Every
+    parameter of ``model`` must come from the run (strict), so a shape or kind mismatch is an error,
+    never a half-initialised student.
+    """
+    checkpoint = read_checkpoint(run_dir)
+    if checkpoint.kind != kind:
+        raise ValueError(f"--init-from {run_dir}: a {checkpoint.kind} run cannot start a {kind} student")
+    own = model.state_dict()
+    layers, theirs = model.bert.config.num_hidden_layers, checkpoint.bert_config["num_hidden_layers"]
+    if layers > theirs:
+        raise ValueError(f"--init-from {run_dir}: it has {theirs} layers, this student asks for {layers}")
+    wanted = {key: checkpoint.state_dict[key] for key in own if key in checkpoint.state_dict}
+    missing = sorted(set(own) - set(wanted))
+    if missing:
+        raise ValueError(f"--init-from {run_dir}: the run lacks {', '.join(missing[:5])}")
+    try:
+        model.load_state_dict(wanted, strict=True)
+    except RuntimeError as exc:  # shape mismatch: another backbone width or another head
+        raise ValueError(f"--init-from {run_dir}: {exc}") from None
+
+
 def load_run(run_dir: str | Path):
     """(model in eval mode, TrainConfig) from a training run folder; ValueError naming what is missing."""
     run_dir = Path(run_dir)

@@ -29,20 +29,13 @@ class BundleTeacherError(ValueError):
     """A bundle that cannot teach; the message says why."""
 
 
-class BundleTeacher:
-    """Duck-types ``teacher.Teacher`` for ``distill.teacher.annotate``: ``teacher_id``, ``prompt_version``,
-    ``judge`` (score mode only) and ``aclose``."""
+class BundleScorer:
+    """One bundle scored pair by pair through the service's Scorer (started on first use); concurrent
+    calls are batched by the Scorer's batcher. Also a member of the ensemble teacher."""
 
     def __init__(self, bundle_dir: str | Path) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)
-        if not self.manifest.has_grades or list(self.manifest.grade_levels) != list(GRADE_LEVELS):
-            raise BundleTeacherError(
-                f"{self.bundle_dir}: a teacher bundle needs a grade head over {list(GRADE_LEVELS)} "
-                f"(this one: score method {self.manifest.score.method}, levels {self.manifest.grade_levels})"
-            )
-        self.teacher_id = f"bundle:{self.manifest.name}@{self.manifest.version}"
-        self.prompt_version = PROMPT_VERSION
         self._scorer = None
         self._lock = asyncio.Lock()
 
@@ -58,16 +51,42 @@ class BundleTeacher:
                 self._scorer = scorer
         return self._scorer
 
-    async def judge(
-        self, query: str, item: Mapping[str, Any], *, label: str | None = None, mode: str = "score"
-    ) -> CoTRecord:
+    async def score(self, query: str, item: Mapping[str, Any]) -> dict[str, Any]:
+        """The service's result for one item: ``score``, and ``grades`` where the bundle has a grade head."""
         from service.schemas import ScoreRequest
 
-        if mode != "score":
-            raise BundleTeacherError(f"a bundle teacher has no reasoning: use --mode score, not {mode!r}")
         scorer = await self._started()
         with scorer.in_use():
             (result,) = await scorer.score(ScoreRequest(query=query, items=[Item.model_validate(dict(item))]))
+        return result
+
+    async def aclose(self) -> None:
+        if self._scorer is not None:
+            await self._scorer.stop()
+            self._scorer = None
+
+
+class BundleTeacher:
+    """Duck-types ``teacher.Teacher`` for ``distill.teacher.annotate``: ``teacher_id``, ``prompt_version``,
+    ``judge`` (score mode only) and ``aclose``."""
+
+    def __init__(self, bundle_dir: str | Path) -> None:
+        self.scorer = BundleScorer(bundle_dir)
+        self.bundle_dir, self.manifest = self.scorer.bundle_dir, self.scorer.manifest
+        if not self.manifest.has_grades or list(self.manifest.grade_levels) != list(GRADE_LEVELS):
+            raise BundleTeacherError(
+                f"{self.bundle_dir}: a teacher bundle needs a grade head over {list(GRADE_LEVELS)} "
+                f"(this one: score method {self.manifest.score.method}, levels {self.manifest.grade_levels})"
+            )
+        self.teacher_id = f"bundle:{self.manifest.name}@{self.manifest.version}"
+        self.prompt_version = PROMPT_VERSION
+
+    async def judge(
+        self, query: str, item: Mapping[str, Any], *, label: str | None = None, mode: str = "score"
+    ) -> CoTRecord:
+        if mode != "score":
+            raise BundleTeacherError(f"a bundle teacher has no reasoning: use --mode score, not {mode!r}")
+        result = await self.scorer.score(query, item)
         template = self.manifest.template
         distribution = result["grades"]
         return CoTRecord(
@@ -87,6 +106,4 @@ class BundleTeacher:
         )
 
     async def aclose(self) -> None:
-        if self._scorer is not None:
-            await self._scorer.stop()
-            self._scorer = None
+        await self.scorer.aclose()

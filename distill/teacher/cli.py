@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="JSONL of CoT records (appended to; resumes)"),
         teacher: str = typer.Option(
             "llamacpp",
-            help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR, or bundle:PATH (score mode)",
+            help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR, bundle:PATH or ensemble:DIR "
+            "(the last two: score mode)",
         ),
         mode: Mode = typer.Option(Mode.score, help="score (verdict only, fast) or cot (reasoning + verdict)"),
         fmt: str | None = typer.Option(None, "--format", help="input format (default: detected)"),
@@ -51,16 +52,23 @@ def register(app: typer.Typer) -> None:
         from distill.teacher.annotate import annotate as run_annotation
         from distill.teacher.annotate import write_parquet
         from distill.teacher.bundle_teacher import SPEC_PREFIX, BundleTeacher
+        from distill.teacher.ensemble import SPEC_PREFIX as ENSEMBLE_PREFIX
+        from distill.teacher.ensemble import EnsembleTeacher
         from teacher import load_teacher
 
         pairs = load_input_pairs(input, fmt)[:limit]
-        if teacher.startswith(SPEC_PREFIX):  # a model bundle: scored through the service's Scorer
+        if teacher.startswith((SPEC_PREFIX, ENSEMBLE_PREFIX)):  # bundles scored through the service's Scorer
             try:
-                judge = BundleTeacher(teacher.removeprefix(SPEC_PREFIX))
-            except ValueError as exc:  # BundleError, BundleTeacherError
+                if teacher.startswith(SPEC_PREFIX):
+                    judge = BundleTeacher(teacher.removeprefix(SPEC_PREFIX))
+                else:
+                    judge = EnsembleTeacher(teacher.removeprefix(ENSEMBLE_PREFIX))
+            except ValueError as exc:  # BundleError, BundleTeacherError, EnsembleError
                 raise typer.BadParameter(str(exc), param_hint="--teacher") from None
             if mode != Mode.score:
-                raise typer.BadParameter("a bundle teacher judges in score mode only", param_hint="--mode")
+                raise typer.BadParameter(
+                    "a bundle or ensemble teacher judges in score mode only", param_hint="--mode"
+                )
         else:
             judge = load_teacher(teacher)
 
@@ -80,6 +88,35 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code=1)
 
         asyncio.run(run())
+
+    @teacher_app.command("ensemble-fit")
+    def ensemble_fit(
+        out: Path = typer.Option(..., "--out", "-o", help="folder to write ensemble.json to"),
+        cross: str = typer.Option(..., help="bundle:PATH of the cross teacher (a grade head)"),
+        data: str = typer.Option(
+            ..., "--data", help="labelled pairs the cross teacher never trained on: " + SPEC_HELP
+        ),
+        bi: str = typer.Option("bundle:models/minilm-zero-shot-bi", help="bundle:PATH of the bi-encoder"),
+        catalogue: str | None = typer.Option(
+            None, help="pairs whose items give BM25 its document frequencies (default: --data's)"
+        ),
+    ) -> None:
+        """Fit teacher rung (c): a grade head over the cross teacher, the bi-encoder, BM25 and the rule
+        CoT verdicts (distill/teacher/ensemble.py); use it as --teacher ensemble:OUT."""
+        from distill.teacher.ensemble import fit_ensemble
+
+        fit_pairs = load_input_pairs(data, None)
+        items = load_input_pairs(catalogue, None) if catalogue else fit_pairs
+        try:
+            spec = fit_ensemble(out, cross=cross, bi=bi, fit_pairs=fit_pairs, catalogue=items, data=data)
+        except ValueError as exc:  # EnsembleError, BundleError
+            raise typer.BadParameter(str(exc)) from None
+        fitted = spec["fitted_on"]
+        typer.echo(
+            f"wrote {out}: head over {len(spec['features'])} features fitted on {fitted['pairs']} pairs "
+            f"of {fitted['queries']} queries (accuracy there {fitted['accuracy_on_fit_pairs']:.3f}); "
+            f"use --teacher ensemble:{out}"
+        )
 
     @teacher_app.command()
     def collaborate(

@@ -35,19 +35,35 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
         assert Path(student["path"]).name.startswith("hd-smoke-")
         if student["role"] != "label-only":
             assert Path(student["twin"]).name == f"hd-smoke-cross2-label-s{student['seed']}"
+    assert {s["role"] for s in manifest["ablations"]} == {"score-kd", "label-warm"}
+    # The KD students and the ablation start from the teacher's run; the twin from MiniLM.
+    for name, warm in (("cross2-label-s0", False), ("cross2-mkd-s0", True), ("cross2-label-warm-s0", True)):
+        config = json.loads((tmp_path / "runs" / "hd-smoke" / name / "config.json").read_text())
+        assert (config["init_from"] == str(tmp_path / "runs" / "hd-smoke" / "teacher-cross6")) is warm, name
+    # The shipped teacher is rung (c), the ensemble over rung (a) (a cross bundle) and the cheap judges.
     teacher = manifest["teacher"]["spec"]
-    assert teacher.startswith("bundle:") and read_manifest(teacher.removeprefix("bundle:")).kind == "cross"
-    records, _ = read_records(tmp_path / "runs" / "hd-smoke" / "teacher-a.jsonl")
+    assert teacher == f"ensemble:{tmp_path / 'models' / 'teachers' / 'hd-smoke-ensemble'}"
+    rung_a = manifest["teacher"]["rungs"]["a"]
+    assert read_manifest(rung_a.removeprefix("bundle:")).kind == "cross"
+    records, _ = read_records(tmp_path / "runs" / "hd-smoke" / "teacher-c.jsonl")
     assert records and all(grade_distribution(r, GRADE_LEVELS) is not None for r in records)
+    assert all(r.dimensions for r in records)  # the rule CoT travels in the ensemble's records
     assert sum(r.label is None for r in records) > 0  # the transfer pairs were labelled by the teacher
     systems = json.loads((report / "eval-dev" / "metrics.json").read_text())["sections"]["All queries"][
         "systems"
     ]
-    assert {"bundle:minilm-zero-shot-bi", "bm25", "bundle:hd-smoke-teacher-cross6"} <= set(systems)
+    assert {
+        "bundle:minilm-zero-shot-bi",
+        "bm25",
+        "bundle:hd-smoke-teacher-cross6",
+        "ensemble:hd-smoke-ensemble",
+    } <= set(systems)
+    ablation = json.loads((report / "eval-dev-warm-start" / "metrics.json").read_text())
+    assert "bundle:hd-smoke-cross2-label-warm-s0" in ablation["sections"]["All queries"]["systems"]
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert (
         again.returncode == 0
-        and again.stdout.count("already there") == 11
+        and again.stdout.count("already there") == 16
         and "already built with these options" in again.stdout
     ), again.stdout

@@ -191,3 +191,40 @@ def test_train_cli_errors_name_the_problem(tmp_path):
     )
     assert result.exit_code == 2 and f"{bad}:2: not a CoT record" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_init_from_starts_a_shallower_student_from_a_runs_bottom_layers_and_head(tmp_path, data):
+    from distill.students.backbone import tokenizer_file
+    from distill.students.run_folder import init_from_run, save_run
+
+    teacher_config = TrainConfig(name="teacher", kind="cross", layers=3)
+    teacher = STUDENT_KINDS["cross"].build(3)
+    with torch.no_grad():  # make the run's weights differ from MiniLM's, so a copy is visible
+        for p in teacher.parameters():
+            p.add_(0.01)
+    save_run(tmp_path / "teacher", teacher, teacher_config, tokenizer_file())
+
+    student = STUDENT_KINDS["cross"].build(2)
+    init_from_run(student, tmp_path / "teacher", "cross")
+    theirs = teacher.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in student.state_dict().items())
+    assert student.bert.config.num_hidden_layers == 2
+
+    with pytest.raises(ValueError, match="it has 3 layers, this student asks for 4"):
+        init_from_run(STUDENT_KINDS["cross"].build(4), tmp_path / "teacher", "cross")
+    with pytest.raises(ValueError, match="a cross run cannot start a bi student"):
+        init_from_run(STUDENT_KINDS["bi"].build(2), tmp_path / "teacher", "bi")
+    with pytest.raises(FileNotFoundError, match="not a trained student run"):
+        init_from_run(student, tmp_path / "nowhere", "cross")
+
+    # Through the training loop: the config records the start, and training moves off it.
+    train_pairs, dev_pairs, _ = data
+    config = TrainConfig(
+        name="warm", layers=2, epochs=1, max_steps=1, batch_size=4, init_from=str(tmp_path / "teacher")
+    )
+    train(config, train_pairs, dev_pairs, tmp_path / "warm")
+    model, saved = load_run(tmp_path / "warm")
+    assert saved.init_from == str(tmp_path / "teacher")
+    # One step at lr 5e-5 moves a weight by about 5e-5; MiniLM's start is 0.01 away.
+    start = theirs["bert.embeddings.word_embeddings.weight"]
+    assert (model.bert.embeddings.word_embeddings.weight - start).abs().max() < 1e-3
