@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         system: Annotated[
             list[str],
             typer.Option(
-                help="bm25 | bundle:PATH | annotations:PATH.jsonl (repeat; the first is the reference)"
+                help="bm25 | bundle:PATH | ensemble:DIR | annotations:PATH.jsonl (repeat; the first is the "
+                "reference)"
             ),
         ],
         out: Annotated[Path, typer.Option(help="report folder to write")],
@@ -43,6 +44,13 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(min=1, help="evaluate (and calibrate on) at most this many queries, chosen by hash"),
         ] = None,
+        compare: Annotated[
+            list[str],
+            typer.Option(
+                help="'A,B': also the paired difference A − B of two --system specs (repeat); every "
+                "system is compared with the first anyway"
+            ),
+        ] = [],  # noqa: B006
         resamples: Annotated[int, typer.Option(min=10, help="bootstrap resamples of queries")] = 1000,
         seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     ) -> None:
@@ -53,6 +61,12 @@ def register(app: typer.Typer) -> None:
 
         if len(set(system)) != len(system):
             raise typer.BadParameter(f"each --system may be given once (got {system})", param_hint="--system")
+        pairs = []
+        for text in compare:
+            a, sep, b = text.partition(",")
+            if not sep or not a or not b:
+                raise typer.BadParameter(f"{text!r} is not 'A,B'", param_hint="--compare")
+            pairs.append((a, b))
         try:
             evaluation = run_evaluation(
                 data,
@@ -67,6 +81,7 @@ def register(app: typer.Typer) -> None:
                 command="relevance " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                 log=lambda message: typer.echo(message, err=True),
                 progress=True,
+                compare=pairs,
             )
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -21,6 +21,7 @@ paired comparison takes the difference of two systems on the same resamples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,8 +190,10 @@ def evaluate(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     progress: bool = False,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Metrics of each system with 95% CIs, and paired differences of every later system vs the first."""
+    """Metrics of each system with 95% CIs, and paired differences (same resampled queries) of every
+    later system vs the first, then of each (a, b) in ``compare`` (system names)."""
     n_q = len(es.queries)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_q, size=(resamples, n_q))
@@ -231,8 +234,10 @@ def evaluate(
             },
         }
     names = list(scored)
-    for other in names[1:]:
-        a, b = other, names[0]
+    unknown = sorted({n for pair in compare for n in pair} - set(names))
+    if unknown:
+        raise ValueError(f"--compare names {unknown}: not among the systems {names}")
+    for a, b in [(other, names[0]) for other in names[1:]] + list(compare):
         diff = boot[a] - boot[b]
         result["comparisons"].append(
             {

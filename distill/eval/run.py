@@ -84,11 +84,17 @@ def run_evaluation(
     command: str = "",
     log: Callable[[str], None] = lambda _: None,
     progress: bool = False,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> Evaluation:
     """Evaluate each of ``systems`` (distinct specs, distill/eval/systems.py; the first is the reference
-    of the paired comparisons) on ``data`` (a dataset spec, core/datasets.py). Systems are compared on
-    the pairs every one of them scored. Raises DataError or ValueError naming the unusable data or system."""
+    of the paired comparisons, and ``compare`` adds (a, b) pairs of specs) on ``data`` (a dataset spec,
+    core/datasets.py). Systems are compared on the pairs every one of them scored. Raises DataError or
+    ValueError naming the unusable data or system."""
     from distill.eval.systems import score_system
+
+    unknown = sorted({spec for pair in compare for spec in pair} - set(systems))
+    if unknown:  # before any scoring: a typo must not cost a whole evaluation
+        raise ValueError(f"--compare names {unknown}, which are not --system specs")
 
     loaded = _load(data, fmt, split, max_queries, log)
     outputs: list[SystemOutput] = []
@@ -112,13 +118,17 @@ def run_evaluation(
         raise ValueError(f"no pair was scored by every system (unscored per system: {unscored})")
     es = EvalSet([p for p, keep in zip(loaded.pairs, scored, strict=True) if keep])
     calib_es = EvalSet(loaded.calibration) if loaded.calibration else None
+    name_of = {spec: o.name for spec, o in zip(systems, outputs, strict=True)}
+    pairs = [(name_of[a], name_of[b]) for a, b in compare]
     preds = {}
     for o, c in zip(outputs, calib_outputs, strict=True):
         o.scores = o.scores[scored]
         if o.grade_probs is not None:
             o.grade_probs = o.grade_probs[scored]
         preds[o.name] = predictions(o, (calib_es, c) if c is not None else None)
-    sections = {"All queries": evaluate(es, preds, resamples=resamples, seed=seed, progress=progress)}
+    sections = {
+        "All queries": evaluate(es, preds, resamples=resamples, seed=seed, progress=progress, compare=pairs)
+    }
     for name in dict.fromkeys(slices):
         title, queries_of = SLICES[name]
         in_slice = queries_of(loaded.catalogue)
@@ -126,7 +136,7 @@ def run_evaluation(
         if mask.any():
             sub_preds = {n: _restrict(p, mask) for n, p in preds.items()}
             sections[title] = evaluate(
-                es.subset(mask), sub_preds, resamples=resamples, seed=seed, progress=progress
+                es.subset(mask), sub_preds, resamples=resamples, seed=seed, progress=progress, compare=pairs
             )
         else:
             log(f"{name} slice: no evaluated query is in it")

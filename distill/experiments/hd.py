@@ -206,22 +206,29 @@ class Experiment:
             steps += train(seed, variant, name)
         systems = [f"bundle:{DEFAULT_BUNDLE}", "bm25", f"bundle:{teacher}", self.teacher_spec]
         systems += [f"bundle:{self.bundle(name)}" for _, _, name in main]
+        # Besides every system against the zero-shot default: rung (c) against rung (a), and per seed
+        # each KD student against its twin and full MKD against score KD alone.
+        compare = [(self.teacher_spec, f"bundle:{teacher}")]
+        for seed in p.seeds:
+            spec = {v: f"bundle:{self.bundle(n)}" for v, n in self.student_names(seed).items()}
+            compare += [
+                (spec["mkd"], spec["label"]),
+                (spec["score-kd"], spec["label"]),
+                (spec["mkd"], spec["score-kd"]),
+            ]
         for label, data in (("dev", p.dev), *p.transfer_checks):
-            steps.append(self._eval(label, data, systems))
-        ablation = self.student_names(p.seeds[0])
-        steps += train(p.seeds[0], "label-warm", ablation["label-warm"])
-        names = [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")]
-        steps.append(
-            self._eval(
-                "dev-warm-start", p.dev, [f"bundle:{teacher}", *(f"bundle:{self.bundle(n)}" for n in names)]
-            )
-        )
+            steps.append(self._eval(label, data, systems, compare))
+        ablation = {v: f"bundle:{self.bundle(n)}" for v, n in self.student_names(p.seeds[0]).items()}
+        steps += train(p.seeds[0], "label-warm", self.student_names(p.seeds[0])["label-warm"])
+        steps.append(self._eval("dev-warm-start", p.dev, [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")],
+                                [(ablation["score-kd"], ablation["label-warm"]), (ablation["mkd"], ablation["label-warm"])]))  # fmt: skip
         return steps
 
-    def _eval(self, label: str, data: str, systems: list[str]) -> Step:
+    def _eval(self, label: str, data: str, systems: list[str], compare: list[tuple[str, str]]) -> Step:
         eval_dir = self.report / f"eval-{label}"
         return Step(f"eval on {data} ({label})", eval_dir / "metrics.json", [
-            "eval", "run", "--data", data, "--out", str(eval_dir), *(a for s in systems for a in ("--system", s))])  # fmt: skip
+            "eval", "run", "--data", data, "--out", str(eval_dir), "--slice", "long-tail",
+            *(a for s in systems for a in ("--system", s)), *(a for c in compare for a in ("--compare", ",".join(c)))])  # fmt: skip
 
     def _train_and_export(
         self, name: str, bundle: Path, max_steps: int | None, options: list[str]

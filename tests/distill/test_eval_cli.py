@@ -293,3 +293,43 @@ def test_an_unreadable_annotation_line_fails_the_run_naming_file_and_line(tmp_pa
     )
     assert result.exit_code != 0
     assert f"{ann}:{3 * 64}: not a CoT record" in result.output
+
+
+def test_compare_adds_paired_differences_between_any_two_systems(tmp_path):
+    data, a, b = tmp_path / "pairs.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _write_set(data)
+    _write_annotations(data, a, skip=0)
+    _write_annotations(data, b, skip=1)
+    args = [
+        "eval",
+        "run",
+        "--data",
+        str(data),
+        "--split",
+        "all",
+        "--resamples",
+        "20",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    args += ["--system", "bm25", "--system", f"annotations:{a}", "--system", f"annotations:{b}"]
+    result = CliRunner().invoke(app, [*args, "--compare", f"annotations:{b},annotations:{a}"])
+    assert result.exit_code == 0, result.output
+    comparisons = json.loads((tmp_path / "r" / "metrics.json").read_text())["sections"]["All queries"][
+        "comparisons"
+    ]
+    assert [(c["a"], c["b"]) for c in comparisons] == [
+        ("annotations:a", "bm25"),
+        ("annotations:b", "bm25"),
+        ("annotations:b", "annotations:a"),
+    ]
+    # Both teachers put 0.8 on every label: on the pairs both scored, the difference is 0.
+    assert comparisons[2]["metrics"]["ndcg@10"]["diff"] == pytest.approx(0.0)
+
+    typo = CliRunner().invoke(app, [*args, "--compare", "annotations:c,bm25"])
+    assert (
+        typo.exit_code == 2
+        and "--compare names ['annotations:c'], which are not --system specs" in typo.output
+    )
+    malformed = CliRunner().invoke(app, [*args, "--compare", "bm25"])
+    assert malformed.exit_code == 2 and "'bm25' is not 'A,B'" in malformed.output
