@@ -81,3 +81,23 @@ def test_cli_skips_a_rerun_with_the_same_options_and_rebuilds_on_new_ones(tmp_pa
     more = CliRunner().invoke(app, [*args, "--random-per-query", "2"])
     assert more.exit_code == 0 and "transfer:random" in more.output
     assert not (tmp_path / "transfer.jsonl.partial").exists()
+
+
+def test_holdout_splits_by_query_into_two_files_that_read_back(tmp_path):
+    from distill.data.bundled import load_bundled
+
+    fit, held = tmp_path / "fit.jsonl", tmp_path / "held.jsonl"
+    args = ["data", "holdout", "-i", "bundled:train", "--fit", str(fit), "--holdout", str(held)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    a, b = load_pairs(fit).pairs, load_pairs(held).pairs
+    everything = load_bundled("train")
+    assert len(a) + len(b) == len(everything) and a and b
+    assert {p.pair_id for p in a} | {p.pair_id for p in b} == {p.pair_id for p in everything}
+    assert not {p.query_id for p in a} & {p.query_id for p in b}  # no query on both sides
+    # Deterministic: the same fold again.
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert [p.pair_id for p in load_pairs(held).pairs] == [p.pair_id for p in b]
+
+    bad = CliRunner().invoke(app, [*args, "--folds", "5", "--fold", "5"])
+    assert bad.exit_code == 2 and "5 is not in [0, 5)" in bad.output
