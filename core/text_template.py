@@ -45,26 +45,38 @@ class TextTemplate(BaseModel):
         return normalise_text(query)
 
     def item_text(self, item: Mapping[str, Any]) -> str:
+        return self.render_item(item)[0]
+
+    def render_item(self, item: Mapping[str, Any]) -> tuple[str, bool]:
+        """(the item text, whether rendering left something out: a value longer than
+        ``max_field_chars`` or attributes beyond ``max_attributes``)."""
         parts: list[str] = []
+        cut = False
+
+        def add(prefix: str, value: Any) -> None:
+            nonlocal cut
+            text = normalise_text(str(value))
+            cut = cut or len(text) > self.max_field_chars
+            parts.append(prefix + text[: self.max_field_chars])
+
         title = item.get("title")
         if title:
-            parts.append(self._cut(str(title)))
+            add("", title)
         for field in self.item_fields:
             value = item.get(field)
             if value not in (None, ""):
-                parts.append(f"{field}: {self._cut(str(value))}")
+                add(f"{field}: ", value)
         if self.include_attributes:
             attributes = item.get("attributes") or {}
             for n, (key, value) in enumerate(attributes.items()):
                 if n >= self.max_attributes:
+                    rest = list(attributes.items())[n:]
+                    cut = cut or any(k not in _NON_TEXT_FIELDS and v not in (None, "") for k, v in rest)
                     break
                 if key in _NON_TEXT_FIELDS or value in (None, ""):
                     continue
-                parts.append(f"{normalise_text(str(key))}: {self._cut(str(value))}")
-        return self.separator.join(parts)
-
-    def _cut(self, value: str) -> str:
-        return normalise_text(value)[: self.max_field_chars]
+                add(f"{normalise_text(str(key))}: ", value)
+        return self.separator.join(parts), cut
 
 
 DEFAULT_TEMPLATE = TextTemplate()

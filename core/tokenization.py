@@ -56,6 +56,16 @@ class BundleTokenizer:
         return [_wrap(e) for e in self._single[self.max_item_tokens].encode_batch(texts)]
 
 
+def text_cut(encoded: Encoded, text: str, sequence: int) -> bool:
+    """Whether the token limit cut ``text`` (sequence ``sequence`` of ``encoded``: 1 for a pair's item,
+    0 for a single text): its last kept token ends before the text's last visible character."""
+    ends = [
+        end for (_, end), seq in zip(encoded.offsets, encoded.sequence_ids, strict=True) if seq == sequence
+    ]
+    visible = len(text.rstrip())
+    return (max(ends) if ends else 0) < visible
+
+
 def _wrap(encoding) -> Encoded:
     return Encoded(
         ids=list(encoding.ids),

@@ -8,6 +8,8 @@ from collections import OrderedDict
 import numpy as np
 
 CacheKey = tuple[str, str, bytes]
+# An item's embedding, and whether its text was cut at the token limit (reported per item by /score).
+CachedItem = tuple[np.ndarray, bool]
 
 
 def cache_key(bundle_version: str, item_id: str, text: str) -> CacheKey:
@@ -20,18 +22,18 @@ class EmbeddingCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[CacheKey, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[CacheKey, CachedItem] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: CacheKey) -> np.ndarray | None:
+    def get(self, key: CacheKey) -> CachedItem | None:
         value = self._data.get(key)
         if value is not None:
             self._data.move_to_end(key)
         return value
 
-    def put(self, key: CacheKey, value: np.ndarray) -> None:
+    def put(self, key: CacheKey, value: CachedItem) -> None:
         if self.capacity <= 0:
             return
         self._data[key] = value

@@ -24,6 +24,19 @@ class ScoreRequest(BaseModel):
     query: str = Field(description="The search query; must not be blank.")
     items: list[Item] = Field(description="Items to score, at least one; results keep this order.")
     request_id: str | None = Field(default=None, max_length=128, description="Echoed as X-Request-ID.")
+    top_n: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,  # "3" is a client bug, not a number
+        description="Return only the n best items, best first (each with its request position, "
+        "`index`); all items in request order when absent.",
+    )
+    return_logits: bool = Field(
+        default=False,
+        strict=True,  # "yes" or 1 is a client bug, not true
+        description="Also return each item's raw grade logits (`logits`): cross bundles only; a bi "
+        "bundle has none and answers 422.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -46,10 +59,17 @@ class ModelInfo(BaseModel):
 
 
 class ItemScore(BaseModel):
+    index: int = Field(description="The item's position in the request's items.")
     id: str
     score: float = Field(description="Relevance in [0, 1].")
+    truncated: bool = Field(
+        description="Whether the item's text was cut at the bundle's token limit before scoring."
+    )
     grades: dict[str, float] | None = Field(
         default=None, description="Probability per grade level (bundles with a grade head only)."
+    )
+    logits: dict[str, float] | None = Field(
+        default=None, description="Raw grade logits per level (with return_logits, cross bundles only)."
     )
 
 

@@ -21,6 +21,7 @@ from core.bundle import BundleManifest, bundle_tokenizer, read_manifest, verify_
 from core.item import Item
 from core.tokenization import Encoded
 from service.batcher import RUN_OVERHEAD_TOKENS, Batcher, BatchPolicy
+from service.errors import ApiError
 from service.kinds import KindScoring, scoring_for
 from service.metrics import Metrics
 from service.onnx_model import OnnxModel
@@ -131,20 +132,42 @@ class Scorer:
         self.model.check_output(self.batcher.compute_now(encoded), len(encoded))
 
     async def score(self, request: ScoreRequest, deadline_ms: float | None = None) -> list[dict[str, Any]]:
-        """One result per item, in request order: {id, score, grades?}. ``deadline_ms`` (default: the
-        service's RELEVANCE_REQUEST_DEADLINE_MS) bounds the time from now to the scores."""
+        """One result per item: {index, id, score, truncated, grades?, logits?}, in request order, or the
+        ``top_n`` best first. ``deadline_ms`` (default: the service's RELEVANCE_REQUEST_DEADLINE_MS)
+        bounds the time from now to the scores."""
+        if request.return_logits and not self.scoring.has_logits:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"return_logits: the served bundle ({self.manifest.name}) is a {self.manifest.kind} "
+                "bundle, which outputs embeddings, not grade logits",
+                field="return_logits",
+            )
         deadline_ms = deadline_ms or self.deadline_ms
         query = self.template.query_text(request.query)
-        texts = [self.template.item_text(_item_fields(item)) for item in request.items]
-        scores, probs = await self.scoring.score(self._run, query, request.items, texts, deadline_ms)
+        rendered = [self.template.render_item(_item_fields(item)) for item in request.items]
+        texts = [text for text, _ in rendered]
+        scored = await self.scoring.score(self._run, query, request.items, texts, deadline_ms)
         self._metrics.scored_pairs.inc(len(texts))
         levels = self.manifest.grade_levels
         results: list[dict[str, Any]] = []
         for i, item in enumerate(request.items):
-            result: dict[str, Any] = {"id": item.id, "score": float(scores[i])}
-            if probs is not None:
-                result["grades"] = {level: float(p) for level, p in zip(levels, probs[i], strict=True)}
+            result: dict[str, Any] = {
+                "index": i,
+                "id": item.id,
+                "score": float(scored.scores[i]),
+                # cut by the template's character limits or by the bundle's token limit
+                "truncated": rendered[i][1] or scored.truncated[i],
+            }
+            if scored.probs is not None:
+                result["grades"] = {level: float(p) for level, p in zip(levels, scored.probs[i], strict=True)}
+            if request.return_logits:
+                result["logits"] = {
+                    level: float(x) for level, x in zip(levels, scored.logits[i], strict=True)
+                }
             results.append(result)
+        if request.top_n is not None:
+            results = sorted(results, key=lambda r: -r["score"])[: request.top_n]  # stable: ties keep order
         return results
 
     async def _run(self, n: int, encode, deadline_ms: float) -> np.ndarray:

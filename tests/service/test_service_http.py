@@ -121,6 +121,51 @@ def test_bi_item_embeddings_are_cached(servers):
     assert third["scores"][0]["score"] != first["scores"][0]["score"]
 
 
+# --- reranker options: top_n, return_logits, truncated ---
+
+
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_every_item_says_its_position_and_whether_its_text_was_cut(servers, kind):
+    many_tokens = " ".join(["x"] * 95)  # 189 characters, 95 tokens: beyond the tiny bundles' token limits
+    many_chars = " ".join(["walnut"] * 43)  # 300 characters: beyond the template's 200 per field
+    body = {
+        "query": "oak table",
+        "items": [
+            {"id": "a", "title": "oak table"},
+            {"id": "b", "title": many_tokens},
+            {"id": "c", "title": "oak", "brand": many_chars},
+        ],
+    }
+    for _ in range(2):  # the second time a bi bundle answers from its embedding cache
+        scores = _post(servers[kind], body, headers=_headers(kind)).json()["scores"]
+        got = [(s["index"], s["id"], s["truncated"]) for s in scores]
+        assert got == [(0, "a", False), (1, "b", True), (2, "c", True)]
+
+
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_top_n_returns_the_best_first_with_their_request_positions(servers, kind):
+    body = {"query": "oak table", "items": items(7, 12)}
+    everything = _post(servers[kind], body, headers=_headers(kind)).json()["scores"]
+    top = _post(servers[kind], {**body, "top_n": 3}, headers=_headers(kind)).json()["scores"]
+    best = sorted(everything, key=lambda s: -s["score"])[:3]
+    assert [(s["index"], s["id"], s["score"]) for s in top] == [
+        (s["index"], s["id"], s["score"]) for s in best
+    ]
+    assert [s["index"] for s in everything] == list(range(12))  # without top_n: request order
+    assert len(_post(servers[kind], {**body, "top_n": 50}, headers=_headers(kind)).json()["scores"]) == 12
+
+
+def test_return_logits_gives_the_grade_logits_behind_the_probabilities(servers):
+    body = {"query": "oak table", "items": items(8, 4), "return_logits": True}
+    for s in _post(servers["cross"], body, headers=AUTH).json()["scores"]:
+        logits = np.array(list(s["logits"].values()))
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert list(s["logits"]) == list(s["grades"])
+        assert np.allclose(probs, list(s["grades"].values()), atol=1e-6)
+    plain = _post(servers["cross"], {**body, "return_logits": False}, headers=AUTH).json()["scores"]
+    assert all("logits" not in s for s in plain)
+
+
 # --- bad input: status, code and field; never a 500 ---
 
 GOOD_ITEM = {"id": "a", "title": "red sofa"}
@@ -133,6 +178,20 @@ GOOD_ITEM = {"id": "a", "title": "red sofa"}
         ({"items": [GOOD_ITEM]}, 422, "validation_error", "query"),
         ({"query": "sofa", "items": []}, 422, "validation_error", "items"),
         ({"query": "sofa", "items": [GOOD_ITEM] * 41}, 413, "too_many_items", "items"),
+        ({"query": "sofa", "items": [GOOD_ITEM], "top_n": 0}, 422, "validation_error", "top_n"),
+        ({"query": "sofa", "items": [GOOD_ITEM], "top_n": "3"}, 422, "validation_error", "top_n"),
+        (
+            {"query": "sofa", "items": [GOOD_ITEM], "return_logits": "yes"},
+            422,
+            "validation_error",
+            "return_logits",
+        ),
+        (
+            {"query": "sofa", "items": [GOOD_ITEM], "return_logits": True},
+            422,
+            "validation_error",
+            "return_logits",
+        ),
         (
             {"query": "sofa", "items": [GOOD_ITEM] * 3 + [{"id": "d", "title": "x" * 1001}]},
             422,
