@@ -24,11 +24,21 @@ def register(app: typer.Typer) -> None:
         root: Annotated[
             Path, typer.Option(help="folder that gets runs/, models/students/ and reports/")
         ] = Path("."),
+        summary: Annotated[
+            bool,
+            typer.Option(
+                "--summary",
+                help="print the issue's checks from the eval reports there so far, run nothing",
+            ),
+        ] = False,
     ) -> None:
-        """Home Depot distillation: transfer set, teacher, label-only and MKD students, eval, experiment.json
-        (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
-        from distill.experiments.hd import Experiment, run_experiment
+        """Home Depot distillation: transfer set, teacher rungs, label-only and MKD students, eval,
+        experiment.json and summary.md (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
+        from distill.experiments.hd import Experiment, run_experiment, summarise
 
+        if summary:
+            typer.echo(summarise(Experiment(root=root, budget=budget)))
+            return
         try:
             run_experiment(Experiment(root=root, budget=budget), echo=typer.echo)
         except RuntimeError as exc:

@@ -312,6 +312,9 @@ def run_experiment(experiment: Experiment, *, echo=print) -> dict:
     path = experiment.report / "experiment.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     echo(f"wrote {path}")
+    summary = experiment.report / "summary.md"
+    summary.write_text(summarise(experiment), encoding="utf-8")
+    echo(f"wrote {summary}")
     if experiment.plan.promote:
         _promote_best(experiment, manifest, relevance, echo)
     return manifest
@@ -330,3 +333,67 @@ def _promote_best(experiment: Experiment, manifest: dict, relevance: str, echo) 
     echo(f"promote {best}: relevance {shlex.join(argv)}")
     code = subprocess.run([relevance, *argv], check=False, cwd=experiment.root).returncode
     echo("promoted to models/student" if code == 0 else "not promoted (the gate's numbers are above)")
+
+
+def _section(path: Path, title: str = "All queries") -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["sections"].get(title)
+
+
+def _diff(section: dict, a: str, b: str, metric: str) -> str:
+    for c in section["comparisons"]:
+        if (c["a"], c["b"]) == (a, b):
+            d = c["metrics"][metric]
+            lo, hi = d["ci95"]
+            return "n/a" if d["diff"] is None else f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return "not compared"
+
+
+def summarise(experiment: Experiment) -> str:
+    """The issue's checks in Markdown, computed from the eval reports that exist: the shipped teacher
+    against rung (a) and the zero-shot default; per seed, the share of the twin-to-teacher gap on dev
+    AUC Exact-vs-rest that full MKD closes, and its paired differences with the twin and score KD."""
+    teacher_a = f"bundle:{experiment.prefix}-teacher-cross6"
+    teacher_c = f"ensemble:{experiment.ensemble_dir.name}"
+    default = f"bundle:{DEFAULT_BUNDLE.name}"
+    metrics = ("auc_exact", "auc_relevant", "ndcg@10")
+    out = [f"# {experiment.prefix}: the issue's checks (computed from {experiment.report})", ""]
+    for label, title in (("dev", "All queries"), ("dev", "Long-tail queries"), ("crowdflower-dev", "All queries"),
+                         ("bundled-dev", "All queries")):  # fmt: skip
+        section = _section(experiment.report / f"eval-{label}" / "metrics.json", title)
+        if section is None:
+            out += [f"## eval-{label}, {title}: not evaluated", ""]
+            continue
+        systems = section["systems"]
+
+        def value(system: str, metric: str, systems=systems) -> float | None:
+            return systems[system]["metrics"][metric]["value"] if system in systems else None
+
+        out += [f"## eval-{label}, {title} ({section['pairs']} pairs, {section['queries']} queries)", ""]
+        out += ["| a − b | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 |", "|---|---|---|---|"]
+        rows = [(teacher_c, default), (teacher_c, teacher_a), (teacher_a, default)]
+        for seed in experiment.plan.seeds:
+            s = {v: f"bundle:{experiment.prefix}-{n}" for v, n in experiment.student_names(seed).items()}
+            rows += [
+                (s["mkd"], s["label"]),
+                (s["score-kd"], s["label"]),
+                (s["mkd"], s["score-kd"]),
+                (s["mkd"], default),
+            ]
+        for a, b in rows:
+            out.append(f"| {a} − {b} | " + " | ".join(_diff(section, a, b, m) for m in metrics) + " |")
+        out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for seed in experiment.plan.seeds:
+            s = {v: f"bundle:{experiment.prefix}-{n}" for v, n in experiment.student_names(seed).items()}
+            twin, kd, mkd, top = (
+                value(x, "auc_exact") for x in (s["label"], s["score-kd"], s["mkd"], teacher_c)
+            )
+            if None in (twin, kd, mkd, top):
+                out.append(f"| {seed} | not all evaluated | | | | |")
+                continue
+            gap = (mkd - twin) / (top - twin) if top != twin else float("nan")
+            out.append(f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap:.0%} |")
+        out.append("")
+    return "\n".join(out) + "\n"

@@ -58,6 +58,9 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
         "bundle:hd-smoke-teacher-cross6",
         "ensemble:hd-smoke-ensemble",
     } <= set(systems)
+    summary = (report / "summary.md").read_text()
+    assert "| bundle:hd-smoke-cross2-mkd-s0 − bundle:hd-smoke-cross2-label-s0 | " in summary
+    assert "gap closed by MKD" in summary and "| 0 | not all evaluated" not in summary
     ablation = json.loads((report / "eval-dev-warm-start" / "metrics.json").read_text())
     assert "bundle:hd-smoke-cross2-label-warm-s0" in ablation["sections"]["All queries"]["systems"]
 
