@@ -68,12 +68,13 @@ class Plan:
 
 
 # The full plan is sized for 3 hours on 2 CPU cores (AMD EPYC, batch 16): a 6-layer cross step took
-# 0.61 s (one epoch over the 45,854 train pairs: 1,743 s), a 2-layer one ≈ 0.2 s. The teacher trains on
-# four of five train folds (≈ 23 min); 8 BM25 + 2 random items per train query ≈ 70k transfer pairs
-# for the ensemble to label (≈ 11 min); every student gets the optimiser steps of one epoch over the
-# train pairs (2,866, ≈ 10 min), so a KD student costs what its label-only twin costs and sees the
-# transfer pairs in their place; 3 seeds × 3 students + the ablation ≈ 110 min.
-ONE_TRAIN_EPOCH_STEPS = 2866
+# 0.55–0.61 s, a 2-layer one ≈ 0.2 s. The teacher trains one epoch on four of five train folds
+# (2,295 steps, 1,839 s measured); the ensemble labels the 45,854 train + 71,102 transfer pairs
+# (8 BM25 + 2 random items per train query) at about 100 pairs/s (≈ 20 min: two 6-layer members);
+# every student gets the same 2,000 optimiser steps (32,000 examples, 0.7 of an epoch over the train
+# pairs; ≈ 7 min), so a KD student costs what its label-only twin costs and sees transfer pairs in
+# place of some train pairs; 3 seeds × 3 students + the ablation ≈ 75 min.
+STUDENT_STEPS = 2000
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
 # on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
 EXPORT_CHECK_DATA = "bundled:dev"
@@ -88,7 +89,7 @@ PLANS: dict[Budget, Plan] = {
         2e-4,
         1,
         None,
-        ONE_TRAIN_EPOCH_STEPS,
+        STUDENT_STEPS,
         (0, 1, 2),
         True,
         (("crowdflower-dev", "crowdflower:dev"), ("bundled-dev", "bundled:dev")),

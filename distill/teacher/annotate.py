@@ -30,6 +30,9 @@ from teacher.prompt import Mode
 from teacher.runtime import Teacher
 
 CacheKey = tuple[str, str, str, str]
+# Pairs handed at once to a teacher with ``judge_many`` (one that scores many pairs faster together);
+# a kill loses at most this many judgements, which a rerun redoes.
+JUDGE_MANY_CHUNK = 2048
 
 
 class AnnotationSummary(BaseModel):
@@ -116,18 +119,12 @@ async def annotate(
     writer = _Writer(out)
     started = time.perf_counter()
 
-    async def one(pair: LabelledPair) -> None:
-        async with semaphore:
-            try:
-                record = await teacher.judge(pair.query, pair.item.as_mapping(), label=pair.label, mode=mode)
-            except Exception as exc:  # counted and reported; not written, so a rerun retries it
-                summary.judge_errors += 1
-                if len(summary.judge_error_examples) < 5:
-                    summary.judge_error_examples.append(
-                        f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}"
-                    )
-                bar.update(1)
-                return
+    def count_error(pair: LabelledPair, exc: Exception) -> None:
+        summary.judge_errors += 1
+        if len(summary.judge_error_examples) < 5:
+            summary.judge_error_examples.append(f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}")
+
+    def keep(pair: LabelledPair, record: CoTRecord) -> None:
         record = record.model_copy(update={"query_id": pair.query_id})
         writer.write(record)
         summary.annotated += 1
@@ -139,8 +136,36 @@ async def annotate(
         summary.unverified_evidence_spans += sum(not e.verified for e in spans)
         bar.update(1)
 
+    async def one(pair: LabelledPair) -> None:
+        async with semaphore:
+            try:
+                record = await teacher.judge(pair.query, pair.item.as_mapping(), label=pair.label, mode=mode)
+            except Exception as exc:  # counted and reported; not written, so a rerun retries it
+                count_error(pair, exc)
+                bar.update(1)
+                return
+        keep(pair, record)
+
+    async def in_chunks() -> None:
+        # Each query's pairs together, so a teacher that scores a query's items in one request gets them.
+        ordered = sorted(pending, key=lambda p: p.query)
+        for start in range(0, len(ordered), JUDGE_MANY_CHUNK):
+            chunk = ordered[start : start + JUDGE_MANY_CHUNK]
+            try:
+                records = await teacher.judge_many(chunk, mode=mode)
+            except Exception as exc:  # the whole chunk is counted and retried by a rerun
+                for pair in chunk:
+                    count_error(pair, exc)
+                bar.update(len(chunk))
+                continue
+            for pair, record in zip(chunk, records, strict=True):
+                keep(pair, record)
+
     try:
-        await asyncio.gather(*(one(p) for p in pending))
+        if hasattr(teacher, "judge_many"):
+            await in_chunks()
+        else:
+            await asyncio.gather(*(one(p) for p in pending))
     finally:
         writer.close()
         bar.close()

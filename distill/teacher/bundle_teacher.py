@@ -11,7 +11,7 @@ head qualify: a cosine-only bi bundle has no distribution to distil.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,13 @@ PROMPT_VERSION = "bundle-score-v1"  # no prompt: the version of this record layo
 
 class BundleTeacherError(ValueError):
     """A bundle that cannot teach; the message says why."""
+
+
+def scorer_max_items(bundle_dir: str | Path) -> int:
+    """Items per request the offline Scorer accepts (its settings' max_items)."""
+    from distill.baselines.bundle import offline_settings
+
+    return offline_settings(bundle_dir).max_items
 
 
 class BundleScorer:
@@ -53,12 +60,22 @@ class BundleScorer:
 
     async def score(self, query: str, item: Mapping[str, Any]) -> dict[str, Any]:
         """The service's result for one item: ``score``, and ``grades`` where the bundle has a grade head."""
+        (result,) = await self.score_many(query, [item])
+        return result
+
+    async def score_many(self, query: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The service's results for several items of one query, in order: one request per
+        ``max_items`` items, so a bi bundle encodes the query once and a cross batch is full."""
         from service.schemas import ScoreRequest
 
         scorer = await self._started()
+        step = scorer_max_items(self.bundle_dir)
+        results: list[dict[str, Any]] = []
         with scorer.in_use():
-            (result,) = await scorer.score(ScoreRequest(query=query, items=[Item.model_validate(dict(item))]))
-        return result
+            for start in range(0, len(items), step):
+                chunk = [Item.model_validate(dict(item)) for item in items[start : start + step]]
+                results += await scorer.score(ScoreRequest(query=query, items=chunk))
+        return results
 
     async def aclose(self) -> None:
         if self._scorer is not None:

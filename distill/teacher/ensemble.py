@@ -26,6 +26,7 @@ import asyncio
 import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -170,11 +171,18 @@ class Members:
                 f"the cross member {cross} has no grade head: its grade log-probs are features"
             )
 
-    async def features(self, query: str, item: Mapping[str, Any], bm25: FrozenBM25) -> np.ndarray:
-        cross, bi = await asyncio.gather(self.cross.score(query, item), self.bi.score(query, item))
+    async def features(self, query: str, items: Sequence[Mapping[str, Any]], bm25: FrozenBM25) -> np.ndarray:
+        """Feature rows of several items of one query (both members score them in one request each)."""
+        cross, bi = await asyncio.gather(
+            self.cross.score_many(query, items), self.bi.score_many(query, items)
+        )
         template = DEFAULT_TEMPLATE
-        return pair_features(
-            cross["grades"], bi["score"], bm25, template.query_text(query), template.item_text(item)
+        query_text = template.query_text(query)
+        return np.stack(
+            [
+                pair_features(c["grades"], b["score"], bm25, query_text, template.item_text(item))
+                for c, b, item in zip(cross, bi, items, strict=True)
+            ]
         )
 
     async def aclose(self) -> None:
@@ -182,24 +190,34 @@ class Members:
 
 
 async def member_features(
-    members: Members, bm25: FrozenBM25, pairs: Sequence, *, concurrency: int = 32, desc: str = "features"
+    members: Members,
+    bm25: FrozenBM25,
+    pairs: Sequence,
+    *,
+    concurrency: int = 8,
+    desc: str = "features",
+    progress: bool = True,
 ) -> np.ndarray:
-    """Features of every pair (LabelledPair), ``concurrency`` in flight so the Scorers batch them."""
+    """Features of every pair (LabelledPair): the pairs of one query go to the members as one request,
+    ``concurrency`` queries in flight so the Scorers batch them."""
     from tqdm import tqdm
 
     out = np.zeros((len(pairs), len(FEATURES)))
+    by_query: dict[str, list[int]] = {}
+    for row, pair in enumerate(pairs):
+        by_query.setdefault(pair.query, []).append(row)
     gate = asyncio.Semaphore(concurrency)
-    progress = tqdm(total=len(pairs), desc=desc, unit="pair", disable=None)
+    bar = tqdm(total=len(pairs), desc=desc, unit="pair", file=sys.stderr, disable=not progress)
 
-    async def one(row: int, pair) -> None:
+    async def one(query: str, rows: list[int]) -> None:
         async with gate:
-            out[row] = await members.features(pair.query, pair.item.as_mapping(), bm25)
-        progress.update(1)
+            out[rows] = await members.features(query, [pairs[r].item.as_mapping() for r in rows], bm25)
+        bar.update(len(rows))
 
     try:
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(pairs)))
+        await asyncio.gather(*(one(q, rows) for q, rows in by_query.items()))
     finally:
-        progress.close()
+        bar.close()
     return out
 
 
@@ -278,8 +296,23 @@ class EnsembleTeacher:
     ) -> CoTRecord:
         if mode != "score":
             raise EnsembleError(f"an ensemble teacher judges in score mode only, not {mode!r}")
-        x = await self.members.features(query, item, self.bm25)
-        probs = head_probabilities(self.spec["head"], x[None, :])[0]
+        x = await self.members.features(query, [item], self.bm25)
+        return self._record(query, item, label, head_probabilities(self.spec["head"], x)[0])
+
+    async def judge_many(self, pairs: Sequence, *, mode: str = "score") -> list[CoTRecord]:
+        """Records of many pairs (LabelledPair) at once, each query's items in one request per member:
+        what ``distill.teacher.annotate`` uses when a teacher has it (several times faster than one
+        ``judge`` per pair on a CPU)."""
+        if mode != "score":
+            raise EnsembleError(f"an ensemble teacher judges in score mode only, not {mode!r}")
+        x = await member_features(self.members, self.bm25, pairs, progress=False)
+        probs = head_probabilities(self.spec["head"], x)
+        return [
+            self._record(p.query, p.item.as_mapping(), p.label, row)
+            for p, row in zip(pairs, probs, strict=True)
+        ]
+
+    def _record(self, query: str, item: Mapping[str, Any], label: str | None, probs: np.ndarray) -> CoTRecord:
         distribution = dict(zip(GRADE_LEVELS, map(float, probs), strict=True))
         template = DEFAULT_TEMPLATE
         query_text, item_text = template.query_text(query), template.item_text(item)
