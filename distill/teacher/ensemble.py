@@ -137,7 +137,9 @@ def fit_head(x: np.ndarray, labels: Sequence[str], *, l2: float = 1e-3) -> dict[
         loss.backward()
         return loss
 
-    loss = float(optimizer.step(closure))
+    optimizer.step(closure)  # returns the loss before the first iteration, not the fitted one
+    with torch.no_grad():
+        loss = float(torch.nn.functional.cross_entropy(z @ weights + bias, y) + l2 * (weights**2).sum())
     return {
         "mean": mean.tolist(),
         "scale": scale.tolist(),

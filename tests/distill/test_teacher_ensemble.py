@@ -52,6 +52,7 @@ def test_fit_head_learns_a_separable_grade_and_ignores_a_constant_feature():
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert (probs.argmax(axis=1) == signal).mean() > 0.95
     assert head["scale"][1] == 1.0  # constant: not divided by a zero spread
+    assert head["train_loss"] < 0.5 * np.log(3)  # the fitted loss, well below the uniform start
 
 
 def test_read_ensemble_names_a_missing_or_stale_folder(tmp_path):
