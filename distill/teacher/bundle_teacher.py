@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from core.bundle import read_manifest
-from core.cot import CoTRecord
+from core.cot import CoTRecord, DimensionJudgement
 from core.grades import GRADE_LEVELS
 from core.item import Item, pair_hash
+from core.text_template import TextTemplate
 
 SPEC_PREFIX = "bundle:"
 PROMPT_VERSION = "bundle-score-v1"  # no prompt: the version of this record layout
@@ -27,6 +28,35 @@ PROMPT_VERSION = "bundle-score-v1"  # no prompt: the version of this record layo
 
 class BundleTeacherError(ValueError):
     """A bundle that cannot teach; the message says why."""
+
+
+def score_record(
+    teacher,
+    query: str,
+    item: Mapping[str, Any],
+    template: TextTemplate,
+    distribution: dict[str, float],
+    label: str | None,
+    dimensions: Sequence[DimensionJudgement] = (),
+) -> CoTRecord:
+    """The record a score-mode model teacher (a bundle, the ensemble) writes for one pair: its grade
+    distribution read from logits, the texts as ``template`` renders them, any rule ``dimensions``."""
+    return CoTRecord(
+        teacher_id=teacher.teacher_id,
+        prompt_version=teacher.prompt_version,
+        mode="score",
+        pair_id=pair_hash(query, dict(item)),
+        query=template.query_text(query),
+        item_id=str(item.get("id") or ""),
+        item_text=template.item_text(item),
+        dimensions=list(dimensions),
+        grade=max(distribution, key=distribution.__getitem__),
+        grade_levels=list(GRADE_LEVELS),
+        grade_distribution=distribution,
+        distribution_source="logits",
+        label=label,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def scorer_max_items(bundle_dir: str | Path) -> int:
@@ -104,23 +134,7 @@ class BundleTeacher:
         if mode != "score":
             raise BundleTeacherError(f"a bundle teacher has no reasoning: use --mode score, not {mode!r}")
         result = await self.scorer.score(query, item)
-        template = self.manifest.template
-        distribution = result["grades"]
-        return CoTRecord(
-            teacher_id=self.teacher_id,
-            prompt_version=self.prompt_version,
-            mode="score",
-            pair_id=pair_hash(query, dict(item)),
-            query=template.query_text(query),
-            item_id=str(item.get("id") or ""),
-            item_text=template.item_text(item),
-            grade=max(distribution, key=distribution.__getitem__),
-            grade_levels=list(GRADE_LEVELS),
-            grade_distribution=distribution,
-            distribution_source="logits",
-            label=label,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+        return score_record(self, query, item, self.manifest.template, result["grades"], label)
 
     async def aclose(self) -> None:
         await self.scorer.aclose()

@@ -37,11 +37,10 @@ import numpy as np
 
 from core.cot import BOOTSTRAP_DIMENSIONS, DIMENSIONS, OVERLAP_DIMENSION, CoTRecord
 from core.grades import GRADE_LEVELS
-from core.item import pair_hash
 from core.text_template import DEFAULT_TEMPLATE
 from distill.teacher.bootstrap import rule_judgements
 from distill.teacher.bundle_teacher import SPEC_PREFIX as BUNDLE_PREFIX
-from distill.teacher.bundle_teacher import BundleScorer
+from distill.teacher.bundle_teacher import BundleScorer, score_record
 
 SPEC_PREFIX = "ensemble:"
 ENSEMBLE_FILE = "ensemble.json"
@@ -317,23 +316,8 @@ class EnsembleTeacher:
     def _record(self, query: str, item: Mapping[str, Any], label: str | None, probs: np.ndarray) -> CoTRecord:
         distribution = dict(zip(GRADE_LEVELS, map(float, probs), strict=True))
         template = DEFAULT_TEMPLATE
-        query_text, item_text = template.query_text(query), template.item_text(item)
-        return CoTRecord(
-            teacher_id=self.teacher_id,
-            prompt_version=self.prompt_version,
-            mode="score",
-            pair_id=pair_hash(query, dict(item)),
-            query=query_text,
-            item_id=str(item.get("id") or ""),
-            item_text=item_text,
-            dimensions=rule_judgements(query_text, item_text),
-            grade=max(distribution, key=distribution.__getitem__),
-            grade_levels=list(GRADE_LEVELS),
-            grade_distribution=distribution,
-            distribution_source="logits",
-            label=label,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+        dimensions = rule_judgements(template.query_text(query), template.item_text(item))
+        return score_record(self, query, item, template, distribution, label, dimensions)
 
     async def aclose(self) -> None:
         await self.members.aclose()
