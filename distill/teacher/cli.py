@@ -66,9 +66,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:  # BundleError, BundleTeacherError, EnsembleError
                 raise typer.BadParameter(str(exc), param_hint="--teacher") from None
             if mode != Mode.score:
-                raise typer.BadParameter(
-                    "a bundle or ensemble teacher judges in score mode only", param_hint="--mode"
-                )
+                kind = teacher.partition(":")[0]
+                raise typer.BadParameter(f"a {kind} teacher judges in score mode only", param_hint="--mode")
         else:
             judge = load_teacher(teacher)
 
