@@ -24,6 +24,12 @@ def register(app: typer.Typer) -> None:
         root: Annotated[
             Path, typer.Option(help="folder that gets runs/, models/students/ and reports/")
         ] = Path("."),
+        seeds: Annotated[
+            str | None,
+            typer.Option(
+                help="training seeds of the students, e.g. 0,1 (default: the plan's, 0,1,2 in full)"
+            ),
+        ] = None,
         summary: Annotated[
             bool,
             typer.Option(
@@ -36,11 +42,16 @@ def register(app: typer.Typer) -> None:
         experiment.json and summary.md (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
         from distill.experiments.hd import Experiment, run_experiment, summarise
 
+        try:
+            chosen = tuple(int(s) for s in seeds.split(",")) if seeds else None
+            experiment = Experiment(root=root, budget=budget, seeds=chosen)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--seeds") from None
         if summary:
-            typer.echo(summarise(Experiment(root=root, budget=budget)))
+            typer.echo(summarise(experiment))
             return
         try:
-            run_experiment(Experiment(root=root, budget=budget), echo=typer.echo)
+            run_experiment(experiment, echo=typer.echo)
         except RuntimeError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(1) from None

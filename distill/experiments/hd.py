@@ -34,7 +34,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -109,10 +109,15 @@ class Step:
 class Experiment:
     root: Path  # runs/, models/ and reports/ are created below it
     budget: Budget
+    seeds: tuple[int, ...] | None = None  # None: the plan's
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
         self.plan = PLANS[self.budget]
+        if self.seeds is not None:
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+            self.plan = replace(self.plan, seeds=tuple(self.seeds))
         tag = "hd" if self.budget is Budget.full else "hd-smoke"
         self.runs = self.root / "runs" / tag
         self.models = self.root / "models" / "students"
