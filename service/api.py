@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from service.errors import ApiError, DeadlineExceeded
 from service.middleware import REQUEST_ID_HEADER, clean_request_id
 from service.schemas import ScoreResponse, error_responses, parse_score_request
-from service.scorer import Scorer
+from service.scorer import RequestTimings, Scorer
 from service.settings import MIN_DEADLINE_MS, Settings
 from service.state import app_state
 
@@ -24,6 +24,7 @@ router = APIRouter()
 T = TypeVar("T")
 
 DEADLINE_HEADER = "X-Deadline-Ms"
+SERVER_TIMING_HEADER = "Server-Timing"
 # Status used (and logged) when the client went away before its answer was ready, as nginx does.
 CLIENT_CLOSED = 499
 
@@ -149,21 +150,37 @@ async def score(request: Request) -> Response:
     remaining_ms = deadline_ms - (time.perf_counter() - start) * 1000
     if remaining_ms <= 0:
         raise DeadlineExceeded(deadline_ms)
+    timings = RequestTimings()
     try:
         with scorer.in_use():
-            results = await _unless_disconnected(request, scorer.score(parsed, remaining_ms))
+            results = await _unless_disconnected(request, scorer.score(parsed, remaining_ms, timings))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     except DeadlineExceeded:  # the batcher knows the remaining time; the caller set the whole budget
         raise DeadlineExceeded(deadline_ms) from None
     state.explain.remember_items(parsed.items, caller)  # for GET /explain?item_id=; never blocks
-    return _json(
+    took_ms = (time.perf_counter() - start) * 1000
+    response = _json(
         {
             "model": scorer.manifest.summary("name", "version"),
             "scores": results,
-            "took_ms": round((time.perf_counter() - start) * 1000, 3),
+            "took_ms": round(took_ms, 3),
         }
     )
+    response.headers[SERVER_TIMING_HEADER] = server_timing(timings, took_ms)
+    return response
+
+
+def server_timing(timings: RequestTimings, total_ms: float) -> str:
+    """The W3C Server-Timing value of a /score answer, in milliseconds: ``tokenize``, ``queue`` (waiting
+    for a batch), ``infer`` (the batches that held its inputs) and ``total`` (arrival to answer)."""
+    parts = {
+        "tokenize": timings.tokenize_s * 1000,
+        "queue": timings.queue_s * 1000,
+        "infer": timings.infer_s * 1000,
+        "total": total_ms,
+    }
+    return ", ".join(f"{name};dur={ms:.3f}" for name, ms in parts.items())
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

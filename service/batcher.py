@@ -91,6 +91,7 @@ class Ticket:
         "outstanding",
         "released",
         "wait_observed",
+        "infer_s",
     )
 
     def __init__(
@@ -116,6 +117,7 @@ class Ticket:
         self.outstanding = n  # admitted inputs not yet finished (for capacity accounting)
         self.released = False
         self.wait_observed = False
+        self.infer_s = 0.0  # wall time of the batches that held its inputs (its request's "infer" time)
 
     @property
     def order(self) -> tuple[float, int]:
@@ -433,7 +435,10 @@ class Batcher:
             finally:
                 self._running_tokens = 0
             # Timed around the hand-off, not inside the thread: waiting for a core counts too.
-            self._observe(len(batch), stats, time.monotonic() - now)
+            wall_s = time.monotonic() - now
+            self._observe(len(batch), stats, wall_s)
+            for ticket in {id(e.ticket): e.ticket for e in batch}.values():
+                ticket.infer_s += wall_s
             self._worked_since_idle = True
             self._scatter(batch, out)
 

@@ -28,6 +28,7 @@ SECURITY = {
     ("/score", "post"): [*_KEYED, {}],
     ("/explain", "get"): _KEYED,
     ("/explain", "post"): _KEYED,
+    ("/explain/items", "post"): _KEYED,
     ("/admin/reload", "post"): _KEYED,
 }
 
@@ -88,6 +89,14 @@ def document_http_contract(schema: dict[str, Any], settings: Settings) -> None:
     retry_after = {
         "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
     }
+    server_timing = {
+        "Server-Timing": {
+            "description": "Where the request's time went, in ms (W3C Server-Timing): tokenize, queue "
+            "(waiting for a batch), infer (the model batches that held its inputs) and total, e.g. "
+            "'tokenize;dur=0.412, queue;dur=1.050, infer;dur=6.731, total;dur=8.902'.",
+            "schema": {"type": "string"},
+        }
+    }
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             parameters = operation.setdefault("parameters", [])
@@ -101,6 +110,8 @@ def document_http_contract(schema: dict[str, Any], settings: Settings) -> None:
                 headers.update(echoed)
                 if status in ("429", "503"):
                     headers.update(retry_after)
+            if (path, method) == ("/score", "post"):
+                operation["responses"]["200"]["headers"].update(server_timing)
             if path == "/readyz":
                 operation["responses"]["200"]["content"] = {"application/json": {"schema": _READY}}
                 operation["responses"]["503"]["content"] = {"application/json": {"schema": _READY_STATUS}}

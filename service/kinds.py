@@ -22,7 +22,7 @@ from core.tokenization import BundleTokenizer, Encoded, text_cut
 from service.embedding_cache import EmbeddingCache, cache_key
 from service.metrics import Metrics
 
-# Scorer._run: admit n inputs, encode them (in the tokeniser thread), await their output rows.
+# Scorer.score passes a run: admit n inputs, encode them (in the tokeniser thread), await their output rows.
 Run = Callable[[int, Callable[[], list[Encoded]], float], Awaitable[np.ndarray]]
 
 

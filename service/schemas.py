@@ -38,6 +38,14 @@ class ScoreRequest(BaseModel):
         "bundle has none and answers 422.",
     )
 
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _integral_float(cls, value: Any) -> Any:
+        # JSON has one number type: 3.0 is the integer 3 (as JSON Schema's "integer" says), 3.5 is not.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     @field_validator("query")
     @classmethod
     def _query_not_blank(cls, value: str) -> str:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ from service.schemas import ScoreRequest
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RequestTimings:
+    """Where one request's time went, in seconds (POST /score sends it as Server-Timing): tokenising,
+    waiting in the batcher's queue, and the model batches that held its inputs (the wall time of each
+    batch, shared with the other requests in it)."""
+
+    tokenize_s: float = 0.0
+    queue_s: float = 0.0
+    infer_s: float = 0.0
 
 
 class Scorer:
@@ -131,10 +143,15 @@ class Scorer:
         encoded = self.scoring.warmup_inputs()
         self.model.check_output(self.batcher.compute_now(encoded), len(encoded))
 
-    async def score(self, request: ScoreRequest, deadline_ms: float | None = None) -> list[dict[str, Any]]:
+    async def score(
+        self,
+        request: ScoreRequest,
+        deadline_ms: float | None = None,
+        timings: RequestTimings | None = None,
+    ) -> list[dict[str, Any]]:
         """One result per item: {index, id, score, truncated, grades?, logits?}, in request order, or the
         ``top_n`` best first. ``deadline_ms`` (default: the service's RELEVANCE_REQUEST_DEADLINE_MS)
-        bounds the time from now to the scores."""
+        bounds the time from now to the scores; ``timings``, when given, is filled in."""
         if request.return_logits and not self.scoring.has_logits:
             raise ApiError(
                 422,
@@ -147,7 +164,12 @@ class Scorer:
         query = self.template.query_text(request.query)
         rendered = [self.template.render_item(_item_fields(item)) for item in request.items]
         texts = [text for text, _ in rendered]
-        scored = await self.scoring.score(self._run, query, request.items, texts, deadline_ms)
+        timings = timings if timings is not None else RequestTimings()
+
+        async def run(n: int, encode, deadline_ms: float) -> np.ndarray:
+            return await self._run(n, encode, deadline_ms, timings)
+
+        scored = await self.scoring.score(run, query, request.items, texts, deadline_ms)
         self._metrics.scored_pairs.inc(len(texts))
         levels = self.manifest.grade_levels
         results: list[dict[str, Any]] = []
@@ -170,7 +192,7 @@ class Scorer:
             results = sorted(results, key=lambda r: -r["score"])[: request.top_n]  # stable: ties keep order
         return results
 
-    async def _run(self, n: int, encode, deadline_ms: float) -> np.ndarray:
+    async def _run(self, n: int, encode, deadline_ms: float, timings: RequestTimings) -> np.ndarray:
         """Admit n inputs (or 503 at once), tokenise them in the tokeniser thread, queue them (or 503/413
         when they cannot meet the deadline at the measured speed), await their rows."""
         ticket = self.batcher.admit(n, deadline_ms)
@@ -179,9 +201,14 @@ class Scorer:
             encoded: list[Encoded] = await asyncio.get_running_loop().run_in_executor(
                 self._tokenize_pool, encode
             )
-            self._metrics.tokenize_seconds.observe(time.perf_counter() - start)
+            queued = time.perf_counter()
+            self._metrics.tokenize_seconds.observe(queued - start)
+            timings.tokenize_s += queued - start
             self.batcher.enqueue(ticket, encoded)
-            return await self.batcher.result(ticket)
+            rows = await self.batcher.result(ticket)
+            timings.infer_s += ticket.infer_s
+            timings.queue_s += max(0.0, time.perf_counter() - queued - ticket.infer_s)
+            return rows
         except asyncio.CancelledError:
             self.batcher.release(ticket, "disconnected")
             raise

@@ -121,6 +121,26 @@ def test_bi_item_embeddings_are_cached(servers):
     assert third["scores"][0]["score"] != first["scores"][0]["score"]
 
 
+def _server_timing(response: httpx.Response) -> dict[str, float]:
+    parts = [part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(",")]
+    return {name: float(ms) for name, ms in parts}
+
+
+def test_server_timing_splits_the_request_into_tokenize_queue_and_infer(servers):
+    body = {"query": "oak table", "items": items(31, 6)}
+    response = _post(servers["cross"], body, headers=AUTH)
+    timing = _server_timing(response)
+    assert list(timing) == ["tokenize", "queue", "infer", "total"]
+    assert timing["tokenize"] > 0 and timing["infer"] > 0 and timing["queue"] >= 0
+    assert timing["total"] == pytest.approx(response.json()["took_ms"], abs=0.001)
+    assert timing["tokenize"] + timing["queue"] + timing["infer"] <= timing["total"]
+    # A bi bundle embeds the query even when every item comes from its embedding cache.
+    bi = servers["bi"]
+    for _ in range(2):
+        timing = _server_timing(_post(bi, {"query": "walnut desk", "items": items(32, 5)}))
+        assert timing["tokenize"] > 0 and timing["infer"] > 0
+
+
 # --- reranker options: top_n, return_logits, truncated ---
 
 
@@ -153,6 +173,8 @@ def test_top_n_returns_the_best_first_with_their_request_positions(servers, kind
     ]
     assert [s["index"] for s in everything] == list(range(12))  # without top_n: request order
     assert len(_post(servers[kind], {**body, "top_n": 50}, headers=_headers(kind)).json()["scores"]) == 12
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema's "integer" accepts it too).
+    assert _post(servers[kind], {**body, "top_n": 3.0}, headers=_headers(kind)).json()["scores"] == top
 
 
 def test_return_logits_gives_the_grade_logits_behind_the_probabilities(servers):
@@ -180,6 +202,8 @@ GOOD_ITEM = {"id": "a", "title": "red sofa"}
         ({"query": "sofa", "items": [GOOD_ITEM] * 41}, 413, "too_many_items", "items"),
         ({"query": "sofa", "items": [GOOD_ITEM], "top_n": 0}, 422, "validation_error", "top_n"),
         ({"query": "sofa", "items": [GOOD_ITEM], "top_n": "3"}, 422, "validation_error", "top_n"),
+        ({"query": "sofa", "items": [GOOD_ITEM], "top_n": 2.5}, 422, "validation_error", "top_n"),
+        ({"query": "sofa", "items": [GOOD_ITEM], "top_n": True}, 422, "validation_error", "top_n"),
         (
             {"query": "sofa", "items": [GOOD_ITEM], "return_logits": "yes"},
             422,
