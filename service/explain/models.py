@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.cot import CoTRecord
@@ -38,3 +40,22 @@ class ExplainResponse(BaseModel):
     cached: bool  # served from the Redis explanation cache
     shared: bool = False  # joined an identical LLM call already in flight
     timings_ms: Timings
+
+
+class StoredItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        min_length=1, description="Item ids, as POST /score saw them."
+    )
+    writer: str | None = Field(
+        default=None, max_length=64, description="Whose copies (a /score key id); as in GET /explain."
+    )
+
+
+class StoredItems(BaseModel):
+    items: list[Item] = Field(default_factory=list, description="The items found, in the order asked.")
+    missing: list[str] = Field(default_factory=list, description="Ids not in the item store.")
+    ambiguous: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Ids stored with different content by several writers: their writers.",
+    )

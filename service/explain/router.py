@@ -19,7 +19,14 @@ from core.item import Item
 from service.errors import ApiError
 from service.explain.components import ExplainComponents
 from service.explain.engine import ExplainError
-from service.explain.models import ExplainRequest, ExplainResponse, StudentScore, Timings
+from service.explain.models import (
+    ExplainRequest,
+    ExplainResponse,
+    StoredItems,
+    StoredItemsRequest,
+    StudentScore,
+    Timings,
+)
 from service.redis_store import ANONYMOUS_WRITER, RedisUnavailable
 from service.schemas import check_item_fields, error_responses
 from service.state import app_state
@@ -32,10 +39,15 @@ def components(request: Request) -> ExplainComponents:
 
 
 def _fail(
-    parts: ExplainComponents, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    parts: ExplainComponents,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    field: str | None = None,
 ) -> ApiError:
     parts.metrics.explain_requests.labels(str(status)).inc()
-    return ApiError(status, code, message, headers=headers)
+    return ApiError(status, code, message, field=field, headers=headers)
 
 
 async def require_api_key(request: Request) -> str:
@@ -108,7 +120,78 @@ async def explain_by_id(
             "item_store_disabled",
             "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); POST /explain with the item",
         )
-    writers = [writer] if writer else (app_state(request).score_auth.key_ids() or [ANONYMOUS_WRITER])
+    writers = _writers(request, writer)
+    versions = await _stored_versions(parts, item_id, writers)
+    if not versions:
+        raise _fail(
+            parts,
+            404,
+            "item_not_found",
+            f"item_id {item_id!r} is not in the item store{f' for writer {writer!r}' if writer else ''}: items "
+            f"are kept for {parts.settings.item_store_ttl_s}s after POST /score sees them, unless over "
+            f"RELEVANCE_ITEM_STORE_MAX_FIELDS/_MAX_BYTES; POST /explain with the full item instead",
+        )
+    if len(versions) > 1:
+        raise _fail(
+            parts,
+            409,
+            "item_ambiguous",
+            f"item_id {item_id!r} was sent by {len(versions)} /score callers with different content "
+            f"(writers {', '.join(sorted(versions))}); pass writer=ID to choose one",
+        )
+    store_ms = (time.perf_counter() - started) * 1000
+    item = Item.model_validate(next(iter(versions.values())))
+    return await _explain(parts, query, item, started, store_ms)
+
+
+@router.post(
+    "/explain/items",
+    response_model=StoredItems,
+    responses=_ERRORS,
+    summary="Look items up in the item store by id (the ops console's 'by id' input)",
+)
+async def stored_items(
+    request: Request, body: StoredItemsRequest, _key: str = Depends(rate_limited_key)
+) -> StoredItems:
+    parts = components(request)
+    if parts.item_store is None:
+        raise _fail(
+            parts,
+            404,
+            "item_store_disabled",
+            "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); paste the items instead",
+        )
+    limit = app_state(request).settings.max_items
+    if len(body.ids) > limit:
+        raise _fail(
+            parts,
+            413,
+            "too_many_items",
+            f"ids has {len(body.ids)} entries; the limit is {limit} (RELEVANCE_MAX_ITEMS)",
+            field="ids",
+        )
+    writers = _writers(request, body.writer)
+    found = StoredItems()
+    for item_id in dict.fromkeys(body.ids):  # each id once, in the order given
+        versions = await _stored_versions(parts, item_id, writers)
+        if not versions:
+            found.missing.append(item_id)
+        elif len(versions) > 1:
+            found.ambiguous[item_id] = sorted(versions)
+        else:
+            found.items.append(Item.model_validate(next(iter(versions.values()))))
+    return found
+
+
+def _writers(request: Request, writer: str | None) -> list[str]:
+    """Whose stored copies to look at: the one writer asked for, else every /score key (or anonymous)."""
+    return [writer] if writer else (app_state(request).score_auth.key_ids() or [ANONYMOUS_WRITER])
+
+
+async def _stored_versions(parts: ExplainComponents, item_id: str, writers: list[str]) -> dict[str, dict]:
+    """The distinct stored versions of an item: {a writer that stored it: the item}; several when
+    /score callers sent different items under one id. 503 when Redis is down."""
+    assert parts.item_store is not None
     try:
         found = await parts.item_store.find(item_id, writers)
     except RedisUnavailable as exc:
@@ -118,27 +201,10 @@ async def explain_by_id(
             "item_store_unavailable",
             "the item store (Redis) is unavailable; POST /explain with the full item instead",
         ) from exc
-    if not found:
-        raise _fail(
-            parts,
-            404,
-            "item_not_found",
-            f"item_id {item_id!r} is not in the item store{f' for writer {writer!r}' if writer else ''}: items "
-            f"are kept for {parts.settings.item_store_ttl_s}s after POST /score sees them, unless over "
-            f"RELEVANCE_ITEM_STORE_MAX_FIELDS/_MAX_BYTES; POST /explain with the full item instead",
-        )
-    versions = {orjson.dumps(item, option=orjson.OPT_SORT_KEYS): item for item in found.values()}
-    if len(versions) > 1:
-        raise _fail(
-            parts,
-            409,
-            "item_ambiguous",
-            f"item_id {item_id!r} was sent by {len(found)} /score callers with different content "
-            f"(writers {', '.join(sorted(found))}); pass writer=ID to choose one",
-        )
-    store_ms = (time.perf_counter() - started) * 1000
-    item = Item.model_validate(next(iter(versions.values())))
-    return await _explain(parts, query, item, started, store_ms)
+    versions: dict[bytes, tuple[str, dict]] = {}
+    for who, item in found.items():
+        versions.setdefault(orjson.dumps(item, option=orjson.OPT_SORT_KEYS), (who, item))
+    return dict(versions.values())
 
 
 @router.post("/explain", response_model=ExplainResponse, responses=_ERRORS)

@@ -178,6 +178,41 @@ def score(client: httpx.Client, items: list[dict[str, Any]]) -> httpx.Response:
     return client.post("/score", json={"query": QUERY, "items": items})
 
 
+def lookup(client: httpx.Client, ids: list[str], key: str = KEY, **body: Any) -> httpx.Response:
+    return client.post("/explain/items", json={"ids": ids, **body}, headers={"X-API-Key": key})
+
+
+def test_items_are_looked_up_by_id_in_order_once_each_and_bad_lookups_name_the_field(make_server) -> None:
+    server, _ = make_server(service={"max_items": 4})
+    other = {"id": "lamp-9", "title": "Brass desk lamp"}
+    with httpx.Client(base_url=server.url, timeout=180) as client:
+        assert score(client, [ITEM, other]).status_code == 200
+        assert server.wait_metric("relevance_item_store_writes_total", 2) == 2
+        found = lookup(client, ["lamp-9", "gone", "sofa-1", "lamp-9"])
+        assert found.status_code == 200, found.text
+        assert found.json() == {
+            "items": [{**other, "attributes": {}}, ITEM],  # as the item store keeps them
+            "missing": ["gone"],
+            "ambiguous": {},
+        }
+        assert lookup(client, ["sofa-1"], key="wrong-key-0000").status_code == 401
+        for body, status, field in (
+            ({"ids": []}, 422, "ids"),
+            ({"ids": ["sofa-1", ""]}, 422, "ids[1]"),
+            ({"ids": "sofa-1"}, 422, "ids"),
+            ({"ids": ["a"], "extra": 1}, 422, "extra"),
+            ({"ids": list("abcde")}, 413, "ids"),
+        ):
+            bad = client.post("/explain/items", json=body, headers={"X-API-Key": KEY})
+            assert bad.status_code == status, (body, bad.text)
+            assert bad.json()["error"]["field"] == field, bad.text
+        assert "RELEVANCE_MAX_ITEMS" in bad.json()["error"]["message"]  # the last one: too many ids
+    server, _ = make_server(item_store_enabled=False)
+    with httpx.Client(base_url=server.url, timeout=180) as client:
+        disabled = lookup(client, ["sofa-1"])
+        assert disabled.status_code == 404 and disabled.json()["error"]["code"] == "item_store_disabled"
+
+
 def test_explain_is_cached_on_the_second_call_and_found_by_id_after_score(make_server) -> None:
     server, backend = make_server()
     with httpx.Client(base_url=server.url, timeout=180) as client:
@@ -349,6 +384,7 @@ def test_redis_stopped_mid_test_explain_works_uncached_and_score_keeps_answering
         )
         assert by_id.status_code == 503
         assert by_id.json()["error"]["code"] == "item_store_unavailable"
+        assert lookup(client, ["sofa-1"]).json()["error"]["code"] == "item_store_unavailable"
         assert score(client, [ITEM]).status_code == 200
         assert server.metric("relevance_redis_unavailable_total", operation="explain_cache_get") >= 1
         assert server.wait_metric("relevance_item_store_failures_total", 1) >= 1
@@ -423,6 +459,16 @@ def test_items_are_stored_per_score_caller_so_one_cannot_overwrite_anothers(make
         assert mine.status_code == 200 and mine.json()["cached"] is True  # A's copy, untouched by B
         unknown = client.get("/explain", params={**params, "writer": "nobody"}, headers={"X-API-Key": KEY})
         assert unknown.status_code == 404
+        # The console's lookup by id says the same per id: ambiguous, missing, or the writer's copy.
+        looked_up = lookup(client, [ITEM["id"], "nope"])
+        assert looked_up.status_code == 200, looked_up.text
+        assert looked_up.json() == {
+            "items": [],
+            "missing": ["nope"],
+            "ambiguous": {ITEM["id"]: sorted([writer_a, writer_b])},
+        }
+        mine = lookup(client, [ITEM["id"]], writer=writer_a).json()
+        assert [item["title"] for item in mine["items"]] == [ITEM["title"]]
 
 
 def test_item_store_bounds_each_item_and_can_refuse_unkeyed_writers(make_server) -> None:
