@@ -19,6 +19,7 @@ from starlette.responses import Response
 from service.admin import router as admin_router
 from service.api import router
 from service.auth import ApiKeyAuth, load_api_keys
+from service.console import router as console_router
 from service.docs import document_http_contract, mount_docs
 from service.errors import ApiError, error_response
 from service.explain.components import ExplainComponents, bundle_student
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(explain_router)
     app.include_router(admin_router)
+    app.include_router(console_router)
     mount_docs(app)
 
     @app.exception_handler(ApiError)

@@ -1,7 +1,8 @@
 """What a test needs beyond Python, and what happens when it is missing.
 
 Markers (pyproject.toml): ``redis`` needs a Redis at RELEVANCE_TEST_REDIS_URL (default
-127.0.0.1:6379); ``llm`` needs llama.cpp (llama-cpp-python) and the embedded SmolLM2 GGUF. Where one
+127.0.0.1:6379); ``llm`` needs llama.cpp (llama-cpp-python) and the embedded SmolLM2 GGUF; ``browser``
+needs Debian's chromium and chromium-driver (``make browser`` installs them) and selenium. Where one
 is missing its tests are skipped with the reason; with RELEVANCE_TEST_STRICT=1 (CI) they fail instead,
 so a CI machine that lost Redis cannot pass by skipping.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 
 REDIS_URL = os.environ.get("RELEVANCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 STRICT = os.environ.get("RELEVANCE_TEST_STRICT", "") == "1"
@@ -37,4 +39,20 @@ def missing_llm() -> str | None:
     return None
 
 
-CHECKS = {"redis": missing_redis, "llm": missing_llm}
+CHROMIUM = os.environ.get("RELEVANCE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("RELEVANCE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@functools.cache
+def missing_browser() -> str | None:
+    """None when chromium, its chromedriver and selenium are installed, else why not. The browser is
+    never downloaded at run time: Debian's packages, installed by `make browser` (CI runs it)."""
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not (os.access(path, os.X_OK) or shutil.which(path)):
+            return f"needs a real browser: {path} is missing (make browser: apt-get install {package})"
+    if importlib.util.find_spec("selenium") is None:
+        return "needs selenium (make venv installs it)"
+    return None
+
+
+CHECKS = {"redis": missing_redis, "llm": missing_llm, "browser": missing_browser}
