@@ -11,6 +11,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFOR
 WORKDIR /src
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
+COPY core ./core
+COPY teacher ./teacher
 COPY service ./service
 COPY distill ./distill
 COPY loadtest ./loadtest
@@ -33,6 +35,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
     RELEVANCE_HOST=0.0.0.0 RELEVANCE_PORT=8080
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY core ./core
+COPY teacher ./teacher
 COPY service ./service
 COPY distill ./distill
 COPY loadtest ./loadtest

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+# The top-level packages pyproject.toml installs ("core*" → core).
+PROJECT_PACKAGES = {
+    pattern.rstrip("*")
+    for pattern in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+        "find"
+    ]["include"]
+}
 
 
 def _compose() -> dict:
@@ -62,6 +76,61 @@ def test_dockerfile_serves_with_the_cli_on_all_interfaces():
     assert "RELEVANCE_HOST=0.0.0.0" in text
     assert "relevance student build-default --out /bundles/minilm-zero-shot-bi" in text
     assert "download.pytorch.org/whl/cpu" in text  # never the multi-GB CUDA torch
+
+
+INSTALLS_PROJECT = re.compile(r"pip install\b.*(\s\.(\s|$)|\s\"\.\[)")
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """The Dockerfile's stages, each a list of its instructions (continuation lines joined)."""
+    stages: list[list[str]] = []
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages and line and not line.startswith("#"):
+            stages[-1].append(line)
+    return stages
+
+
+@pytest.mark.slow
+def test_every_image_stage_that_installs_the_project_copies_all_of_it(tmp_path):
+    """No Docker engine here: build the wheel from exactly what each stage that installs the project
+    COPYs, and check that it holds every package and the console's static files."""
+    stages = [
+        s for s in _stages((REPO / "Dockerfile").read_text()) if any(INSTALLS_PROJECT.search(i) for i in s)
+    ]
+    assert len(stages) == 2, "expected the bundle stage and the service stage to install the project"
+    for number, stage in enumerate(stages):
+        src = tmp_path / f"stage{number}"
+        src.mkdir()
+        for instruction in stage:
+            if instruction.startswith("COPY ") and "--from=" not in instruction:
+                *sources, _dest = instruction.split()[1:]
+                for name in sources:
+                    (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, src / name)
+        wheels = tmp_path / f"wheels{number}"
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                wheels,
+                src,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert built.returncode == 0, built.stderr[-2000:]
+        [wheel] = wheels.glob("*.whl")
+        names = zipfile.ZipFile(wheel).namelist()
+        assert PROJECT_PACKAGES <= {n.split("/")[0] for n in names}, f"stage {number} misses a package"
+        assert {"service/console/static/index.html", "service/console/static/console.js"} <= set(names)
 
 
 def test_compose_gives_the_drain_time_to_finish_before_a_kill():
