@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await scorer.start()
         state.scorer = scorer
         publish_model_info(metrics, scorer)
+        # Read at scrape time from whichever bundle serves now (a reload swaps the scorer).
+        metrics.queue_work_seconds.set_function(lambda: state.scorer.batcher.backlog_s())
         state.reloader = BundleReloader(
             settings,
             metrics,

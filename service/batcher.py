@@ -35,6 +35,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -274,6 +275,11 @@ class Batcher:
         """Seconds of queued work scheduled to run before a ticket whose target is ``target``."""
         spt = self.speed.seconds_per_token
         return sum(t.queued_tokens for t in self._pending if t.target <= target and not t.released) * spt
+
+    def backlog_s(self) -> float:
+        """Admitted work not yet done, in seconds at the measured speed: the rest of the running batch
+        and every queued input (the autoscaling signal, relevance_queue_work_seconds). Event loop only."""
+        return self._running_left_s(time.monotonic()) + self._work_before_s(math.inf)
 
     def refuse_if_overloaded(self, n: int, deadline_ms: float) -> None:
         """Raise Overloaded when ``n`` more inputs do not fit in the queue, or when the work scheduled

@@ -99,6 +99,13 @@ class Metrics:
             "relevance_queue_tokens x this.",
             registry=r,
         )
+        self.queue_work_seconds = Gauge(
+            "relevance_queue_work_seconds",
+            "Admitted model work not yet done, in seconds at the measured speed (the running batch's "
+            "rest plus relevance_queue_tokens x relevance_model_seconds_per_token): how far behind this "
+            "replica is; the autoscaling signal (deploy/k8s).",
+            registry=r,
+        )
         self.dropped_pairs = Counter(
             "relevance_dropped_pairs_total",
             "Queued inputs dropped before inference, by reason.",

@@ -338,6 +338,7 @@ def test_readyz_and_metrics(servers):
         assert name in text, name
     assert 'relevance_requests_total{route="/score",status="200"}' in text
     assert 'provider="CPUExecutionProvider"' in text
+    assert metric(text, "relevance_queue_work_seconds") == 0.0  # idle: nothing admitted is left
 
 
 # --- overload ---

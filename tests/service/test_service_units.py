@@ -170,7 +170,10 @@ async def test_batcher_admits_by_the_deadline_test_of_earliest_deadline_first():
     batcher._running_tokens, batcher._running_since = 1000, time.monotonic()  # ...unless 1 s of work runs
     with pytest.raises(Overloaded, match="too much for its 1000 ms deadline"):
         batcher.refuse_if_overloaded(1, 1000)
+    # The autoscaling signal: 2,700 queued tokens at 1 ms each, plus the running batch's rest.
+    assert batcher.backlog_s() == pytest.approx(2.7 + 1.0, abs=0.05)
     batcher._running_tokens = 0
+    assert batcher.backlog_s() == pytest.approx(2.7)
     text = _metric_text(batcher)
     assert 'relevance_rejected_requests_total{reason="backlog"} 2.0' in text
     assert 'relevance_rejected_requests_total{reason="too_costly"} 1.0' in text
@@ -179,6 +182,7 @@ async def test_batcher_admits_by_the_deadline_test_of_earliest_deadline_first():
     for ticket in (a, b, e):
         batcher.release(ticket)
     assert batcher.admitted == 0 and "relevance_queue_tokens 0.0" in _metric_text(batcher)
+    assert batcher.backlog_s() == 0.0
     await batcher.stop()
 
 
