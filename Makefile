@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test test-fast browser console-screenshot experiment-hd bench infinity-venv lint format audit default-bundle clean
+.PHONY: venv serve test test-fast system-deps console-screenshot experiment-hd bench infinity-venv lint format audit default-bundle clean
 
 # llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
 # crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
@@ -38,17 +38,19 @@ test: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 
 # The unit tests only (no server, no model training, no Redis, no LLM): under a minute.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not redis and not llm and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not redis and not llm and not browser and not haproxy"
 
-# The real browser of the ops console's test (tests/service/test_console_browser.py): Debian's chromium
-# and chromedriver, never a browser downloaded at run time. Needs root (CI runs it before make test).
-browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium and chromedriver are installed"; \
-	elif [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
-	else echo "make browser: run as root, or: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi
+# What some tests run besides Python, from Debian's packages: chromium and chromedriver (the ops console's
+# browser test; never a browser downloaded at run time) and HAProxy (the replicas scenario). Needs root;
+# CI runs it before make test. Without them, those tests are skipped with the reason.
+SYSTEM_DEPS := /usr/bin/chromium /usr/bin/chromedriver /usr/sbin/haproxy
+system-deps:
+	@if ls $(SYSTEM_DEPS) >/dev/null 2>&1; then echo "chromium, chromedriver and haproxy are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver haproxy; \
+	else echo "make system-deps: run as root, or: sudo apt-get install chromium chromium-driver haproxy" >&2; exit 1; fi
 
 # docs/console.png: the screenshot the browser test of the ops console takes, with an explanation open.
-console-screenshot: $(STAMP) browser
+console-screenshot: $(STAMP) system-deps
 	RELEVANCE_CONSOLE_SCREENSHOT=docs/console.png $(BIN)/python -m pytest -q tests/service/test_console_browser.py -k ranks_explains
 
 # The Home Depot distillation chain (distill/experiments/hd.py), resumable: each step is skipped when its

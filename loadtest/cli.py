@@ -178,10 +178,12 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(
                 help="Seconds: overload phase (default 60), burst run (30), restart run (30), each redis phase "
-                "(10)."
+                "(10), replicas run (40)."
             ),
         ] = None,
-        clients: Annotated[int, typer.Option(help="burst: closed-loop clients.", min=1)] = 64,
+        clients: Annotated[
+            int, typer.Option(help="burst: closed-loop clients; replicas: the same, at most 8.", min=1)
+        ] = 64,
         llm: Annotated[bool, typer.Option(help="memory: with the /explain LLM loaded.")] = False,
         factor: Annotated[float, typer.Option(help="overload: offered load / sustainable rate.")] = 5.0,
         items: Annotated[
@@ -194,6 +196,7 @@ def register(app: typer.Typer) -> None:
         """Run one reliability scenario against a real `relevance serve`; print and save its figures as JSON."""
         from core.bundle import BundleError, read_manifest
         from loadtest import reliability as scenarios
+        from loadtest.replicas import replicas
 
         try:
             read_manifest(bundle)
@@ -211,6 +214,9 @@ def register(app: typer.Typer) -> None:
                 bundle, duration_s=duration or 30.0, items=items or 10, log_dir=out
             ),
             Scenario.redis: lambda: scenarios.redis_fault(bundle, phase_s=duration or 10.0, log_dir=out),
+            Scenario.replicas: lambda: replicas(
+                bundle, duration_s=duration or 40.0, clients=min(clients, 8), items=items or 10, log_dir=out
+            ),
         }
         result = asyncio.run(runs[scenario]())
         out.mkdir(parents=True, exist_ok=True)

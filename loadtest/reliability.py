@@ -16,6 +16,8 @@
 * ``redis``: /score and /explain load while a private redis-server is killed and later restarted.
   /score must keep answering, /explain must degrade (uncached) and recover (cached again), and no
   request may hang.
+* ``replicas`` (loadtest/replicas.py): two replicas behind HAProxy through a rolling restart and a
+  broken bundle's hot reload: no admitted request may be lost, every refusal carries Retry-After.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class Scenario(StrEnum):
     memory = "memory"
     restart = "restart"
     redis = "redis"
+    replicas = "replicas"
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else math.nan
 
 
@@ -135,15 +138,15 @@ async def overload(
             "unfinished": over.unfinished,
             "served_per_s": round(statuses["200"] / over.measured_s, 1),
             "refusal_ms": {
-                "p50": _pct(_latencies_ms(o, "503"), 50),
-                "p99": _pct(_latencies_ms(o, "503"), 99),
-                "max": _pct(_latencies_ms(o, "503"), 100),
+                "p50": percentile(_latencies_ms(o, "503"), 50),
+                "p99": percentile(_latencies_ms(o, "503"), 99),
+                "max": percentile(_latencies_ms(o, "503"), 100),
             },
             "refusals_with_retry_after": sum(1 for x in refused if x.retry_after_s is not None),
             "admitted_ms": {
-                "p50": _pct(_latencies_ms(o, "200"), 50),
-                "p99": _pct(_latencies_ms(o, "200"), 99),
-                "max": _pct(_latencies_ms(o, "200"), 100),
+                "p50": percentile(_latencies_ms(o, "200"), 50),
+                "p99": percentile(_latencies_ms(o, "200"), 99),
+                "max": percentile(_latencies_ms(o, "200"), 100),
             },
             "admitted_past_deadline_504": statuses["504"],
             "peak_rss_mib": over.peak_rss_mib,
@@ -160,8 +163,8 @@ def _phase(result) -> dict[str, Any]:
         "sent": len(result.outcomes),
         "ok": len(ok),
         "status_counts": dict(Counter(x.status for x in result.outcomes)),
-        "p50_ms": _pct(ok, 50),
-        "p99_ms": _pct(ok, 99),
+        "p50_ms": percentile(ok, 50),
+        "p99_ms": percentile(ok, 99),
     }
 
 
@@ -249,7 +252,11 @@ async def burst(
             "status_counts": dict(statuses),
             "served_per_s": round(statuses["200"] / small.measured_s, 1),
             "pairs_per_s": round(summary["pairs_per_s"], 1),
-            "latency_ms": {"p50": _pct(ok_ms, 50), "p99": _pct(ok_ms, 99), "max": _pct(ok_ms, 100)},
+            "latency_ms": {
+                "p50": percentile(ok_ms, 50),
+                "p99": percentile(ok_ms, 99),
+                "max": percentile(ok_ms, 100),
+            },
             "admitted_past_deadline_504": statuses["504"],
         },
         "large": {
@@ -258,8 +265,8 @@ async def burst(
             "status_counts": dict(large_statuses),
             "codes": dict(Counter(code for _, _, code in large if code)),
             "answer_ms": {
-                "p50": _pct([t * 1000 for _, t, _ in large], 50),
-                "max": _pct([t * 1000 for _, t, _ in large], 100),
+                "p50": percentile([t * 1000 for _, t, _ in large], 50),
+                "max": percentile([t * 1000 for _, t, _ in large], 100),
             },
             "admitted_past_deadline_504": large_statuses["504"],
         },
@@ -339,7 +346,7 @@ async def memory(
 # --- restart ---
 
 
-class _Process:
+class ServeProcess:
     """`relevance serve` on a fixed port, started and signalled by hand (the restart needs both)."""
 
     def __init__(self, bundle: Path, port: int, log: Path, extra: dict[str, str]) -> None:
@@ -388,8 +395,8 @@ async def restart(
     extra = {"RELEVANCE_SHUTDOWN_GRACE_S": str(grace_s)}
     counts: Counter[str] = Counter()
     failures: list[str] = []
-    first = _Process(bundle, port, log_dir / "restart-server-1.log", extra)
-    second: _Process | None = None
+    first = ServeProcess(bundle, port, log_dir / "restart-server-1.log", extra)
+    second: ServeProcess | None = None
     await first.ready()
     stop_at = time.monotonic() + duration_s
 
@@ -429,7 +436,7 @@ async def restart(
         while first.proc.poll() is None:
             await asyncio.sleep(0.01)
         exited = time.monotonic()
-        second = _Process(bundle, port, log_dir / "restart-server-2.log", extra)
+        second = ServeProcess(bundle, port, log_dir / "restart-server-2.log", extra)
         await second.ready()
         return {
             "drain_and_exit_s": round(exited - signalled, 2),

@@ -1,4 +1,4 @@
-"""Shared fixtures, and the rule for tests whose Redis, LLM or browser is missing (tests/needs.py)."""
+"""Shared fixtures, and the rule for tests whose Redis, LLM, browser or HAProxy is missing (tests/needs.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip (or, with RELEVANCE_TEST_STRICT=1, fail) a test whose ``redis`` / ``llm`` / ``browser`` need is missing,
+    """Skip (or, with RELEVANCE_TEST_STRICT=1, fail) a test whose ``redis`` / ``llm`` / ``browser`` / ``haproxy`` need is missing,
     before any of its fixtures start a server."""
     for marker, check in needs.CHECKS.items():
         if item.get_closest_marker(marker) and (reason := check()):

@@ -2,7 +2,8 @@
 
 Markers (pyproject.toml): ``redis`` needs a Redis at RELEVANCE_TEST_REDIS_URL (default
 127.0.0.1:6379); ``llm`` needs llama.cpp (llama-cpp-python) and the embedded SmolLM2 GGUF; ``browser``
-needs Debian's chromium and chromium-driver (``make browser`` installs them) and selenium. Where one
+needs Debian's chromium and chromium-driver and selenium; ``haproxy`` needs HAProxy (``make
+system-deps`` installs the Debian packages). Where one
 is missing its tests are skipped with the reason; with RELEVANCE_TEST_STRICT=1 (CI) they fail instead,
 so a CI machine that lost Redis cannot pass by skipping.
 """
@@ -46,13 +47,25 @@ CHROMEDRIVER = os.environ.get("RELEVANCE_TEST_CHROMEDRIVER", "/usr/bin/chromedri
 @functools.cache
 def missing_browser() -> str | None:
     """None when chromium, its chromedriver and selenium are installed, else why not. The browser is
-    never downloaded at run time: Debian's packages, installed by `make browser` (CI runs it)."""
+    never downloaded at run time: Debian's packages, installed by `make system-deps` (CI runs it)."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not (os.access(path, os.X_OK) or shutil.which(path)):
-            return f"needs a real browser: {path} is missing (make browser: apt-get install {package})"
+            return f"needs a real browser: {path} is missing (make system-deps: apt-get install {package})"
     if importlib.util.find_spec("selenium") is None:
         return "needs selenium (make venv installs it)"
     return None
 
 
-CHECKS = {"redis": missing_redis, "llm": missing_llm, "browser": missing_browser}
+@functools.cache
+def missing_haproxy() -> str | None:
+    """None when HAProxy is installed, else why not."""
+    from loadtest.replicas import HAProxyMissing, haproxy_binary
+
+    try:
+        haproxy_binary()
+    except HAProxyMissing as exc:
+        return str(exc)
+    return None
+
+
+CHECKS = {"redis": missing_redis, "llm": missing_llm, "browser": missing_browser, "haproxy": missing_haproxy}
