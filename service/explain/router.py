@@ -113,13 +113,7 @@ async def explain_by_id(
 ) -> ExplainResponse:
     started = time.perf_counter()
     parts = components(request)
-    if parts.item_store is None:
-        raise _fail(
-            parts,
-            404,
-            "item_store_disabled",
-            "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); POST /explain with the item",
-        )
+    _require_item_store(parts, "POST /explain with the item")
     writers = _writers(request, writer)
     versions = await _stored_versions(parts, item_id, writers)
     if not versions:
@@ -154,13 +148,7 @@ async def stored_items(
     request: Request, body: StoredItemsRequest, _key: str = Depends(rate_limited_key)
 ) -> StoredItems:
     parts = components(request)
-    if parts.item_store is None:
-        raise _fail(
-            parts,
-            404,
-            "item_store_disabled",
-            "the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); paste the items instead",
-        )
+    _require_item_store(parts, "paste the items instead")
     limit = app_state(request).settings.max_items
     if len(body.ids) > limit:
         raise _fail(
@@ -181,6 +169,16 @@ async def stored_items(
         else:
             found.items.append(Item.model_validate(next(iter(versions.values()))))
     return found
+
+
+def _require_item_store(parts: ExplainComponents, instead: str) -> None:
+    if parts.item_store is None:
+        raise _fail(
+            parts,
+            404,
+            "item_store_disabled",
+            f"the item store is disabled (RELEVANCE_ITEM_STORE_ENABLED=false); {instead}",
+        )
 
 
 def _writers(request: Request, writer: str | None) -> list[str]:
