@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -154,6 +155,8 @@ def train_command(
         )
     except ValueError as exc:
         _fail(str(exc))
+    if os.environ.get("RANK", "0") != "0":
+        return  # one report per run: under `accelerate launch` (torchrun sets RANK) only rank 0 prints it
     if result.teacher:
         t = result.teacher
         for s in t["sources"]:
@@ -172,9 +175,10 @@ def train_command(
             f"{t['with_verdicts']} with verdicts; evidence spans: {t['evidence']}",
             err=True,
         )
+    processes = f", {result.processes} processes x batch {config.batch_size}" if result.processes > 1 else ""
     typer.echo(
         f"best epoch {result.best_epoch}: dev ndcg@10 {result.best_dev['ndcg@10']:.4f} "
-        f"auc {result.best_dev['auc']:.4f} ({result.seconds:.0f}s) → {result.run_dir}"
+        f"auc {result.best_dev['auc']:.4f} ({result.seconds:.0f}s{processes}) → {result.run_dir}"
     )
 
 

@@ -60,6 +60,10 @@ class TrainResult(BaseModel):
     history: list[dict[str, Any]]
     seconds: float
     teacher: dict[str, Any] | None = None
+    # Processes of the run (accelerate launch --num_processes N): each step took batch_size pairs in
+    # each process, so global_batch_size = processes x batch_size pairs.
+    processes: int = 1
+    global_batch_size: int | None = None
 
 
 def train(
@@ -94,7 +98,8 @@ def train(
     kind = config.student_kind
     accelerator = Accelerator()
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(config.threads)
+        # --threads is the run's CPU budget: shared by the processes of a multi-process run on one host.
+        torch.set_num_threads(max(1, config.threads // accelerator.num_processes))
     set_seed(config.seed)
 
     tokenizer_file = tokenizer_file or backbone_tokenizer()
@@ -191,6 +196,9 @@ def train(
             bad_epochs = 0
             if accelerator.is_main_process:
                 save_run(run_dir, student, config, tokenizer_file)
+            # Every process took the same decision (same weights, same dev scores); none goes on while
+            # the checkpoint is being written.
+            accelerator.wait_for_everyone()
         else:
             bad_epochs += 1
         if bad_epochs >= config.patience or (config.max_steps is not None and step >= config.max_steps):
@@ -204,9 +212,12 @@ def train(
         history=history,
         seconds=round(time.monotonic() - started, 1),
         teacher=teacher_report.as_dict() if teacher else None,
+        processes=accelerator.num_processes,
+        global_batch_size=accelerator.num_processes * config.batch_size,
     )
     if accelerator.is_main_process:
         metrics = result.model_dump()
         metrics["data"] = data_report or {}
         write_metrics(run_dir, metrics)
+    accelerator.wait_for_everyone()  # the run folder is complete for every process that returns
     return result
