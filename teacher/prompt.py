@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 from core.cot import DIMENSIONS, VERDICTS
 
@@ -120,6 +121,38 @@ def build_messages(
         {"role": "system", "content": system_prompt(mode, levels)},
         {"role": "user", "content": user_prompt(query_text, item_text)},
     ]
+
+
+def answer_schema(mode: Mode, levels: Sequence[str]) -> dict[str, Any]:
+    """JSON Schema of the answer the prompt asks for (keys in the prompt's order, the grade last), for
+    servers that constrain decoding to it: a request over the chat API cannot be prefilled, and a
+    small model answers in prose unless held to the format. Strict-mode shape (every key required,
+    no others) so that OpenAI's ``json_schema`` response format accepts it."""
+
+    def closed(properties: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+
+    grade = {"type": "string", "enum": list(levels)}
+    if mode == "score":
+        return closed({"grade": grade})
+    evidence = closed({"source": {"type": "string", "enum": ["query", "item"]}, "text": {"type": "string"}})
+    dimension = closed(
+        {
+            "dimension": {"type": "string", "enum": list(DIMENSIONS)},
+            "query_value": {"type": ["string", "null"]},
+            "item_value": {"type": ["string", "null"]},
+            "verdict": {"type": "string", "enum": list(VERDICTS)},
+            "evidence": {"type": "array", "items": evidence},
+        }
+    )
+    return closed(
+        {"dimensions": {"type": "array", "items": dimension}, "rationale": {"type": "string"}, "grade": grade}
+    )
 
 
 def prefill(mode: Mode) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,18 @@ from teacher.parser import parse_output
 from teacher.prompt import PROMPT_VERSION, Mode, build_messages, prefill
 
 DEFAULT_MAX_TOKENS = {"cot": 320, "score": 8}
+
+
+@dataclass(frozen=True)
+class PreparedJudgement:
+    """One pair ready for a backend: the rendered texts (evidence offsets refer to them) and the request."""
+
+    query: str
+    item: dict[str, Any]
+    mode: Mode
+    query_text: str
+    item_text: str
+    request: VerdictRequest
 
 
 class Teacher:
@@ -65,54 +78,83 @@ class Teacher:
             seed=seed,
         )
 
-    async def judge(
-        self, query: str, item: Mapping[str, Any], *, label: str | None = None, mode: Mode = "cot"
-    ) -> CoTRecord:
+    def prepare(self, query: str, item: Mapping[str, Any], mode: Mode) -> PreparedJudgement:
+        """The rendered texts and the backend request of one judgement (also what Batch request files
+        carry, distill/teacher/batch.py)."""
         query_text = self.template.query_text(query)
         item_text = self.template.item_text(item)
-        result = await self.backend.verdict(
-            self._request(query_text, item_text, mode, self.temperature, self.seed)
+        return PreparedJudgement(
+            query=query,
+            item=dict(item),
+            mode=mode,
+            query_text=query_text,
+            item_text=item_text,
+            request=self._request(query_text, item_text, mode, self.temperature, self.seed),
         )
-        parsed = parse_output(result.text, query_text, item_text, self.levels)
-        errors = list(parsed.errors)
-        distribution, source, votes = result.distribution, result.source, None
 
+    def record(
+        self, prepared: PreparedJudgement, result: VerdictResult, *, label: str | None = None
+    ) -> CoTRecord:
+        """The record of one answer as the backend gave it, with no second request: ``judge`` adds the
+        fallbacks; an answer obtained outside a backend (a Batch result line) is recorded as it stands."""
+        parsed = parse_output(result.text, prepared.query_text, prepared.item_text, self.levels)
+        errors = list(parsed.errors)
         if not result.reached_verdict:
             errors.append("output ended before the grade (max_tokens reached)")
-            if mode == "cot":
-                # Keep the partial reasoning; still read a verdict, without CoT, so the pair has a score.
-                fallback = await self.backend.verdict(
-                    self._request(query_text, item_text, "score", self.temperature, self.seed)
-                )
-                if fallback.distribution is not None:
-                    distribution, source = fallback.distribution, fallback.source
-                    errors.append("grade distribution read in score mode (no CoT)")
-        if distribution is None:
-            distribution, votes = await self._vote(query_text, item_text, mode, result)
-            source = "votes" if distribution else "none"
-
-        grade = max(distribution, key=distribution.__getitem__) if distribution else parsed.grade
+        distribution = result.distribution or {}
         return CoTRecord(
             teacher_id=self.teacher_id,
             prompt_version=self.prompt_version,
-            mode=mode,
-            pair_id=pair_hash(query, dict(item)),
+            mode=prepared.mode,
+            pair_id=pair_hash(prepared.query, prepared.item),
             query_id=None,
-            query=query_text,
-            item_id=str(item.get("id") or item.get("item_id") or ""),
-            item_text=item_text,
+            query=prepared.query_text,
+            item_id=str(prepared.item.get("id") or prepared.item.get("item_id") or ""),
+            item_text=prepared.item_text,
             dimensions=parsed.dimensions,
-            grade=grade,
+            grade=_most_probable(distribution) or parsed.grade,
             grade_levels=self.levels,
-            grade_distribution=distribution or {},
-            distribution_source=source or "none",
-            votes=votes,
+            grade_distribution=distribution,
+            distribution_source=result.source or "none",
             rationale=parsed.rationale,
             label=label,
             parse_ok=not errors,
             parse_errors=errors,
             raw_output=result.text,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    async def judge(
+        self, query: str, item: Mapping[str, Any], *, label: str | None = None, mode: Mode = "cot"
+    ) -> CoTRecord:
+        prepared = self.prepare(query, item, mode)
+        result = await self.backend.verdict(prepared.request)
+        record = self.record(prepared, result, label=label)
+        if result.distribution is not None:
+            return record
+        query_text, item_text = prepared.query_text, prepared.item_text
+        errors = list(record.parse_errors)
+        distribution, source, votes = None, None, None
+        if not result.reached_verdict and mode == "cot":
+            # Keep the partial reasoning; still read a verdict, without CoT, so the pair has a score.
+            fallback = await self.backend.verdict(
+                self._request(query_text, item_text, "score", self.temperature, self.seed)
+            )
+            if fallback.distribution is not None:
+                distribution, source = fallback.distribution, fallback.source
+                errors.append("grade distribution read in score mode (no CoT)")
+        if distribution is None:
+            distribution, votes = await self._vote(query_text, item_text, mode, result)
+            source = "votes" if distribution else "none"
+        return record.model_copy(
+            update={
+                "grade": _most_probable(distribution) or record.grade,
+                "grade_distribution": distribution or {},
+                "distribution_source": source or "none",
+                "votes": votes,
+                "parse_ok": not errors,
+                "parse_errors": errors,
+            }
         )
 
     async def _vote(
@@ -141,3 +183,8 @@ class Teacher:
 
 def _grade_of(text: str, levels: Sequence[str]) -> str | None:
     return parse_output(text, "", "", levels).grade
+
+
+def _most_probable(distribution: Mapping[str, float] | None) -> str | None:
+    """The record's grade: the distribution's most probable level (None without a distribution)."""
+    return max(distribution, key=distribution.__getitem__) if distribution else None

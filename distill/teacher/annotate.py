@@ -8,6 +8,9 @@
 * Bounded concurrency (asyncio semaphore); progress bar with rate and ETA; a summary at the end.
 * A pair whose judgement raised (e.g. the teacher server kept failing) is not written, so a rerun
   retries it; it is counted in the summary with its error.
+
+``pending_pairs`` (the resume rule) and ``RecordSink`` (the writes and counts) are shared with the
+Batch route (distill/teacher/batch.py), which gets its judgements from a results file instead.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,62 @@ class _Writer:
         self._file.close()
 
 
+@dataclass
+class Pending:
+    """What a run still has to do: the pairs without a record, each once, and what was left out."""
+
+    pairs: list[LabelledPair]
+    duplicate_pairs: int  # same query and item content more than once in the input: judged once
+    already_done: int  # a record with the same key is in the output (resume)
+    torn_lines_truncated: int
+
+
+def pending_pairs(pairs: Sequence[LabelledPair], out: Path | None, key: tuple[str, str, str]) -> Pending:
+    """The resume rule: the pairs with no record in ``out`` under ``key`` = (teacher id, prompt version,
+    mode), each once. A torn last line of ``out`` is cut (its pair is redone); no ``out``: all pairs."""
+    existing, torn = read_records(out, missing_ok=True, torn="cut") if out else ([], 0)
+    done = {record_key(r) for r in existing}
+    pending: list[LabelledPair] = []
+    seen: set[str] = set()
+    duplicates = already_done = 0
+    for pair in pairs:
+        pair_id = pair.pair_id
+        if pair_id in seen:
+            duplicates += 1
+            continue
+        seen.add(pair_id)
+        if (*key, pair_id) in done:
+            already_done += 1
+        else:
+            pending.append(pair)
+    return Pending(pending, duplicates, already_done, torn)
+
+
+class RecordSink:
+    """Appends each pair's record to the output (line-atomic) and counts it into the summary."""
+
+    def __init__(self, out: Path, summary: AnnotationSummary) -> None:
+        self._writer = _Writer(out)
+        self._summary = summary
+        self._sources: Counter[str] = Counter()
+
+    def keep(self, pair: LabelledPair, record: CoTRecord) -> None:
+        record = record.model_copy(update={"query_id": pair.query_id})
+        self._writer.write(record)
+        summary = self._summary
+        summary.annotated += 1
+        summary.parse_ok += record.parse_ok
+        summary.parse_failed += not record.parse_ok
+        self._sources[record.distribution_source] += 1
+        spans = [e for d in record.dimensions for e in d.evidence]
+        summary.evidence_spans += len(spans)
+        summary.unverified_evidence_spans += sum(not e.verified for e in spans)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._summary.distribution_sources = dict(self._sources)
+
+
 async def annotate(
     teacher: Teacher,
     pairs: Sequence[LabelledPair],
@@ -86,37 +146,26 @@ async def annotate(
     progress: bool = True,
 ) -> AnnotationSummary:
     """Judge every pair not yet in ``out`` and append its record; returns the run's summary."""
-    existing, torn = read_records(out, missing_ok=True, torn="cut")
-    done = {record_key(r) for r in existing}
+    todo = pending_pairs(pairs, out, (teacher.teacher_id, teacher.prompt_version, mode))
     summary = AnnotationSummary(
         out=str(out),
         teacher_id=teacher.teacher_id,
         prompt_version=teacher.prompt_version,
         mode=mode,
         input_pairs=len(pairs),
-        torn_lines_truncated=torn,
+        duplicate_pairs=todo.duplicate_pairs,
+        already_done=todo.already_done,
+        torn_lines_truncated=todo.torn_lines_truncated,
     )
-    pending: list[LabelledPair] = []
-    seen: set[str] = set()
-    for pair in pairs:
-        pair_id = pair.pair_id
-        if pair_id in seen:
-            summary.duplicate_pairs += 1
-            continue
-        seen.add(pair_id)
-        if (teacher.teacher_id, teacher.prompt_version, mode, pair_id) in done:
-            summary.already_done += 1
-        else:
-            pending.append(pair)
+    pending = todo.pairs
 
     from tqdm import tqdm
 
     bar = tqdm(
         total=len(pending), unit="pair", desc=f"annotate {mode}", disable=not progress, file=sys.stderr
     )
-    sources: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
-    writer = _Writer(out)
+    sink = RecordSink(out, summary)
     started = time.perf_counter()
 
     def count_error(pair: LabelledPair, exc: Exception) -> None:
@@ -125,15 +174,7 @@ async def annotate(
             summary.judge_error_examples.append(f"{pair.source or pair.pair_id}: {type(exc).__name__}: {exc}")
 
     def keep(pair: LabelledPair, record: CoTRecord) -> None:
-        record = record.model_copy(update={"query_id": pair.query_id})
-        writer.write(record)
-        summary.annotated += 1
-        summary.parse_ok += record.parse_ok
-        summary.parse_failed += not record.parse_ok
-        sources[record.distribution_source] += 1
-        spans = [e for d in record.dimensions for e in d.evidence]
-        summary.evidence_spans += len(spans)
-        summary.unverified_evidence_spans += sum(not e.verified for e in spans)
+        sink.keep(pair, record)
         bar.update(1)
 
     async def one(pair: LabelledPair) -> None:
@@ -167,11 +208,10 @@ async def annotate(
         else:
             await asyncio.gather(*(one(p) for p in pending))
     finally:
-        writer.close()
+        sink.close()
         bar.close()
         summary.elapsed_s = round(time.perf_counter() - started, 3)
         summary.pairs_per_s = round(summary.annotated / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
-        summary.distribution_sources = dict(sources)
     return summary
 
 

@@ -1,15 +1,17 @@
-"""`relevance teacher`: annotate, collaborate, sft, sft-lora, convert-base, bootstrap-cot."""
+"""`relevance teacher`: annotate, batch-run, collaborate, sft, sft-lora, convert-base, bootstrap-cot."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from core.datasets import SPEC_HELP
 from distill.data.schema import LabelledPair
+from distill.teacher.batch import ResponseFormat as BatchResponseFormat
 from distill.teacher.lora import LoRAPrecision, Targets
 from teacher.prompt import Mode
 
@@ -26,6 +28,49 @@ def load_input_pairs(source: str, fmt: str | None) -> list[LabelledPair]:
     return dataset.pairs
 
 
+def _annotate_batch_in(
+    model: str,
+    pairs: list[LabelledPair],
+    results: Path,
+    out: Path,
+    mode: Mode,
+    report: Callable[[str], None],
+    parquet: Path | None,
+    allow_failures: bool,
+) -> None:
+    """`annotate --batch-in`: results → records; every problem listed; exit 1 on any unless allowed."""
+    from distill.teacher.annotate import write_parquet
+    from distill.teacher.batch import BatchFileError, batch_teacher, read_results
+
+    try:
+        summary = read_results(batch_teacher(model), pairs, results, out, mode=mode)
+    except BatchFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--batch-in") from None
+    report(summary.model_dump_json(indent=1))
+    if parquet:
+        typer.echo(f"wrote {write_parquet(out, parquet)} rows to {parquet}", err=True)
+    if summary.problems:
+        counts = (
+            f"{len(summary.failed_lines)} failed lines, {len(summary.missing_pairs)} pairs without a result, "
+            f"{len(summary.unknown_custom_ids)} unknown custom_ids, {len(summary.duplicate_lines)} duplicate lines"
+        )
+        shown = [
+            *summary.failed_lines,
+            *summary.missing_pairs,
+            *summary.unknown_custom_ids,
+            *summary.duplicate_lines,
+        ]
+        for line in shown[:20]:
+            typer.echo(line, err=True)
+        more = f" ({len(shown) - 20} more in the summary)" if len(shown) > 20 else ""
+        typer.echo(
+            f"{counts}{more}; failed and missing pairs stay pending: --batch-out -o {out} asks again",
+            err=True,
+        )
+        if not allow_failures:
+            raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     teacher_app = typer.Typer(
         help="Teacher: judge pairs with the LLM into CoT records; fine-tune the LLM.", no_args_is_help=True
@@ -35,11 +80,17 @@ def register(app: typer.Typer) -> None:
     @teacher_app.command()
     def annotate(
         input: str = typer.Option(..., "--input", "-i", help=SPEC_HELP),
-        out: Path = typer.Option(..., "--out", "-o", help="JSONL of CoT records (appended to; resumes)"),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            "-o",
+            help="JSONL of CoT records (appended to; resumes). Required, except with --batch-out, where "
+            "pairs that have a record in it get no request",
+        ),
         teacher: str = typer.Option(
             "llamacpp",
             help="teacher spec, e.g. llamacpp, openai:MODEL@URL, hf:DIR, bundle:PATH or ensemble:DIR "
-            "(the last two: score mode)",
+            "(the last two: score mode); not used with --batch-out / --batch-in",
         ),
         mode: Mode = typer.Option(Mode.score, help="score (verdict only, fast) or cot (reasoning + verdict)"),
         fmt: str | None = typer.Option(None, "--format", help="input format (default: detected)"),
@@ -47,8 +98,35 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, min=1, help="annotate only the first N input pairs"),
         parquet: Path | None = typer.Option(None, help="also write a flat Parquet copy here"),
         summary_out: Path | None = typer.Option(None, "--summary", help="write the run summary JSON here"),
+        batch_out: Path | None = typer.Option(
+            None,
+            help="write OpenAI Batch / vllm run-batch request lines (/v1/chat/completions with logprobs) "
+            "here instead of calling a teacher (docs/TEACHER.md, 'Annotation at scale')",
+        ),
+        batch_in: Path | None = typer.Option(
+            None,
+            help="read these Batch output lines into --out records (grade distributions from the logprobs); "
+            "with the same --input, --mode and --batch-model as --batch-out",
+        ),
+        batch_model: str | None = typer.Option(
+            None, help="model the batch runs on (request body 'model'; teacher id openai:MODEL)"
+        ),
+        batch_max_tokens: int | None = typer.Option(
+            None, min=1, help="--batch-out: answer budget (default: the teacher's, 320 cot / 8 score)"
+        ),
+        batch_response_format: BatchResponseFormat = typer.Option(
+            BatchResponseFormat.json_schema,
+            help="--batch-out: hold the model to the answer's JSON schema: json_schema (OpenAI, vLLM), "
+            "json_object (llama.cpp servers) or none",
+        ),
+        allow_failures: bool = typer.Option(
+            False,
+            help="--batch-in: exit 0 even when lines failed or pairs have no result (they stay pending and "
+            "are listed in the summary either way)",
+        ),
     ) -> None:
-        """Judge pairs with an ELLM-rele teacher → CoT records (JSONL, resumable)."""
+        """Judge pairs with an ELLM-rele teacher → CoT records (JSONL, resumable); or, with --batch-out /
+        --batch-in, through Batch request and result files (OpenAI Batch API, vllm run-batch)."""
         from distill.teacher.annotate import annotate as run_annotation
         from distill.teacher.annotate import write_parquet
         from distill.teacher.bundle_teacher import SPEC_PREFIX, BundleTeacher
@@ -56,7 +134,41 @@ def register(app: typer.Typer) -> None:
         from distill.teacher.ensemble import EnsembleTeacher
         from teacher import load_teacher
 
+        if batch_out and batch_in:
+            raise typer.BadParameter("one of --batch-out and --batch-in per run", param_hint="--batch-in")
+        if (batch_out or batch_in) and not batch_model:
+            raise typer.BadParameter(
+                "--batch-out and --batch-in need --batch-model", param_hint="--batch-model"
+            )
+        if out is None and not batch_out:
+            raise typer.BadParameter("required (records file)", param_hint="--out")
         pairs = load_input_pairs(input, fmt)[:limit]
+
+        def report(text: str) -> None:
+            typer.echo(text)
+            if summary_out:
+                summary_out.parent.mkdir(parents=True, exist_ok=True)
+                summary_out.write_text(text + "\n", encoding="utf-8")
+
+        if batch_out:
+            from distill.teacher.batch import batch_teacher, write_requests
+
+            written = write_requests(
+                batch_teacher(batch_model, max_tokens=batch_max_tokens),
+                batch_model,
+                pairs,
+                batch_out,
+                mode=mode,
+                response_format=batch_response_format,
+                records=out,
+            )
+            report(written.model_dump_json(indent=1))
+            return
+        assert out is not None  # checked above; narrows the type
+        if batch_in:
+            _annotate_batch_in(batch_model, pairs, batch_in, out, mode, report, parquet, allow_failures)
+            return
+
         if teacher.startswith((SPEC_PREFIX, ENSEMBLE_PREFIX)):  # bundles scored through the service's Scorer
             try:
                 if teacher.startswith(SPEC_PREFIX):
@@ -76,17 +188,42 @@ def register(app: typer.Typer) -> None:
                 summary = await run_annotation(judge, pairs, out, mode=mode, concurrency=concurrency)
             finally:
                 await judge.aclose()
-            text = summary.model_dump_json(indent=1)
-            typer.echo(text)
-            if summary_out:
-                summary_out.parent.mkdir(parents=True, exist_ok=True)
-                summary_out.write_text(text + "\n", encoding="utf-8")
+            report(summary.model_dump_json(indent=1))
             if parquet:
                 typer.echo(f"wrote {write_parquet(out, parquet)} rows to {parquet}", err=True)
             if summary.judge_errors:
                 raise typer.Exit(code=1)
 
         asyncio.run(run())
+
+    @teacher_app.command("batch-run")
+    def batch_run(
+        requests: Path = typer.Option(
+            ..., help="Batch request lines (relevance teacher annotate --batch-out)"
+        ),
+        url: str = typer.Option(..., help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"),
+        out: Path = typer.Option(..., "--out", "-o", help="Batch output lines to write (replaced)"),
+        concurrency: int = typer.Option(2, min=1, help="requests in flight"),
+        timeout: float = typer.Option(300.0, min=0.1, help="seconds per request"),
+    ) -> None:
+        """Run Batch request lines against one OpenAI-compatible server (llama.cpp, vLLM serve, ...) and
+        write Batch output lines for --batch-in: for users without vllm run-batch or the Batch API. No
+        retries: failed requests become error lines, which --batch-in lists; the next --batch-out asks again.
+        API key: RELEVANCE_TEACHER_API_KEY."""
+        from distill.teacher.batch import BatchFileError, run_requests
+
+        try:
+            summary = asyncio.run(
+                run_requests(requests, url, out, concurrency=concurrency, timeout_s=timeout)
+            )
+        except BatchFileError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--requests") from None
+        typer.echo(summary.model_dump_json(indent=1))
+        if summary.failed:
+            typer.echo(
+                f"{summary.failed} of {summary.requests} requests failed (error lines in {out})", err=True
+            )
+            raise typer.Exit(code=1)
 
     @teacher_app.command("ensemble-fit")
     def ensemble_fit(

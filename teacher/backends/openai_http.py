@@ -33,6 +33,12 @@ from teacher.prompt import GRADE_KEY, GRADE_KEY_PREFIX
 
 API_KEY_ENV = "RELEVANCE_TEACHER_API_KEY"
 _GRADE_VALUE_START = re.compile(re.escape(GRADE_KEY) + r'\s*:\s*"')
+DEFAULT_TOP_LOGPROBS = 10
+
+
+def backend_id(model: str) -> str:
+    """How records name a model served over the OpenAI API (part of their teacher id and cache key)."""
+    return f"openai:{model}"
 
 
 class TeacherHTTPError(RuntimeError):
@@ -49,7 +55,7 @@ class OpenAIBackend(Backend):
         timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
-        top_logprobs: int = 10,
+        top_logprobs: int = DEFAULT_TOP_LOGPROBS,
         api: Literal["chat", "completions"] = "chat",
     ) -> None:
         if api not in ("chat", "completions"):
@@ -64,7 +70,7 @@ class OpenAIBackend(Backend):
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
-        self.backend_id = f"openai:{model}"
+        self.backend_id = backend_id(model)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -114,16 +120,7 @@ class OpenAIBackend(Backend):
         return VerdictResult(text + (data["choices"][0].get("text") or "") + '"}', True)
 
     async def _verdict_chat(self, request: VerdictRequest) -> VerdictResult:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": request.messages,
-            # No prefill over the chat API: leave room for the JSON the prefill would have written.
-            "max_tokens": request.max_tokens + 8,
-            "temperature": request.temperature,
-            "seed": request.seed,
-        }
-        if self.use_logprobs:
-            body |= {"logprobs": True, "top_logprobs": self.top_logprobs}
+        body = chat_body(self.model, request, self.top_logprobs if self.use_logprobs else 0)
         try:
             data = await self._post("/chat/completions", body)
         except TeacherHTTPError as exc:
@@ -131,18 +128,8 @@ class OpenAIBackend(Backend):
                 raise
             # The server cannot return logprobs: stop asking, fall back to votes.
             self.use_logprobs = False
-            body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
-            data = await self._post("/chat/completions", body)
-        choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
-        reached = _GRADE_VALUE_START.search(text) is not None
-        distribution = _distribution_at_verdict(choice.get("logprobs"), request.levels) if reached else None
-        return VerdictResult(
-            text=text,
-            reached_verdict=reached,
-            distribution=distribution,
-            source="logprobs" if distribution else None,
-        )
+            data = await self._post("/chat/completions", chat_body(self.model, request, 0))
+        return chat_verdict(data, request.levels)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = self.base_url + path
@@ -165,6 +152,41 @@ class OpenAIBackend(Backend):
                     )
             await asyncio.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def chat_body(model: str, request: VerdictRequest, top_logprobs: int) -> dict[str, Any]:
+    """The /v1/chat/completions body of one judgement: what this backend sends and what a Batch request
+    line carries (distill/teacher/batch.py). ``top_logprobs`` 0 asks for no logprobs."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": request.messages,
+        # No prefill over the chat API: leave room for the JSON the prefill would have written.
+        "max_tokens": request.max_tokens + 8,
+        "temperature": request.temperature,
+        "seed": request.seed,
+    }
+    if top_logprobs > 0:
+        body |= {"logprobs": True, "top_logprobs": top_logprobs}
+    return body
+
+
+def chat_verdict(completion: Any, levels: Sequence[str]) -> VerdictResult:
+    """A chat completion's answer and the grade distribution read from its logprobs at the verdict
+    position: the one reading, for this backend's responses and for Batch result lines. ValueError when
+    the completion has no ``choices[0]``."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        raise ValueError("the chat completion has no choices[0]")
+    choice = choices[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    reached = _GRADE_VALUE_START.search(text) is not None
+    distribution = _distribution_at_verdict(choice.get("logprobs"), levels) if reached else None
+    return VerdictResult(
+        text=text,
+        reached_verdict=reached,
+        distribution=distribution,
+        source="logprobs" if distribution else None,
+    )
 
 
 def _distribution_at_verdict(logprobs: Any, levels: Any) -> dict[str, float] | None:

@@ -1,17 +1,15 @@
-"""OpenAI-compatible HTTP teacher: against llama.cpp's real server, and a real tiny server for failures."""
+"""OpenAI-compatible HTTP teacher: against llama.cpp's real server (``llama_server``, tests/conftest.py), and a
+real tiny server for failures."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 
-import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -19,7 +17,6 @@ from fastapi.responses import JSONResponse
 
 from core.grades import GRADE_LEVELS
 from teacher import Teacher, load_teacher
-from teacher.backends.llamacpp import default_gguf_path
 from teacher.backends.openai_http import OpenAIBackend, TeacherHTTPError
 
 pytestmark = pytest.mark.llm
@@ -32,35 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--model_alias", "smollm2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url + "/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("llama_cpp.server did not start within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
 
 
 async def test_score_mode_distribution_from_server_logprobs(llama_server: str) -> None:
