@@ -43,7 +43,8 @@ COPY loadtest ./loadtest
 # libgomp: llama.cpp's OpenMP runtime.
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 # The teacher (llama.cpp + SmolLM2 GGUF), then onnxruntime (cpu) or onnxruntime-gpu with the CUDA and
-# cuDNN libraries from PyPI (gpu).
+# cuDNN libraries from PyPI (gpu). The GPU check (loadtest/gpu/, docs/BENCHMARKS.md) carries
+# onnxruntime-gpu 1.31.1 (built for CUDA 13), which this range admits.
 COPY --from=teacher-wheels /wheels /wheels
 RUN pip install /wheels/*.whl ".[teacher]" && rm -rf /wheels && \
     if [ "$ORT" = "gpu" ]; then pip install "onnxruntime-gpu[cuda,cudnn]>=1.19"; else pip install "onnxruntime>=1.18"; fi

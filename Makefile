@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test test-fast system-deps console-screenshot experiment-hd bench infinity-venv lint format audit default-bundle clean
+.PHONY: venv serve test test-fast system-deps console-screenshot experiment-hd bench infinity-venv gpu-prepare gpu-check lint format audit default-bundle clean
 
 # llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
 # crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
@@ -70,6 +70,16 @@ infinity-venv: $(INFINITY_VENV)/bin/infinity_emb
 
 bench: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json $(INFINITY_VENV)/bin/infinity_emb
 	$(BIN)/relevance bench $(BENCH_ARGS)
+
+# The GPU check (issue 15; docs/BENCHMARKS.md, "GPU (prepared, not yet run)"). gpu-prepare, here: fp16
+# bundles, wheels and onnxruntime-gpu into .gpu-carry/ as parts a device call can carry. gpu-check: the
+# one-shot script (on the GPU machine loadtest/gpu/on_device.sh runs it); GPU_ARGS=--dry-run on a CPU.
+GPU_OUT ?= reports/gpu-check
+gpu-prepare: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
+	$(BIN)/python -m loadtest.gpu.prepare
+
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m loadtest.gpu.run --payload .gpu-carry/payload --out $(GPU_OUT) $(GPU_ARGS)
 
 # Dependency audit of the installed environment; fails on any finding not listed, with its reason,
 # in audit-ignore.txt. Dependencies the vulnerability service cannot look up are listed as skipped.

@@ -8,4 +8,5 @@ servers.py    servers under test as loopback subprocesses    hf_cross.py   a cro
 efficiency.py FLOPs per pair, matmul peak, the raw ONNX path compare.py     side-by-side ratios
 report.py     JSON/Markdown pieces                           bench.py      the standard scenario
 cli.py        the two commands                              explain_isolation.py  /score latency while /explain runs
+gpu/          the one-shot GPU check (issue 15): payload carried in parts, dry run on CPU
 """

@@ -69,9 +69,11 @@ class BenchOptions:
     seed: int = 0
 
 
-def _level(
+def measure_level(
     target: Target, requests, clients: int, opts: BenchOptions, pid: int | None, log
 ) -> dict[str, Any]:
+    """One closed-loop level of ``clients`` (opts' duration, warm-up, timeout), queue depth sampled
+    on the service; the JSON record, also logged as one line."""
     config = LoadConfig(
         mode="closed",
         concurrency=clients,
@@ -164,7 +166,9 @@ def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
             rows_per_pair = (
                 1.0 if manifest.kind == "cross" else (sizes.low + sizes.high + 2) / (sizes.low + sizes.high)
             )
-            entry["efficiency"] = _efficiency(flops, raw.as_dict(), entry["sweep"], peak, rows_per_pair)
+            entry["efficiency"] = efficiency_summary(
+                flops, raw.as_dict(), entry["sweep"], peak, rows_per_pair
+            )
             log(
                 f"  raw ONNX: {raw.pairs_per_s:.1f} pairs/s ({raw.pairs_per_s_model_only:.1f} model only), "
                 f"{raw.flops_per_pair / 1e6:.1f} MFLOP/pair"
@@ -240,18 +244,20 @@ def _serve_and_compare(
                     entry["infinity"] = {"api": api, "model_dir": str(model_dir), "sweep": []}
         entry["sweep"] = []
         for clients in opts.clients:
-            entry["sweep"].append(_level(our_target, requests, clients, opts, ours.pid, log))
+            entry["sweep"].append(measure_level(our_target, requests, clients, opts, ours.pid, log))
             if theirs is not None and their_target is not None:
                 entry["infinity"]["sweep"].append(
-                    _level(their_target, requests, clients, opts, theirs.pid, log)
+                    measure_level(their_target, requests, clients, opts, theirs.pid, log)
                 )
     if theirs is not None:
         entry["infinity"]["comparison"] = compare.compare_sweeps(entry["sweep"], entry["infinity"]["sweep"])
 
 
-def _efficiency(
-    flops: ModelFlops, raw: dict[str, float], sweep: list[dict[str, Any]], peak: float, rows_per_pair: float
+def efficiency_summary(
+    flops: ModelFlops, raw: dict[str, Any], sweep: list[dict[str, Any]], peak: float, rows_per_pair: float
 ) -> dict[str, Any]:
+    """FLOPs, the raw path's and the best HTTP level's share of ``peak`` (FLOP/s), HTTP over raw pairs/s,
+    32-client over 1-client pairs/s and peak RSS, from a sweep of closed-loop records."""
     best = max(sweep, key=lambda r: r["pairs_per_s"])
     one = next((r for r in sweep if r["load"].startswith("closed loop, 1 ")), None)
     at32 = next((r for r in sweep if r["load"].startswith("closed loop, 32 ")), None)

@@ -105,9 +105,10 @@ class RawOnnxResult:
     total_s: float  # tokenisation + padding + session.run
     padded_flops: float  # FLOPs actually executed, padding included
     useful_flops: float  # FLOPs over real tokens only
-    mean_batch: float  # model inputs per request (one request = one batch here)
+    mean_batch: float  # model input rows per batch (requests_per_batch requests each)
     mean_padded_length: float
     mean_length: float
+    provider: str = "CPUExecutionProvider"  # the onnxruntime provider the session ran on
 
     @property
     def pairs_per_s(self) -> float:
@@ -121,7 +122,7 @@ class RawOnnxResult:
     def flops_per_pair(self) -> float:
         return self.padded_flops / self.pairs
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return {
             "pairs": self.pairs,
             "batches": self.batches,
@@ -136,6 +137,7 @@ class RawOnnxResult:
             "mean_padded_length": self.mean_padded_length,
             "mean_length": self.mean_length,
             "padded_flops_per_s": self.padded_flops / self.model_s,
+            "provider": self.provider,
         }
 
 
@@ -146,11 +148,17 @@ def raw_onnx_throughput(
     flops: ModelFlops,
     max_seconds: float = 10.0,
     intra_op_threads: int | None = None,
+    provider: str = "cpu",
+    strict: bool = False,
+    requests_per_batch: int = 1,
 ) -> RawOnnxResult:
     """Score ``requests`` through the service's own model code, without the service: no HTTP, JSON or queue.
 
-    Each request is one batch (what the service runs for a lone client): the serving template,
-    tokenizer, length-sorted runs (``plan_runs``), padding and onnxruntime session, in this thread.
+    Each batch is ``requests_per_batch`` requests (1: what the service runs for a lone client; more:
+    the batches it forms across concurrent clients): the serving template, tokenizer, length-sorted
+    runs (``plan_runs``), padding and onnxruntime session, in this thread. ``provider`` as
+    RELEVANCE_PROVIDER (on CUDA the session runs with IO binding, ``service.onnx_model``); ``strict``:
+    refuse to fall back to CPU.
     """
     from core.bundle import bundle_tokenizer, read_manifest
     from core.tokenization import pad_batch
@@ -166,23 +174,30 @@ def raw_onnx_throughput(
     model = OnnxModel(
         bundle,
         manifest,
-        provider="cpu",
+        provider=provider,
+        strict=strict,
         intra_op_threads=intra_op_threads or settings.ort_intra_op_threads,
         allow_spinning=settings.ort_allow_spinning,
     )
     tokenizer = bundle_tokenizer(bundle, manifest)
     template = manifest.template
     kind = scoring_for(manifest, tokenizer, 0, Metrics())  # the service's inputs per kind, uncached
-    overhead = RUN_OVERHEAD_TOKENS["cpu"]
+    overhead = RUN_OVERHEAD_TOKENS[model.choice.device]
+    if requests_per_batch < 1:
+        raise ValueError(f"requests_per_batch must be at least 1, not {requests_per_batch}")
 
     pairs = batches = sequences = padded_tokens = real_tokens = 0
     model_s = padded = useful = 0.0
 
-    def score(request: Request) -> None:
+    def score(group: list[Request]) -> None:
         nonlocal batches, sequences, padded_tokens, real_tokens, model_s, padded, useful
-        encoded = kind.inputs(
-            template.query_text(request.query), [template.item_text(i) for i in request.items]
-        )
+        encoded = [
+            row
+            for request in group
+            for row in kind.inputs(
+                template.query_text(request.query), [template.item_text(i) for i in request.items]
+            )
+        ]
         lengths = [len(e) for e in encoded]
         for run in plan_runs(lengths, overhead):
             arrays = pad_batch([encoded[i] for i in run], tokenizer.pad_id)
@@ -197,13 +212,17 @@ def raw_onnx_throughput(
         real_tokens += sum(lengths)
         useful += float(np.sum(flops.per_sequence(np.array(lengths))))
 
-    score(requests[0])  # warm-up (allocations, thread pool), not counted
+    groups = [
+        [requests[(start + k) % len(requests)] for k in range(requests_per_batch)]
+        for start in range(0, len(requests), requests_per_batch)
+    ]
+    score(groups[0])  # warm-up (allocations, thread pool, CUDA kernels), not counted
     pairs = batches = sequences = padded_tokens = real_tokens = 0
     model_s = padded = useful = 0.0
     started = time.perf_counter()
-    for request in _cycle_until(requests, started, max_seconds):
-        score(request)
-        pairs += request.n_items
+    for group in _cycle_until(groups, started, max_seconds):
+        score(group)
+        pairs += sum(request.n_items for request in group)
     total_s = time.perf_counter() - started
     return RawOnnxResult(
         pairs=pairs,
@@ -213,16 +232,17 @@ def raw_onnx_throughput(
         padded_flops=padded,
         useful_flops=useful,
         mean_batch=sequences / batches,
+        provider=model.provider,
         mean_padded_length=padded_tokens / sequences,
         mean_length=real_tokens / sequences,
     )
 
 
-def _cycle_until(requests: list[Request], started: float, max_seconds: float):
-    """Requests in turn (cycled) until the time is up; at least one."""
+def _cycle_until(items: list, started: float, max_seconds: float):
+    """Items in turn (cycled) until the time is up; at least one."""
     n = 0
     while True:
-        yield requests[n % len(requests)]
+        yield items[n % len(items)]
         n += 1
         if time.perf_counter() - started >= max_seconds:
             return

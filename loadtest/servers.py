@@ -104,10 +104,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def relevance_command() -> list[str]:
-    """`relevance serve` from the running interpreter's environment (what `make serve` runs)."""
+    """`relevance serve` from the running interpreter's environment (what `make serve` runs); where the
+    project is not installed (the GPU machine runs it from the source tree), the same command as
+    ``python -m distill.cli serve``."""
     script = Path(sys.executable).with_name("relevance")
     if not script.exists():
-        raise ServerError(f"{script} not found: install the project (make venv)")
+        return [sys.executable, "-m", "distill.cli", "serve"]
     return [str(script), "serve"]
 
 

@@ -21,23 +21,26 @@ CONCURRENT_REQUESTS = 8  # × max_items (500) + 8 stays below the service's defa
 
 def offline_settings(bundle_dir: str | Path, **overrides: Any):
     """The service's settings for scoring a bundle in-process: CPU, OMP_NUM_THREADS (default up to 4)
-    inference threads, and a deadline no offline batch meets by accident (10 minutes)."""
+    inference threads, and a deadline no offline batch meets by accident (10 minutes); ``overrides``
+    (any ``Settings`` field, ``provider`` included) replace these."""
     from service.settings import Settings
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or min(4, os.cpu_count() or 1)
-    return Settings(
-        bundle=Path(bundle_dir),
-        ort_intra_op_threads=threads,
-        request_deadline_ms=600_000,
-        provider="cpu",
-        **overrides,
-    )
+    defaults: dict[str, Any] = {
+        "ort_intra_op_threads": threads,
+        "request_deadline_ms": 600_000,
+        "provider": "cpu",
+    }
+    return Settings(bundle=Path(bundle_dir), **(defaults | overrides))
 
 
 def score_bundle(
-    bundle_dir: str | Path, pairs: list[LabelledPair]
+    bundle_dir: str | Path, pairs: list[LabelledPair], **settings_overrides: Any
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """(score per pair, grade probabilities over GRADE_LEVELS per pair or None, bundle info)."""
+    """(score per pair, grade probabilities over GRADE_LEVELS per pair or None, bundle info).
+
+    ``settings_overrides`` go to ``offline_settings`` (e.g. ``provider="cuda", provider_strict=True``
+    for the GPU parity check of loadtest/gpu/run.py)."""
     from core.bundle import read_manifest
 
     manifest = read_manifest(bundle_dir)  # BundleError (a ValueError) names the problem
@@ -45,7 +48,7 @@ def score_bundle(
         raise ValueError(
             f"{bundle_dir}: grade levels {manifest.grade_levels} differ from the project's {GRADE_LEVELS}"
         )
-    scores, probs = asyncio.run(_score_all(offline_settings(bundle_dir), pairs))
+    scores, probs = asyncio.run(_score_all(offline_settings(bundle_dir, **settings_overrides), pairs))
     return scores, probs if manifest.has_grades else None, manifest.summary()
 
 

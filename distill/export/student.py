@@ -59,6 +59,71 @@ def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
         onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(out_path))
 
 
+def _derive_checked(
+    precision: str,
+    fp32_dir: Path,
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    dev_pairs: Sequence[LabelledPair],
+    fp32_scores,
+) -> tuple[dict, dict[str, float]]:
+    """Derive the int8/fp16 bundle of the fp32 bundle in ``fp32_dir`` into ``bundle_dir`` and run the
+    reduced-precision gates against the fp32 scores; (its dev metrics, the check figures), or
+    ExportCheckError."""
+    from distill.students.predict import ranking_metrics
+
+    bundle_dir.mkdir(parents=True)
+    _reduce(precision, fp32_dir / MODEL_FILE, bundle_dir / MODEL_FILE)
+    shutil.copyfile(fp32_dir / TOKENIZER_FILE, bundle_dir / TOKENIZER_FILE)
+    write_manifest(bundle_dir, manifest)  # a whole bundle, so the checks score it with the service's Scorer
+    scores = bundle_scores(bundle_dir, dev_pairs)
+    dev = ranking_metrics(dev_pairs, scores)
+    fp32_ndcg = ranking_metrics(dev_pairs, fp32_scores)["ndcg@10"]
+    return dev, check_reduced(precision, fp32_scores, scores, fp32_ndcg, dev["ndcg@10"])
+
+
+def reduce_bundle(
+    fp32_bundle: str | Path,
+    out_dir: str | Path,
+    dev_pairs: Sequence[LabelledPair],
+    *,
+    precision: Precision = Precision.fp16,
+    created_by: str = "reduce_bundle",
+) -> BundleManifest:
+    """An int8/fp16 copy of an existing fp32 bundle (e.g. the zero-shot default, which has no training
+    run), checked against it with the same gates as ``export_student``; nothing is written if a check fails."""
+    if precision not in (Precision.int8, Precision.fp16):
+        raise ValueError(f"precision must be int8 or fp16, not {precision!r}")
+    fp32_bundle, out_dir = Path(fp32_bundle), Path(out_dir)
+    source = read_manifest(fp32_bundle)
+    if source.provenance.precision != "fp32":
+        raise ValueError(
+            f"{fp32_bundle}/bundle.json: provenance.precision is {source.provenance.precision!r}; "
+            "only an fp32 bundle can be reduced"
+        )
+    if not any(p.label for p in dev_pairs):
+        raise ValueError("export checks need labelled dev pairs")
+    manifest = source.model_copy(deep=True)
+    manifest.provenance.precision = precision
+    manifest.provenance.created_by = created_by
+    manifest.provenance.created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    fp32_scores = bundle_scores(fp32_bundle, dev_pairs)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        staged = Path(tmp) / "bundle"
+        dev, checks = _derive_checked(precision, fp32_bundle, staged, manifest, dev_pairs, fp32_scores)
+        manifest.metrics = {
+            **source.metrics,
+            "dev": dev,
+            "export_checks": {**source.metrics.get("export_checks", {}), **checks},
+        }
+        write_manifest(staged, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staged.rename(out_dir)
+    return read_manifest(out_dir)  # as written: with the files' checksums
+
+
 def export_student(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -115,13 +180,10 @@ def export_student(
         bundle_dir, dev = fp32_dir, fp32_dev
         if precision != "fp32":
             bundle_dir = Path(tmp) / precision
-            bundle_dir.mkdir()
-            _reduce(precision, fp32_dir / MODEL_FILE, bundle_dir / MODEL_FILE)
-            shutil.copyfile(run_tokenizer, bundle_dir / TOKENIZER_FILE)
-            write_manifest(bundle_dir, manifest)
-            scores = bundle_scores(bundle_dir, dev_pairs)
-            dev = ranking_metrics(dev_pairs, scores)
-            checks |= check_reduced(precision, fp32_scores, scores, fp32_dev["ndcg@10"], dev["ndcg@10"])
+            dev, reduced_checks = _derive_checked(
+                precision, fp32_dir, bundle_dir, manifest, dev_pairs, fp32_scores
+            )
+            checks |= reduced_checks
 
         run_metrics = run_folder.read_metrics(run_dir)
         manifest.metrics = {
