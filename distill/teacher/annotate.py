@@ -89,6 +89,14 @@ class Pending:
     already_done: int  # a record with the same key is in the output (resume)
     torn_lines_truncated: int
 
+    def counts(self) -> dict[str, int]:
+        """The summary fields both routes report (AnnotationSummary, the Batch summary)."""
+        return {
+            "duplicate_pairs": self.duplicate_pairs,
+            "already_done": self.already_done,
+            "torn_lines_truncated": self.torn_lines_truncated,
+        }
+
 
 def pending_pairs(pairs: Sequence[LabelledPair], out: Path | None, key: tuple[str, str, str]) -> Pending:
     """The resume rule: the pairs with no record in ``out`` under ``key`` = (teacher id, prompt version,
@@ -153,9 +161,7 @@ async def annotate(
         prompt_version=teacher.prompt_version,
         mode=mode,
         input_pairs=len(pairs),
-        duplicate_pairs=todo.duplicate_pairs,
-        already_done=todo.already_done,
-        torn_lines_truncated=todo.torn_lines_truncated,
+        **todo.counts(),
     )
     pending = todo.pairs
 

@@ -222,9 +222,7 @@ def read_results(
         prompt_version=teacher.prompt_version,
         mode=mode,
         input_pairs=len(pairs),
-        duplicate_pairs=todo.duplicate_pairs,
-        already_done=todo.already_done,
-        torn_lines_truncated=todo.torn_lines_truncated,
+        **todo.counts(),
     )
     input_ids = {p.pair_id for p in pairs}
     known = {custom_id(teacher, mode, pair_id) for pair_id in input_ids}
