@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from distill.experiments.hd import Budget
+from distill.experiments.hd import FAMILIES, Budget
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +30,13 @@ def register(app: typer.Typer) -> None:
                 help="training seeds of the students, e.g. 0,1 (default: the plan's, 0,1,2 in full)"
             ),
         ] = None,
+        students: Annotated[
+            str,
+            typer.Option(
+                help="student families to train, in order: cross2 (2-layer cross-encoder), bi6 (6-layer "
+                "bi-encoder from the zero-shot default's weights)"
+            ),
+        ] = ",".join(FAMILIES),
         summary: Annotated[
             bool,
             typer.Option(
@@ -40,11 +47,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Home Depot distillation: transfer set, teacher rungs, label-only and MKD students, eval,
         experiment.json and summary.md (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
-        from distill.experiments.hd import Experiment, run_experiment, summarise
+        from distill.experiments.hd import Experiment, check_families, run_experiment, summarise
 
         try:
             chosen = tuple(int(s) for s in seeds.split(",")) if seeds else None
-            experiment = Experiment(root=root, budget=budget, seeds=chosen)
+        except ValueError:
+            raise typer.BadParameter(
+                f"comma-separated integers, got {seeds!r}", param_hint="--seeds"
+            ) from None
+        families = tuple(f.strip() for f in students.split(","))
+        try:
+            check_families(families)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--students") from None
+        try:
+            experiment = Experiment(root=root, budget=budget, seeds=chosen, families=families)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--seeds") from None
         if summary:

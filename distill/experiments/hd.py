@@ -11,20 +11,24 @@ skipped when its output is already there, so a killed or timed-out run resumes w
    verdicts, fitted on the held-out fold (distill/teacher/ensemble.py); the shipped teacher, fixed
    before any dev number is seen
 6. teacher records: rung (c)'s grade distribution on every train and transfer pair
-7. students, per seed: the 2-layer cross label-only twin (from all-MiniLM-L6-v2); + score-distribution
-   KD on the labelled and transfer pairs; full MKD (score KD + CoT KD), both warm-started from the
-   teacher's first two layers; then seed 0's label-only student with that warm start (the ablation
-   that tells the warm start from KD); each exported (fp32)
-8. ``relevance eval run`` on the dev split, then on CrowdFlower dev and bundled ESCI dev (the transfer
-   checks): zero-shot default, BM25, both teacher rungs and every student
-9. ``experiment.json`` (the shape of docs/RESULTS.md: students with kind, role, seed and twin, and the
+7. ``relevance eval run`` of the baselines and teachers (zero-shot default, BM25, both rungs) on the
+   dev split, then on CrowdFlower dev and bundled ESCI dev (the transfer checks)
+8. students, per family (``--students``) and seed: the label-only twin; + score-distribution KD on the
+   labelled and transfer pairs; full MKD (score KD + CoT KD); each exported (fp32). Families:
+   ``cross2``, the 2-layer cross-encoder: the twin starts from all-MiniLM-L6-v2's first two layers,
+   the KD students from the teacher's (a warm start), and seed 0 adds the label-only student with
+   that warm start (the ablation that tells the warm start from KD); ``bi6``, the 6-layer
+   bi-encoder at the zero-shot default's serving cost: every variant starts from all-MiniLM-L6-v2,
+   the default's own weights, so it keeps what the default knows
+9. per family, the same evaluations of the family's students next to the default and BM25
+10. ``experiment.json`` (the shape of docs/RESULTS.md: students with kind, role, seed and twin, and the
    teacher spec), then the best MKD student is exported to models/student through the promotion gate
    (full budget only; a refusal is reported, not an error)
 
-Not built yet (issue 12): the LLM rung (b), the bi students, the KD weight/temperature sweep and the
-frontier table.
+Not built yet (issue 12): the LLM rung (b), the KD weight/temperature sweep and the frontier table.
 ``--budget smoke`` runs the same chain on the bundled ESCI split with a few optimiser steps, so the
-recipe is exercised in CI; ``--budget full`` is the real run (not yet timed end to end here).
+recipe is exercised in CI; ``--budget full`` is the real run (not yet run end to end in one go here:
+see the sizing below).
 """
 
 from __future__ import annotations
@@ -49,6 +53,31 @@ class Budget(StrEnum):
 
 
 @dataclass(frozen=True)
+class Family:
+    """One student architecture of the chain: its twin, score-KD and full-MKD students share it."""
+
+    name: str  # run and bundle names start with it: cross2-mkd-s0
+    kind: str  # cross | bi
+    layers: int
+    lr: float
+    warm_start: bool  # the KD students start from the teacher's run (cross only: same architecture)
+
+
+# cross2: the 2-layer cross-encoder, a third of the teacher's cost per pair, at the rate that trained
+# the earlier 2-layer rounds. bi6: the default's own architecture and weights fine-tuned at the
+# teacher's 6-layer rate (both rates fixed before the Home Depot runs, not tuned on dev).
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (Family("cross2", "cross", 2, 2e-4, True), Family("bi6", "bi", 6, 1e-4, False))
+}
+
+
+def check_families(names: tuple[str, ...]) -> None:
+    """ValueError unless ``names`` are distinct family names, at least one."""
+    if not names or any(n not in FAMILIES for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"distinct names from {', '.join(FAMILIES)}, at least one; got {','.join(names)}")
+
+
+@dataclass(frozen=True)
 class Plan:
     train: str
     dev: str
@@ -56,7 +85,6 @@ class Plan:
     random_per_query: int
     teacher_layers: int
     teacher_lr: float
-    student_lr: float
     epochs: int
     teacher_max_steps: int | None  # None: whole epochs
     student_max_steps: int | None
@@ -65,6 +93,7 @@ class Plan:
     transfer_checks: tuple[
         tuple[str, str], ...
     ]  # (label, dataset): other sources the same bundles are evaluated on
+    student_layers: int | None = None  # None: each family's own depth; smoke: fewer, for time
 
 
 # The full plan is sized for 3 hours on 2 CPU cores (AMD EPYC, batch 16): a 6-layer cross step took
@@ -73,7 +102,11 @@ class Plan:
 # (8 BM25 + 2 random items per train query) at about 100 pairs/s (≈ 20 min: two 6-layer members);
 # every student gets the same 2,000 optimiser steps (32,000 examples, 0.7 of an epoch over the train
 # pairs; ≈ 7 min), so a KD student costs what its label-only twin costs and sees transfer pairs in
-# place of some train pairs; 3 seeds × 3 students + the ablation ≈ 75 min.
+# place of some train pairs; 3 seeds × 3 students + the ablation ≈ 75 min. A bi6 student's step costs
+# what a 6-layer cross step does (0.5–0.6 s: one 6-layer pass over the item, a short one over the
+# query): 1,296 s for 2,000 steps, so the bi6 family adds ≈ 20 min per student, 3 hours for 3 seeds on
+# top of the rest. The full chain with both families and 3 seeds is therefore two sessions' work here
+# (every step resumes): ``--students`` and ``--seeds`` choose what one session runs.
 STUDENT_STEPS = 2000
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
 # on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
@@ -86,7 +119,6 @@ PLANS: dict[Budget, Plan] = {
         2,
         6,
         1e-4,
-        2e-4,
         1,
         None,
         STUDENT_STEPS,
@@ -94,7 +126,9 @@ PLANS: dict[Budget, Plan] = {
         True,
         (("crowdflower-dev", "crowdflower:dev"), ("bundled-dev", "bundled:dev")),
     ),
-    Budget.smoke: Plan("bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 2e-4, 1, 3, 3, (0,), False, ()),
+    Budget.smoke: Plan(
+        "bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 1, 3, 3, (0,), False, (), student_layers=2
+    ),
 }
 
 
@@ -110,6 +144,7 @@ class Experiment:
     root: Path  # runs/, models/ and reports/ are created below it
     budget: Budget
     seeds: tuple[int, ...] | None = None  # None: the plan's
+    families: tuple[str, ...] = tuple(FAMILIES)  # student families, in training order
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +153,7 @@ class Experiment:
             if not self.seeds or len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
             self.plan = replace(self.plan, seeds=tuple(self.seeds))
+        check_families(self.families)
         tag = "hd" if self.budget is Budget.full else "hd-smoke"
         self.runs = self.root / "runs" / tag
         self.models = self.root / "models" / "students"
@@ -126,6 +162,10 @@ class Experiment:
 
     def bundle(self, name: str) -> Path:
         return self.models / f"{self.prefix}-{name}"
+
+    def spec(self, name: str) -> str:
+        """How eval reports name a student bundle of this chain."""
+        return f"bundle:{self.bundle(name)}"
 
     @property
     def ensemble_dir(self) -> Path:
@@ -136,10 +176,20 @@ class Experiment:
         """The shipped teacher: rung (c), chosen before any dev number (it has rung (a) as a feature)."""
         return f"ensemble:{self.ensemble_dir}"
 
-    def student_names(self, seed: int) -> dict[str, str]:
-        """Run (and bundle) names of a seed's students; the warm-started label-only ablation is seed 0's only."""
-        variants = ["label", "score-kd", "mkd"] + (["label-warm"] if seed == self.plan.seeds[0] else [])
-        return {v: f"cross2-{v}-s{seed}" for v in variants}
+    @property
+    def rung_a(self) -> Path:
+        return self.bundle("teacher-cross6")
+
+    def student_names(self, seed: int, family: str) -> dict[str, str]:
+        """Run (and bundle) names of a seed's students of one family; the warm-started label-only
+        ablation is the first seed's only, and only where the KD students are warm-started."""
+        ablation = FAMILIES[family].warm_start and seed == self.plan.seeds[0]
+        variants = ["label", "mkd", "score-kd"] + (["label-warm"] if ablation else [])
+        return {v: f"{family}-{v}-s{seed}" for v in variants}
+
+    def eval_dir(self, label: str, family: str | None = None) -> Path:
+        """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students."""
+        return self.report / (f"eval-{label}-{family}" if family else f"eval-{label}")
 
     def steps(self) -> list[Step]:
         p, runs = self.plan, self.runs
@@ -176,7 +226,7 @@ class Experiment:
         fit, holdout = runs / "train-fit.jsonl", runs / "train-holdout.jsonl"
         steps.append(Step("hold out a fold of the train queries for the ensemble head", holdout, [
             "data", "holdout", "-i", p.train, "--fit", str(fit), "--holdout", str(holdout)]))  # fmt: skip
-        teacher = self.bundle("teacher-cross6")
+        teacher = self.rung_a
         steps += self._train_and_export("teacher-cross6", teacher, p.teacher_max_steps, [
             "--kind", "cross", "--layers", str(p.teacher_layers), "--lr", str(p.teacher_lr), "--train", str(fit)])  # fmt: skip
         ensemble = self.ensemble_dir
@@ -186,53 +236,70 @@ class Experiment:
         steps.append(Step("teacher records on train + transfer pairs", records.with_name(records.name + ".done"), [
             "teacher", "annotate", "-i", str(transfer), "-o", str(records), "--teacher", self.teacher_spec,
             "--mode", "score", "--concurrency", "32", "--summary", str(records.with_name(records.name + ".done"))]))  # fmt: skip
-        # The KD students start from the teacher's own first two layers, embeddings and head (a warm
-        # start, the same bottom-layer truncation as the MiniLM start); the label-only twin starts from
-        # all-MiniLM-L6-v2, as a user without a teacher would. "label-warm" (seed 0) is the label-only
-        # student with the teacher's warm start: it separates what the warm start gives from what KD gives.
-        warm = ["--init-from", str(self.runs / "teacher-cross6")]
+        default = f"bundle:{DEFAULT_BUNDLE}"
+        teachers = [default, "bm25", f"bundle:{teacher}", self.teacher_spec]
+        teacher_compare = [(self.teacher_spec, f"bundle:{teacher}")]
+        for label, data in (("dev", p.dev), *p.transfer_checks):
+            steps.append(self._eval(self.eval_dir(label), data, teachers, teacher_compare))
+
         kd = ["--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1"]
         options = {
             "label": ["--train", p.train],
-            "score-kd": [*warm, *kd],
-            "mkd": [*warm, *kd, "--teacher-cot", str(cot), "--w-cot", "0.5"],
-            "label-warm": [*warm, "--train", p.train],
+            "score-kd": kd,
+            "mkd": [*kd, "--teacher-cot", str(cot), "--w-cot", "0.5"],
+            "label-warm": ["--train", p.train],
         }
+        for name in self.families:
+            family = FAMILIES[name]
+            # A warm-started family's KD students start from the teacher's own first layers, embeddings
+            # and head (the same bottom-layer truncation as the MiniLM start); its label-only twin starts
+            # from all-MiniLM-L6-v2, as a user without a teacher would. "label-warm" (first seed) is the
+            # label-only student with the teacher's warm start: it separates the warm start from KD.
+            warm = ["--init-from", str(self.runs / "teacher-cross6")] if family.warm_start else []
 
-        def train(seed: int, variant: str, name: str) -> list[Step]:
-            common = ["--kind", "cross", "--layers", "2", "--lr", str(p.student_lr), "--seed", str(seed)]
-            return self._train_and_export(
-                name, self.bundle(name), p.student_max_steps, [*common, *options[variant]]
-            )
+            def train(
+                seed: int, variant: str, run: str, family: Family = family, warm: list[str] = warm
+            ) -> list[Step]:
+                common = ["--kind", family.kind, "--layers", str(p.student_layers or family.layers), "--lr", str(family.lr),
+                          "--seed", str(seed), *(warm if variant != "label" else [])]  # fmt: skip
+                return self._train_and_export(
+                    run, self.bundle(run), p.student_max_steps, [*common, *options[variant]]
+                )
 
-        # The main students and their evaluation first, the ablation after: a run cut short has the
-        # comparisons the issue asks for.
-        main = [(s, v, n) for s in p.seeds for v, n in self.student_names(s).items() if v != "label-warm"]
-        for seed, variant, name in main:
-            steps += train(seed, variant, name)
-        systems = [f"bundle:{DEFAULT_BUNDLE}", "bm25", f"bundle:{teacher}", self.teacher_spec]
-        systems += [f"bundle:{self.bundle(name)}" for _, _, name in main]
-        # Besides every system against the zero-shot default: rung (c) against rung (a), and per seed
-        # each KD student against its twin and full MKD against score KD alone.
-        compare = [(self.teacher_spec, f"bundle:{teacher}")]
-        for seed in p.seeds:
-            spec = {v: f"bundle:{self.bundle(n)}" for v, n in self.student_names(seed).items()}
-            compare += [
-                (spec["mkd"], spec["label"]),
-                (spec["score-kd"], spec["label"]),
-                (spec["mkd"], spec["score-kd"]),
+            # The main students and their evaluation first, the ablation after; full MKD before score KD
+            # alone: a run cut short has the twin-against-MKD comparison the issue asks for first.
+            main = [
+                (s, v, n)
+                for s in p.seeds
+                for v, n in self.student_names(s, name).items()
+                if v != "label-warm"
             ]
-        for label, data in (("dev", p.dev), *p.transfer_checks):
-            steps.append(self._eval(label, data, systems, compare))
-        ablation = {v: f"bundle:{self.bundle(n)}" for v, n in self.student_names(p.seeds[0]).items()}
-        steps += train(p.seeds[0], "label-warm", self.student_names(p.seeds[0])["label-warm"])
-        steps.append(self._eval("dev-warm-start", p.dev, [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")],
-                                [(ablation["score-kd"], ablation["label-warm"]), (ablation["mkd"], ablation["label-warm"])]))  # fmt: skip
+            for seed, variant, run in main:
+                steps += train(seed, variant, run)
+            systems = [default, "bm25", *(self.spec(run) for _, _, run in main)]
+            # Besides every system against the zero-shot default: per seed each KD student against its
+            # twin and full MKD against score KD alone.
+            compare = []
+            for seed in p.seeds:
+                spec = {v: self.spec(n) for v, n in self.student_names(seed, name).items()}
+                compare += [
+                    (spec["mkd"], spec["label"]),
+                    (spec["score-kd"], spec["label"]),
+                    (spec["mkd"], spec["score-kd"]),
+                ]
+            for label, data in (("dev", p.dev), *p.transfer_checks):
+                steps.append(self._eval(self.eval_dir(label, name), data, systems, compare))
+            if family.warm_start:
+                ablation = {v: self.spec(n) for v, n in self.student_names(p.seeds[0], name).items()}
+                steps += train(p.seeds[0], "label-warm", self.student_names(p.seeds[0], name)["label-warm"])
+                steps.append(self._eval(self.eval_dir("dev-warm-start", name), p.dev,
+                                        [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")],
+                                        [(ablation["score-kd"], ablation["label-warm"]),
+                                         (ablation["mkd"], ablation["label-warm"])]))  # fmt: skip
         return steps
 
-    def _eval(self, label: str, data: str, systems: list[str], compare: list[tuple[str, str]]) -> Step:
-        eval_dir = self.report / f"eval-{label}"
-        return Step(f"eval on {data} ({label})", eval_dir / "metrics.json", [
+    def _eval(self, eval_dir: Path, data: str, systems: list[str], compare: list[tuple[str, str]]) -> Step:
+        return Step(f"eval on {data} ({eval_dir.name})", eval_dir / "metrics.json", [
             "eval", "run", "--data", data, "--out", str(eval_dir), "--slice", "long-tail",
             *(a for s in systems for a in ("--system", s)), *(a for c in compare for a in ("--compare", ",".join(c)))])  # fmt: skip
 
@@ -279,22 +346,21 @@ class Experiment:
 
     def manifest(self) -> dict:
         """experiment.json: the students (label-only twins and full-MKD students) and the teacher spec."""
-        students = []
-        for seed in self.plan.seeds:
-            names = self.student_names(seed)
-            twin = str(self.bundle(names["label"]))
-            students.append({"path": twin, "kind": "cross", "role": "label-only", "seed": seed, "twin": None})
-            students.append({"path": str(self.bundle(names["mkd"])), "kind": "cross", "role": "mkd",
-                             "seed": seed, "twin": twin})  # fmt: skip
-        ablations = [
-            {"path": str(self.bundle(name)), "kind": "cross", "role": variant, "seed": s,
-             "twin": str(self.bundle(self.student_names(s)["label"]))}
-            for s in self.plan.seeds
-            for variant, name in self.student_names(s).items()
-            if variant in ("score-kd", "label-warm")
-        ]  # fmt: skip
+        students, ablations = [], []
+        for name in self.families:
+            kind = FAMILIES[name].kind
+            for seed in self.plan.seeds:
+                names = self.student_names(seed, name)
+                twin = str(self.bundle(names["label"]))
+                students.append(
+                    {"path": twin, "kind": kind, "role": "label-only", "seed": seed, "twin": None}
+                )
+                students.append({"path": str(self.bundle(names["mkd"])), "kind": kind, "role": "mkd",
+                                 "seed": seed, "twin": twin})  # fmt: skip
+                ablations += [{"path": str(self.bundle(run)), "kind": kind, "role": variant, "seed": seed,
+                               "twin": twin} for variant, run in names.items() if variant in ("score-kd", "label-warm")]  # fmt: skip
         return {"budget": str(self.budget), "students": students, "ablations": ablations,
-                "teacher": {"spec": self.teacher_spec, "rungs": {"a": f"bundle:{self.bundle('teacher-cross6')}",
+                "teacher": {"spec": self.teacher_spec, "rungs": {"a": f"bundle:{self.rung_a}",
                                                                "c": self.teacher_spec}}}  # fmt: skip
 
 
@@ -328,9 +394,12 @@ def run_experiment(experiment: Experiment, *, echo=print) -> dict:
 
 def _promote_best(experiment: Experiment, manifest: dict, relevance: str, echo) -> None:
     """Export the MKD student with the best dev AUC (Exact vs the rest) to models/student, gated."""
-    metrics = json.loads((experiment.report / "eval-dev" / "metrics.json").read_text(encoding="utf-8"))
-    systems = metrics["sections"]["All queries"]["systems"]
-    auc = {name: s["metrics"]["auc_exact"]["value"] for name, s in systems.items()}
+    auc: dict[str, float] = {}
+    for family in experiment.families:
+        section = _section(experiment.eval_dir("dev", family) / "metrics.json")
+        auc |= {
+            name: s["metrics"]["auc_exact"]["value"] for name, s in (section or {}).get("systems", {}).items()
+        }
     mkd = [s["path"] for s in manifest["students"] if s["role"] == "mkd"]
     best = max(mkd, key=lambda path: auc.get(f"bundle:{Path(path).name}", float("-inf")))
     run = experiment.runs / Path(best).name.removeprefix(f"{experiment.prefix}-")
@@ -356,50 +425,60 @@ def _diff(section: dict, a: str, b: str, metric: str) -> str:
     return "not compared"
 
 
+SUMMARY_METRICS = ("auc_exact", "auc_relevant", "ndcg@10")
+SUMMARY_HEADER = ["| a − b | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 |", "|---|---|---|---|"]
+
+
+def _rows(section: dict, pairs: list[tuple[str, str]]) -> list[str]:
+    return [
+        f"| {a} − {b} | " + " | ".join(_diff(section, a, b, m) for m in SUMMARY_METRICS) + " |"
+        for a, b in pairs
+    ]
+
+
 def summarise(experiment: Experiment) -> str:
     """The issue's checks in Markdown, computed from the eval reports that exist: the shipped teacher
-    against rung (a) and the zero-shot default; per seed, the share of the twin-to-teacher gap on dev
-    AUC Exact-vs-rest that full MKD closes, and its paired differences with the twin and score KD."""
-    teacher_a = f"bundle:{experiment.prefix}-teacher-cross6"
+    against rung (a) and the zero-shot default; per family and seed, the share of the twin-to-teacher
+    gap on dev AUC Exact-vs-rest that full MKD closes, and its paired differences with the twin, score
+    KD and the default."""
+    teacher_a = f"bundle:{experiment.rung_a.name}"
     teacher_c = f"ensemble:{experiment.ensemble_dir.name}"
     default = f"bundle:{DEFAULT_BUNDLE.name}"
-    metrics = ("auc_exact", "auc_relevant", "ndcg@10")
     out = [f"# {experiment.prefix}: the issue's checks (computed from {experiment.report})", ""]
     for label, title in (("dev", "All queries"), ("dev", "Long-tail queries"), ("crowdflower-dev", "All queries"),
                          ("bundled-dev", "All queries")):  # fmt: skip
-        section = _section(experiment.report / f"eval-{label}" / "metrics.json", title)
-        if section is None:
+        teachers = _section(experiment.eval_dir(label) / "metrics.json", title)
+        if teachers is None:
             out += [f"## eval-{label}, {title}: not evaluated", ""]
             continue
-        systems = section["systems"]
-
-        def value(system: str, metric: str, systems=systems) -> float | None:
-            return systems[system]["metrics"][metric]["value"] if system in systems else None
-
-        out += [f"## eval-{label}, {title} ({section['pairs']} pairs, {section['queries']} queries)", ""]
-        out += ["| a − b | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 |", "|---|---|---|---|"]
-        rows = [(teacher_c, default), (teacher_c, teacher_a), (teacher_a, default)]
-        for seed in experiment.plan.seeds:
-            s = {v: f"bundle:{experiment.prefix}-{n}" for v, n in experiment.student_names(seed).items()}
-            rows += [
-                (s["mkd"], s["label"]),
-                (s["score-kd"], s["label"]),
-                (s["mkd"], s["score-kd"]),
-                (s["mkd"], default),
-            ]
-        for a, b in rows:
-            out.append(f"| {a} − {b} | " + " | ".join(_diff(section, a, b, m) for m in metrics) + " |")
-        out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) |",
-                "|---|---|---|---|---|---|"]  # fmt: skip
-        for seed in experiment.plan.seeds:
-            s = {v: f"bundle:{experiment.prefix}-{n}" for v, n in experiment.student_names(seed).items()}
-            twin, kd, mkd, top = (
-                value(x, "auc_exact") for x in (s["label"], s["score-kd"], s["mkd"], teacher_c)
-            )
-            if None in (twin, kd, mkd, top):
-                out.append(f"| {seed} | not all evaluated | | | | |")
-                continue
-            gap = (mkd - twin) / (top - twin) if top != twin else float("nan")
-            out.append(f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap:.0%} |")
+        out += [f"## eval-{label}, {title} ({teachers['pairs']} pairs, {teachers['queries']} queries)", ""]
+        out += ["### Teachers", "", *SUMMARY_HEADER]
+        out += _rows(teachers, [(teacher_c, default), (teacher_c, teacher_a), (teacher_a, default)])
+        top = teachers["systems"].get(teacher_c, {}).get("metrics", {}).get("auc_exact", {}).get("value")
         out.append("")
+        for family in experiment.families:
+            section = _section(experiment.eval_dir(label, family) / "metrics.json", title)
+            if section is None:
+                out += [f"### {family} students: not evaluated", ""]
+                continue
+            names = {seed: {v: f"bundle:{experiment.prefix}-{n}" for v, n in experiment.student_names(seed, family).items()}
+                     for seed in experiment.plan.seeds}  # fmt: skip
+            out += [f"### {family} students", "", *SUMMARY_HEADER]
+            for s in names.values():
+                out += _rows(section, [(s["mkd"], s["label"]), (s["score-kd"], s["label"]),
+                                       (s["mkd"], s["score-kd"]), (s["mkd"], default)])  # fmt: skip
+            out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) |",
+                    "|---|---|---|---|---|---|"]  # fmt: skip
+            systems = section["systems"]
+            for seed, s in names.items():
+                twin, kd, mkd = (
+                    systems[x]["metrics"]["auc_exact"]["value"] if x in systems else None
+                    for x in (s["label"], s["score-kd"], s["mkd"])
+                )
+                if None in (twin, kd, mkd, top):
+                    out.append(f"| {seed} | not all evaluated | | | | |")
+                    continue
+                gap = (mkd - twin) / (top - twin) if top != twin else float("nan")
+                out.append(f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap:.0%} |")
+            out.append("")
     return "\n".join(out) + "\n"

@@ -13,12 +13,14 @@ import pytest
 from core.bundle import read_manifest
 from core.cot import grade_distribution, read_records
 from core.grades import GRADE_LEVELS
+from distill.experiments.hd import Budget, Experiment
 from service.settings import DEFAULT_BUNDLE
 
 # Trains four students and scores them: not part of make test-fast.
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1200)  # about 4 min on a quiet 2-core machine; twice that beside a training run
 def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and_resumes(tmp_path):
     if not (DEFAULT_BUNDLE / "bundle.json").is_file():
         pytest.skip(f"{DEFAULT_BUNDLE} not built (make test builds it first)")
@@ -30,16 +32,27 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
     report = tmp_path / "reports" / "experiments" / "hd-smoke"
     manifest = json.loads((report / "experiment.json").read_text())
     assert {s["role"] for s in manifest["students"]} == {"label-only", "mkd"}
+    assert {(s["kind"], s["role"]) for s in manifest["students"]} == {
+        (k, r) for k in ("cross", "bi") for r in ("label-only", "mkd")
+    }
     for student in manifest["students"] + manifest["ablations"]:
-        assert read_manifest(student["path"]).kind == student["kind"] == "cross"
+        assert read_manifest(student["path"]).kind == student["kind"]
         assert Path(student["path"]).name.startswith("hd-smoke-")
         if student["role"] != "label-only":
-            assert Path(student["twin"]).name == f"hd-smoke-cross2-label-s{student['seed']}"
-    assert {s["role"] for s in manifest["ablations"]} == {"score-kd", "label-warm"}
-    # The KD students and the ablation start from the teacher's run; the twin from MiniLM.
-    for name, warm in (("cross2-label-s0", False), ("cross2-mkd-s0", True), ("cross2-label-warm-s0", True)):
+            family = "cross2" if student["kind"] == "cross" else "bi6"
+            assert Path(student["twin"]).name == f"hd-smoke-{family}-label-s{student['seed']}"
+    assert {(s["kind"], s["role"]) for s in manifest["ablations"]} == {
+        ("cross", "score-kd"),
+        ("cross", "label-warm"),
+        ("bi", "score-kd"),
+    }
+    # The cross KD students and the ablation start from the teacher's run; the twin from MiniLM. No bi
+    # student is warm-started: all start from all-MiniLM-L6-v2, the zero-shot default's weights.
+    for name, warm in (("cross2-label-s0", False), ("cross2-mkd-s0", True), ("cross2-label-warm-s0", True),
+                       ("bi6-label-s0", False), ("bi6-mkd-s0", False)):  # fmt: skip
         config = json.loads((tmp_path / "runs" / "hd-smoke" / name / "config.json").read_text())
         assert (config["init_from"] == str(tmp_path / "runs" / "hd-smoke" / "teacher-cross6")) is warm, name
+        assert config["kind"] == ("bi" if name.startswith("bi6") else "cross"), name
     # The shipped teacher is rung (c), the ensemble over rung (a) (a cross bundle) and the cheap judges.
     teacher = manifest["teacher"]["spec"]
     assert teacher == f"ensemble:{tmp_path / 'models' / 'teachers' / 'hd-smoke-ensemble'}"
@@ -58,15 +71,22 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
         "bundle:hd-smoke-teacher-cross6",
         "ensemble:hd-smoke-ensemble",
     } <= set(systems)
+    students = json.loads((report / "eval-dev-bi6" / "metrics.json").read_text())["sections"]["All queries"]
+    assert {"bundle:minilm-zero-shot-bi", "bundle:hd-smoke-bi6-mkd-s0"} <= set(students["systems"])
     summary = (report / "summary.md").read_text()
     assert "| bundle:hd-smoke-cross2-mkd-s0 − bundle:hd-smoke-cross2-label-s0 | " in summary
-    assert "gap closed by MKD" in summary and "| 0 | not all evaluated" not in summary
-    ablation = json.loads((report / "eval-dev-warm-start" / "metrics.json").read_text())
+    assert "| bundle:hd-smoke-bi6-mkd-s0 − bundle:minilm-zero-shot-bi | " in summary
+    # A gap table per family, on all dev queries and the long-tail slice.
+    assert summary.count("gap closed by MKD") == 4 and "| 0 | not all evaluated" not in summary
+    ablation = json.loads((report / "eval-dev-warm-start-cross2" / "metrics.json").read_text())
     assert "bundle:hd-smoke-cross2-label-warm-s0" in ablation["sections"]["All queries"]["systems"]
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # Every step with an output marker is skipped; the transfer set checks its own options.
+    markers = sum(step.done is not None for step in Experiment(tmp_path, Budget.smoke).steps())
+    assert markers == 24
     assert (
         again.returncode == 0
-        and again.stdout.count("already there") == 16
+        and again.stdout.count("already there") == markers
         and "already built with these options" in again.stdout
     ), again.stdout
