@@ -1,9 +1,8 @@
 """The one-shot GPU check of issue 15 (docs/BENCHMARKS.md, "GPU (prepared, not yet run)").
 
-carry.py    the payload's journey: one tar split into parts under the per-call limit, a manifest of
-            sha256 per part, per member and for the whole; on the GPU machine the parts carried over
-            consecutive calls are appended, checked and the wheels installed (standard library only:
-            it runs before anything is installed there)
+core/carry.py (shared with the teacher recipe, distill/teacher/gpu/) carries the payload: one tar
+            split into parts under the per-call limit, a sha256 manifest; on the GPU machine the parts
+            carried over consecutive calls are appended, checked and the wheels installed
 payload.py  what the payload holds (fp16 bundles, their CPU fp32 reference scores, the cross student's
             Hugging Face config for the sentence-transformers peer) and how it is built
 prepare.py  `make gpu-prepare`, on the CPU machine: train + export, download wheels, tar, split

@@ -6,12 +6,12 @@
 set -uo pipefail
 into=${RELEVANCE_GPU_DIR:-/tmp/relevance-gpu}
 python=${PYTHON:-python3}
-"$python" -m loadtest.gpu.carry receive --carried .gpu-carry --into "$into"
+"$python" -m core.carry receive --carried .gpu-carry --into "$into"
 status=$?
 if [ "$status" -eq 3 ]; then exit 0; fi   # more parts to come: the next call carries the next one
 if [ "$status" -ne 0 ]; then exit "$status"; fi
 if [ ! -f "$into/site/.installed" ]; then
-  "$python" -m loadtest.gpu.carry install --into "$into" ${CARRY_INSTALL_ARGS:-} || exit 1
+  "$python" -m core.carry install --into "$into" ${CARRY_INSTALL_ARGS:-} || exit 1
   touch "$into/site/.installed"
 fi
 export PYTHONPATH="$into/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

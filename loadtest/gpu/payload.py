@@ -44,7 +44,7 @@ class Payload:
 
     @property
     def wheels(self) -> Path:
-        from loadtest.gpu.carry import WHEELS_DIR
+        from core.carry import WHEELS_DIR
 
         return self.root / WHEELS_DIR
 

@@ -19,7 +19,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from loadtest.gpu import carry
+from core import carry
 from loadtest.gpu.payload import Payload, build_models
 
 CARRY_DIR = Path(".gpu-carry")  # ignored by git; what each device call carries lives here

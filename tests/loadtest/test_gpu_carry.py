@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.gpu import carry
+from core import carry
 
 
 def _fake_wheel(folder: Path) -> Path:

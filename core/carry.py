@@ -1,15 +1,17 @@
 """Carry one payload to the GPU machine in parts, and put it back together there.
 
-A device call carries at most 64 MiB (working tree included), and the onnxruntime-gpu wheel alone is
-255.6 MB. So everything the GPU run needs beyond the tree (wheels, fp16 bundles, reference scores) is
-one uncompressed tar (the wheels and ONNX weights do not compress), split into parts of at most
+A device call carries at most 64 MiB (working tree included), and what a GPU run needs beyond the
+tree is larger: the onnxruntime-gpu wheel of the serving check (loadtest/gpu/) is 255.6 MB, the
+embedded LLM of the teacher recipe (distill/teacher/gpu/) 98 MB. So that payload (wheels, weights,
+data) is one uncompressed tar (the wheels and weights do not compress), split into parts of at most
 ``PART_MIB``; ``manifest.json`` records the sha256 of each part, of each tar member and of the whole.
 Each device call carries the manifest and one part; ``receive`` keeps the parts that arrived (on the
 machine's /tmp, which lives while the machine stays warm between consecutive calls), and once all are
 there appends them in order into the tar, checks every hash and extracts it. ``install`` then puts the
 wheels into a target folder with ``pip install --no-index --no-deps --target``.
 
-Standard library only: on the GPU machine this runs before anything is installed.
+Standard library only: on the GPU machine this runs before anything is installed. It lives in core
+because both GPU recipes use it (one in loadtest, one in distill) and neither may import the other.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Manifest:
             return cls(data["parts"], data["whole"], data["members"])
         except FileNotFoundError:
             raise CarryError(
-                f"{path}: no manifest (run `make gpu-prepare`, and carry it with each part)"
+                f"{path}: no manifest (build the payload with its prepare step, and carry the manifest with each part)"
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CarryError(f"{path}: not a payload manifest ({exc})") from None
@@ -207,9 +209,7 @@ def install(payload: Path, target: Path, *, cross: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.gpu.carry", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m core.carry", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser(
         "receive", help="keep the carried parts; reassemble, check, extract once all arrived"
