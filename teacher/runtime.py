@@ -78,6 +78,10 @@ class Teacher:
             seed=seed,
         )
 
+    def _score_request(self, prepared: PreparedJudgement) -> VerdictRequest:
+        """The score-mode request of a prepared pair: the fallback verdict of a CoT cut off before its grade."""
+        return self._request(prepared.query_text, prepared.item_text, "score", self.temperature, self.seed)
+
     def prepare(self, query: str, item: Mapping[str, Any], mode: Mode) -> PreparedJudgement:
         """The rendered texts and the backend request of one judgement (also what Batch request files
         carry, distill/teacher/batch.py)."""
@@ -133,19 +137,14 @@ class Teacher:
         if result.distribution is not None:
             return record
         query_text, item_text = prepared.query_text, prepared.item_text
-        errors = list(record.parse_errors)
-        distribution, source, votes = None, None, None
         if not result.reached_verdict and mode == "cot":
             # Keep the partial reasoning; still read a verdict, without CoT, so the pair has a score.
-            fallback = await self.backend.verdict(
-                self._request(query_text, item_text, "score", self.temperature, self.seed)
-            )
+            fallback = await self.backend.verdict(self._score_request(prepared))
             if fallback.distribution is not None:
-                distribution, source = fallback.distribution, fallback.source
-                errors.append("grade distribution read in score mode (no CoT)")
-        if distribution is None:
-            distribution, votes = await self._vote(query_text, item_text, mode, result)
-            source = "votes" if distribution else "none"
+                return _read_in_score_mode(record, fallback)
+        errors = list(record.parse_errors)
+        distribution, votes = await self._vote(query_text, item_text, mode, result)
+        source = "votes" if distribution else "none"
         return record.model_copy(
             update={
                 "grade": _most_probable(distribution) or record.grade,
@@ -179,6 +178,63 @@ class Teacher:
         counts = Counter(grades)
         # ``votes`` counts the samples that named a grade (unparseable samples cannot vote).
         return {level: counts[level] / len(grades) for level in self.levels}, len(grades)
+
+
+class BatchedTeacher(Teacher):
+    """A Teacher over a backend that judges many requests at once, greedily (``verdict_batch``: the
+    transformers backend on a GPU). ``relevance teacher annotate`` hands it chunks of pairs
+    (``judge_many``), so a GPU labels a transfer set in padded batches through the same prompt,
+    parser and record as ``judge``."""
+
+    def __init__(self, backend: Backend, *, batch_tokens: int, **options: Any) -> None:
+        if not hasattr(backend, "verdict_batch"):
+            raise ValueError(
+                f"{backend.backend_id}: this backend judges one request at a time (no verdict_batch)"
+            )
+        if options.get("temperature", 0.0) > 0:
+            raise ValueError("batched judgements are greedy: temperature must be 0")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, not {batch_tokens}")
+        super().__init__(backend, **options)
+        self.batch_tokens = batch_tokens
+
+    async def judge_many(self, pairs: Sequence[Any], *, mode: Mode = "score") -> list[CoTRecord]:
+        """Records of ``pairs`` (each with ``query``, ``item.as_mapping()`` and ``label``), in order."""
+        import asyncio
+
+        prepared = [self.prepare(p.query, p.item.as_mapping(), mode) for p in pairs]
+        results = await asyncio.to_thread(
+            self.backend.verdict_batch,
+            [p.request for p in prepared],
+            batch_tokens=self.batch_tokens,  # type: ignore[attr-defined]
+        )
+        records = [
+            self.record(pr, r, label=p.label) for pr, r, p in zip(prepared, results, pairs, strict=True)
+        ]
+        cut = [i for i, r in enumerate(results) if r.distribution is None]  # CoT cut off before the grade
+        if cut:
+            fallbacks = await asyncio.to_thread(
+                self.backend.verdict_batch,  # type: ignore[attr-defined]
+                [self._score_request(prepared[i]) for i in cut],
+                batch_tokens=self.batch_tokens,
+            )
+            for i, fallback in zip(cut, fallbacks, strict=True):
+                records[i] = _read_in_score_mode(records[i], fallback)
+        return records
+
+
+def _read_in_score_mode(record: CoTRecord, fallback: VerdictResult) -> CoTRecord:
+    """A CoT record cut off before its grade, with the grade distribution of a score-mode verdict."""
+    distribution = fallback.distribution or {}
+    return record.model_copy(
+        update={
+            "grade": _most_probable(distribution) or record.grade,
+            "grade_distribution": distribution,
+            "distribution_source": fallback.source or "none",
+            "parse_ok": False,
+            "parse_errors": [*record.parse_errors, "grade distribution read in score mode (no CoT)"],
+        }
+    )
 
 
 def _grade_of(text: str, levels: Sequence[str]) -> str | None:

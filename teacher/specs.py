@@ -12,7 +12,11 @@ Teacher specs (``load_teacher``)::
 Any spec may end with ``?key=value&...`` setting Teacher options: temperature, seed, votes,
 max_tokens (e.g. ``llamacpp?temperature=0.7&seed=2``); openai specs also take ``api=chat`` (default)
 or ``api=completions`` (see backends/openai_http.py); llamacpp and hf specs take ``threads`` (default 2;
-1 is faster on an oversubscribed CPU, where the threads wait on each other).
+1 is faster on an oversubscribed CPU, where the threads wait on each other). hf specs also take
+``device`` (cpu, cuda, cuda:N), ``dtype`` (float32, bfloat16, float16) and ``batch_tokens``: with it,
+the teacher judges many pairs at once in padded batches of at most that many tokens, greedily
+(``BatchedTeacher``; ``relevance teacher annotate`` hands it chunks), e.g.
+``hf:runs/teacher?device=cuda&dtype=bfloat16&batch_tokens=65536``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from teacher.runtime import Teacher
+from teacher.runtime import BatchedTeacher, Teacher
 
 _OPTION_TYPES: dict[str, type] = {
     "temperature": float,
@@ -29,7 +33,12 @@ _OPTION_TYPES: dict[str, type] = {
     "max_tokens": int,
     "api": str,
     "threads": int,
+    "device": str,
+    "dtype": str,
+    "batch_tokens": int,
 }
+_HF_ONLY = ("device", "dtype", "batch_tokens")
+_HF_DTYPES = ("float32", "bfloat16", "float16")
 # One model per (GGUF file, threads): teachers that differ only in sampling options share it.
 _LLAMACPP_BACKENDS: dict[str, Any] = {}
 
@@ -67,6 +76,11 @@ def load_teacher(spec: str, **options: Any) -> Teacher:
     threads = teacher_options.pop("threads", 2)
     if kind not in ("llamacpp", "hf") and "threads" in spec_options:
         raise TeacherSpecError(f"teacher spec {spec!r}: option threads applies to llamacpp and hf specs only")
+    hf_options = {k: teacher_options.pop(k) for k in _HF_ONLY if k in teacher_options}
+    if kind != "hf" and hf_options:
+        raise TeacherSpecError(
+            f"teacher spec {spec!r}: options {', '.join(hf_options)} apply to hf specs only"
+        )
     if kind != "openai" and api != "chat":
         raise TeacherSpecError(f"teacher spec {spec!r}: option api applies to openai specs only")
     if kind == "llamacpp":
@@ -90,7 +104,18 @@ def load_teacher(spec: str, **options: Any) -> Teacher:
 
         if not target:
             raise TeacherSpecError(f"teacher spec {spec!r}: expected hf:/path/to/checkpoint")
-        return Teacher(TransformersBackend(target, n_threads=threads), **teacher_options)
+        dtype = hf_options.get("dtype", "float32")
+        if dtype not in _HF_DTYPES:
+            raise TeacherSpecError(f"teacher spec {spec!r}: dtype must be one of {', '.join(_HF_DTYPES)}")
+        backend = TransformersBackend(
+            target, n_threads=threads, device=hf_options.get("device", "cpu"), dtype=dtype
+        )
+        if "batch_tokens" not in hf_options:
+            return Teacher(backend, **teacher_options)
+        try:
+            return BatchedTeacher(backend, batch_tokens=hf_options["batch_tokens"], **teacher_options)
+        except ValueError as exc:
+            raise TeacherSpecError(f"teacher spec {spec!r}: {exc}") from None
     raise TeacherSpecError(
         f"unknown teacher spec {spec!r}: expected llamacpp, llamacpp:/path/model.gguf, "
         "openai:MODEL@http://host:port/v1 or hf:/path/to/checkpoint"

@@ -98,6 +98,19 @@ def continuation_tokens(
     return tokenize_alone(level)
 
 
+def level_first_tokens(tokenize: Callable[[str], list[int]], levels: Sequence[str]) -> list[int]:
+    """The first token of each level right after the verdict prefix ``"grade": "`` (in context, as
+    ``continuation_tokens`` reads it). Batched verdicts and the LoRA SFT's verdict loss need them
+    distinct, so that one position's logits give the whole distribution."""
+    from teacher.prompt import GRADE_KEY_PREFIX
+
+    prefix = tokenize(GRADE_KEY_PREFIX)
+    firsts = [continuation_tokens(prefix, GRADE_KEY_PREFIX, level, tokenize, tokenize)[0] for level in levels]
+    if len(set(firsts)) != len(firsts):
+        raise ValueError(f"grade levels {list(levels)} share a first token: the verdict needs distinct ones")
+    return firsts
+
+
 def level_distribution(
     prefix: list[int], level_tokens: Mapping[str, list[int]], next_logprobs: Callable[[list[int]], Any]
 ) -> dict[str, float]:

@@ -22,12 +22,14 @@ from distill.teacher.lora import (
     build_example,
     build_examples,
     evaluate,
-    level_first_tokens,
+    merge_adapter,
     run_lora_sft,
     split_by_query,
+    text_tokenizer,
 )
 from distill.teacher.lora_gguf import export_gguf, permute_for_rope
 from teacher import load_teacher
+from teacher.backends.base import level_first_tokens
 from teacher.parser import parse_output
 from teacher.prompt import COT_PREFILL, GRADE_KEY_PREFIX, SCORE_PREFILL, build_messages
 
@@ -76,7 +78,7 @@ def test_labels_cover_exactly_the_assistant_turn(tokenizer, records, mode) -> No
     head = prompt + answer[: answer.rindex(GRADE_KEY_PREFIX) + len(GRADE_KEY_PREFIX)]
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     assert example.input_ids[: example.verdict_index + 1] == head_ids
-    firsts = level_first_tokens(tokenizer, record.grade_levels)
+    firsts = level_first_tokens(text_tokenizer(tokenizer), record.grade_levels)
     assert example.input_ids[example.verdict_index + 1] == firsts[record.grade_levels.index(record.grade)]
 
 
@@ -100,7 +102,7 @@ def test_loss_is_the_mean_over_assistant_tokens_only(base, tokenizer, records) -
     batch.append(
         build_example(records[2], "cot", tokenizer, records[2].grade_levels)
     )  # different lengths: padding
-    firsts = level_first_tokens(tokenizer, records[0].grade_levels)
+    firsts = level_first_tokens(text_tokenizer(tokenizer), records[0].grade_levels)
     with torch.no_grad():
         loss, verdict_ce, _ = batch_losses(model, batch, tokenizer.eos_token_id, firsts, "cpu")
         # Reference: full logits, every assistant token of every example, nothing else.
@@ -142,7 +144,7 @@ async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, 
         threads=1, precision="fp32", target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )  # fmt: skip
     examples, _ = build_examples(records, tokenizer, config)
-    firsts = level_first_tokens(tokenizer, records[0].grade_levels)
+    firsts = level_first_tokens(text_tokenizer(tokenizer), records[0].grade_levels)
     no_autocast = torch.autocast("cpu", enabled=False)
     before = evaluate(
         AutoModelForCausalLM.from_pretrained(base),
@@ -180,6 +182,17 @@ async def test_lora_run_trains_merges_and_serves_as_hf_teacher(base, tokenizer, 
     record = await teacher.judge(pair.query, pair.item.as_mapping(), mode="score")
     assert record.distribution_source == "logits" and record.parse_ok
     assert math.isclose(sum(record.grade_distribution.values()), 1.0, abs_tol=1e-9)
+
+    # The bf16 adapter alone (what a GPU run brings back) rebuilds the merged model, up to its rounding.
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(t.dtype == torch.bfloat16 for t in adapter.values())
+    rebuilt = load_file(merge_adapter(base, out / "adapter", tmp_path / "rebuilt") / "model.safetensors")
+    assert rebuilt.keys() == tuned.keys()
+    for name in changed:
+        delta, error = tuned[name] - original[name], rebuilt[name] - tuned[name]
+        assert error.abs().max() <= 0.02 * delta.abs().max() + 1e-6, name
+    with pytest.raises(FileNotFoundError, match="no adapter there"):
+        merge_adapter(base, tmp_path / "missing", tmp_path / "never")
 
     # A base not made by `relevance teacher convert-base` has no GGUF to copy: said, not faked.
     result = export_gguf(out, echo=lambda _: None)

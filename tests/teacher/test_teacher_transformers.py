@@ -7,6 +7,7 @@ tokenizer's chat template, the verdict position, and a distribution read from th
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 from tiny_llama import save_tiny_llama
@@ -82,3 +83,88 @@ async def test_a_cancelled_generation_stops_within_a_token(checkpoint) -> None:
         await asyncio.sleep(0.01)
     assert not backend._lock.locked(), "the generation went on after its caller was cancelled"
     assert time.monotonic() - cancelled < 1.0
+
+
+async def test_batched_verdicts_are_the_one_by_one_verdicts(checkpoint) -> None:
+    """verdict_batch (the GPU labelling path) pads rows of different lengths together; each row's
+    text and distribution must be what ``verdict`` gives for it alone."""
+    teacher = Teacher(load_teacher(f"hf:{checkpoint}").backend, max_tokens=10)
+    backend = teacher.backend
+    items = [
+        ITEM,
+        {"id": "m2", "title": "Mouse"},
+        {"id": "m3", "title": "Cordless optical mouse with a long description " * 4, "brand": "Acme"},
+    ]
+    requests = [
+        teacher.prepare(query, item, mode).request
+        for query in ("wireless mouse", "m")
+        for item in items
+        for mode in ("score", "cot")
+    ]
+    done: list[int] = []
+    # A budget that puts two or three rows of unequal length in a batch: padding is exercised.
+    width = max(len(backend.tokenize(backend.render_prompt(r.messages))) for r in requests)
+    batched = backend.verdict_batch(requests, batch_tokens=3 * (width + 10), progress=done.append)
+    assert sum(done) == len(requests)
+    for request, got in zip(requests, batched, strict=True):
+        alone = backend._verdict_blocking(request, threading.Event())
+        assert got.text == alone.text and got.reached_verdict == alone.reached_verdict
+        if alone.distribution is None:
+            assert got.distribution is None  # a CoT that never reached the grade (random weights)
+        else:
+            assert got.distribution.keys() == alone.distribution.keys()
+            for level, p in alone.distribution.items():
+                assert got.distribution[level] == pytest.approx(p, abs=1e-5)
+    assert any(r.reached_verdict for r in batched) and any(not r.reached_verdict for r in batched)
+
+
+def test_batched_verdicts_refuse_sampling(checkpoint) -> None:
+    from dataclasses import replace
+
+    teacher = Teacher(load_teacher(f"hf:{checkpoint}").backend)
+    request = replace(teacher.prepare("mouse", ITEM, "score").request, temperature=0.7)
+    with pytest.raises(ValueError, match="request 0: verdict_batch is greedy only"):
+        teacher.backend.verdict_batch([request])
+
+
+async def test_a_batched_teacher_gives_the_records_judge_gives(checkpoint) -> None:
+    """`hf:…?batch_tokens=N` loads a BatchedTeacher: its judge_many (what `relevance teacher annotate`
+    calls) makes the records judge makes, the score-mode fallback of a cut-off CoT included."""
+    from types import SimpleNamespace
+
+    from core.item import Item
+    from teacher.runtime import BatchedTeacher
+
+    batched = load_teacher(f"hf:{checkpoint}?batch_tokens=2048&max_tokens=10")
+    assert isinstance(batched, BatchedTeacher) and batched.batch_tokens == 2048
+    single = Teacher(batched.backend, max_tokens=10)
+    pairs = [
+        SimpleNamespace(query=q, item=Item.model_validate(item), label=label)
+        for q, item, label in (
+            ("wireless mouse", ITEM, "Exact"),
+            ("usb mouse", {"id": "m2", "title": "Mouse"}, None),
+        )
+    ]
+    for mode in ("score", "cot"):
+        got = await batched.judge_many(pairs, mode=mode)
+        for pair, record in zip(pairs, got, strict=True):
+            expected = await single.judge(pair.query, pair.item.as_mapping(), label=pair.label, mode=mode)
+            assert record.label == pair.label and record.raw_output == expected.raw_output
+            assert record.parse_errors == expected.parse_errors
+            assert record.distribution_source == expected.distribution_source == "logits"
+            assert record.grade == expected.grade
+            for level, p in expected.grade_distribution.items():
+                assert record.grade_distribution[level] == pytest.approx(p, abs=1e-5)
+    # cut off before the grade (random weights): the verdict was read in score mode, as judge does
+    assert "grade distribution read in score mode (no CoT)" in got[0].parse_errors
+
+
+def test_batch_options_are_checked_in_the_spec(checkpoint) -> None:
+    from teacher.specs import TeacherSpecError
+
+    with pytest.raises(TeacherSpecError, match="apply to hf specs only"):
+        load_teacher("llamacpp?batch_tokens=100")
+    with pytest.raises(TeacherSpecError, match="dtype must be one of"):
+        load_teacher(f"hf:{checkpoint}?dtype=int8")
+    with pytest.raises(TeacherSpecError, match="greedy: temperature must be 0"):
+        load_teacher(f"hf:{checkpoint}?batch_tokens=100&temperature=0.5")
