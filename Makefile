@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEFAULT_BUNDLE := models/minilm-zero-shot-bi
 
-.PHONY: venv serve test test-fast system-deps console-screenshot experiment-hd bench infinity-venv gpu-prepare gpu-check lint format audit default-bundle clean
+.PHONY: venv serve test test-fast system-deps console-screenshot experiment-hd bench infinity-venv gpu-prepare gpu-check teacher-gpu-prepare teacher-gpu-dry-run teacher-gpu-collect lint format audit default-bundle clean
 
 # llama.cpp (the /explain teacher) for AVX2, without AMX: a native build on a CPU that reports AMX
 # crashes at its first evaluation where the kernel does not grant AMX tiles (seen on a VM here), and a
@@ -80,6 +80,24 @@ gpu-prepare: $(STAMP) $(DEFAULT_BUNDLE)/bundle.json
 
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m loadtest.gpu.run --payload .gpu-carry/payload --out $(GPU_OUT) $(GPU_ARGS)
+
+# The teacher GPU recipe (issue 16; docs/TEACHER.md, "The GPU recipe"). teacher-gpu-prepare: SFT
+# records, pairs, transfer set, GGUF and wheels into .teacher-gpu-carry/ as parts a device call can carry
+# (it prints the calls); teacher-gpu-collect: the files brought back (TEACHER_GPU_RESULTS) → runs/teacher-gpu.
+# teacher-gpu-dry-run: the whole recipe on this CPU on a slice of bundled ESCI (100 train + 100 dev pairs, 2 steps).
+TEACHER_GPU_RESULTS ?= reports/teacher-gpu/results
+TEACHER_GPU_DRY := .teacher-gpu-dry
+teacher-gpu-prepare: $(STAMP)
+	$(BIN)/python -m distill.teacher.gpu.prepare $(TEACHER_GPU_ARGS)
+
+teacher-gpu-collect: $(STAMP)
+	$(BIN)/python -m distill.teacher.gpu.collect --results $(TEACHER_GPU_RESULTS) --into runs/teacher-gpu
+
+teacher-gpu-dry-run: $(STAMP)
+	$(BIN)/python -m distill.teacher.gpu.prepare --carry-dir $(TEACHER_GPU_DRY)/carry --train bundled:train --dev bundled:dev --slice 100 --per-query 1 --random-per-query 0
+	rm -rf $(TEACHER_GPU_DRY)/results && DRY_RUN=1 PYTHON=$(BIN)/python CARRY_DIR=$(TEACHER_GPU_DRY)/carry \
+	  RELEVANCE_GPU_DIR=$(TEACHER_GPU_DRY)/device OUT=$(TEACHER_GPU_DRY)/results bash distill/teacher/gpu/on_device.sh
+	$(BIN)/python -m distill.teacher.gpu.collect --results $(TEACHER_GPU_DRY)/results --into $(TEACHER_GPU_DRY)/collected
 
 # Dependency audit of the installed environment; fails on any finding not listed, with its reason,
 # in audit-ignore.txt. Dependencies the vulnerability service cannot look up are listed as skipped.

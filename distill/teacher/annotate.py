@@ -56,6 +56,7 @@ class AnnotationSummary(BaseModel):
     evidence_spans: int = 0
     unverified_evidence_spans: int = 0
     torn_lines_truncated: int = 0
+    stopped_early: str | None = None  # why pairs were left for a rerun (the deadline), else None
     elapsed_s: float = 0.0
     pairs_per_s: float = 0.0
 
@@ -65,16 +66,20 @@ def record_key(record: CoTRecord) -> CacheKey:
 
 
 class _Writer:
-    """Appends whole lines and makes each durable before the next (line-atomic across kills)."""
+    """Appends whole lines and makes each durable before the next (line-atomic across kills).
+    ``durable=False`` leaves the flushing to the file object: for a run that writes to a scratch disk
+    it will not resume from (the GPU run), where an fsync per record would cost more than the model."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("ab")
+        self._durable = durable
 
     def write(self, record: CoTRecord) -> None:
         self._file.write(record.model_dump_json().encode("utf-8") + b"\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -122,8 +127,8 @@ def pending_pairs(pairs: Sequence[LabelledPair], out: Path | None, key: tuple[st
 class RecordSink:
     """Appends each pair's record to the output (line-atomic) and counts it into the summary."""
 
-    def __init__(self, out: Path, summary: AnnotationSummary) -> None:
-        self._writer = _Writer(out)
+    def __init__(self, out: Path, summary: AnnotationSummary, *, durable: bool = True) -> None:
+        self._writer = _Writer(out, durable=durable)
         self._summary = summary
         self._sources: Counter[str] = Counter()
 
@@ -152,8 +157,15 @@ async def annotate(
     mode: Mode = "score",
     concurrency: int = 1,
     progress: bool = True,
+    deadline: float | None = None,
+    durable: bool = True,
 ) -> AnnotationSummary:
-    """Judge every pair not yet in ``out`` and append its record; returns the run's summary."""
+    """Judge every pair not yet in ``out`` and append its record; returns the run's summary.
+
+    ``deadline`` (a ``time.perf_counter()`` value; teachers with ``judge_many`` only): no chunk starts
+    after it, and the summary says how many pairs were left. ``durable``: fsync each record (_Writer)."""
+    if deadline is not None and not hasattr(teacher, "judge_many"):
+        raise ValueError("a deadline needs a teacher that judges pairs in chunks (judge_many)")
     todo = pending_pairs(pairs, out, (teacher.teacher_id, teacher.prompt_version, mode))
     summary = AnnotationSummary(
         out=str(out),
@@ -171,7 +183,7 @@ async def annotate(
         total=len(pending), unit="pair", desc=f"annotate {mode}", disable=not progress, file=sys.stderr
     )
     semaphore = asyncio.Semaphore(max(1, concurrency))
-    sink = RecordSink(out, summary)
+    sink = RecordSink(out, summary, durable=durable)
     started = time.perf_counter()
 
     def count_error(pair: LabelledPair, exc: Exception) -> None:
@@ -197,6 +209,11 @@ async def annotate(
         # Each query's pairs together, so a teacher that scores a query's items in one request gets them.
         ordered = sorted(pending, key=lambda p: p.query)
         for start in range(0, len(ordered), JUDGE_MANY_CHUNK):
+            if deadline is not None and time.perf_counter() >= deadline:
+                summary.stopped_early = (
+                    f"deadline reached: {len(ordered) - start} of {len(ordered)} pairs left for a rerun"
+                )
+                break
             chunk = ordered[start : start + JUDGE_MANY_CHUNK]
             try:
                 records = await teacher.judge_many(chunk, mode=mode)

@@ -181,30 +181,56 @@ class Example:
 
 def build_example(record: CoTRecord, mode: Mode, tokenizer: Any, levels: Sequence[str]) -> Example:
     """Token ids and labels for one record; the grade is tokenised as the backends read it."""
+    return tokenize_examples([(record, mode)], tokenizer, levels)[0]
+
+
+def tokenize_examples(
+    jobs: Sequence[tuple[CoTRecord, Mode]], tokenizer: Any, levels: Sequence[str]
+) -> list[Example]:
+    """``build_example`` of each (record, mode), the texts tokenised a list at a time (the fast
+    tokenizer spreads a list over its threads: on a 16-core GPU host, 92k examples in seconds)."""
+
+    def tokenize_all(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
     tokenize = text_tokenizer(tokenizer)
-    messages = build_messages(record.query, record.item_text, mode, levels)
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    head, grade = assistant_turn(record, mode)
-    prompt_ids = tokenize(prompt)
-    head_ids = tokenize(prompt + head)  # one string, as the backends tokenise the verdict prefix
-    if head_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(f"record {record.pair_id}: the prompt's tokens change when the answer follows it")
-    full = tokenize(prompt + head + grade)
-    grade_ids = (
-        full[len(head_ids) :]
-        if full[: len(head_ids)] == head_ids and len(full) > len(head_ids)
-        else tokenize(grade)
-    )
-    answer_ids = head_ids[len(prompt_ids) :] + grade_ids + tokenize('"}') + [tokenizer.eos_token_id]
-    return Example(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE] * len(prompt_ids) + answer_ids,
-        answer_start=len(prompt_ids),
-        verdict_index=len(head_ids) - 1,
-        grade=list(levels).index(grade),
-        group=record.query_id or record.query,
-        mode=mode,
-    )
+    closing = tokenize('"}') + [tokenizer.eos_token_id]
+    prompts, heads, grades = [], [], []
+    for record, mode in jobs:
+        messages = build_messages(record.query, record.item_text, mode, levels)
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        head, grade = assistant_turn(record, mode)
+        heads.append(head)
+        grades.append(grade)
+    prompt_ids = tokenize_all(prompts)
+    head_ids = tokenize_all(
+        [p + h for p, h in zip(prompts, heads, strict=True)]
+    )  # one string, as the backends tokenise the verdict prefix
+    full_ids = tokenize_all([p + h + g for p, h, g in zip(prompts, heads, grades, strict=True)])
+    examples = []
+    for (record, mode), prompt, head, full, grade in zip(
+        jobs, prompt_ids, head_ids, full_ids, grades, strict=True
+    ):
+        if head[: len(prompt)] != prompt:
+            raise ValueError(
+                f"record {record.pair_id}: the prompt's tokens change when the answer follows it"
+            )
+        grade_ids = (
+            full[len(head) :] if full[: len(head)] == head and len(full) > len(head) else tokenize(grade)
+        )
+        answer_ids = head[len(prompt) :] + grade_ids + closing
+        examples.append(
+            Example(
+                input_ids=prompt + answer_ids,
+                labels=[IGNORE] * len(prompt) + answer_ids,
+                answer_start=len(prompt),
+                verdict_index=len(head) - 1,
+                grade=list(levels).index(grade),
+                group=record.query_id or record.query,
+                mode=mode,
+            )
+        )
+    return examples
 
 
 def build_examples(
@@ -212,7 +238,7 @@ def build_examples(
 ) -> tuple[list[Example], dict[str, int]]:
     """Training examples and counts of what was used and skipped (nothing is dropped silently)."""
     counts: Counter[str] = Counter()
-    examples: list[Example] = []
+    jobs: list[tuple[CoTRecord, Mode]] = []
     first_levels: list[str] | None = None
     for record in records:
         levels = record.grade_levels
@@ -224,21 +250,20 @@ def build_examples(
         if record.grade not in levels:
             counts["skipped_no_grade"] += 1
             continue
-        modes: list[Mode] = []
         if config.targets in ("cot", "both"):
             if record.mode == "cot" and record.parse_ok:
-                modes.append("cot")
+                jobs.append((record, "cot"))
             else:
                 counts["no_cot_target (score-mode or unparsed record)"] += 1
         if config.targets in ("score", "both"):
-            modes.append("score")
-        for mode in modes:
-            example = build_example(record, mode, tokenizer, levels)
-            if len(example.input_ids) > config.max_length:
-                counts[f"skipped_too_long_{mode}"] += 1
-                continue
-            examples.append(example)
-            counts[f"examples_{mode}"] += 1
+            jobs.append((record, "score"))
+    examples: list[Example] = []
+    for example in tokenize_examples(jobs, tokenizer, first_levels or []) if jobs else []:
+        if len(example.input_ids) > config.max_length:
+            counts[f"skipped_too_long_{example.mode}"] += 1
+            continue
+        examples.append(example)
+        counts[f"examples_{example.mode}"] += 1
     return examples, dict(counts)
 
 
@@ -447,6 +472,7 @@ def run_lora_sft(
         ),
     )  # fmt: skip
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base_parameters = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     steps_per_epoch = len(epoch_batches(train, config.batch_size, random.Random(0)))
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -470,6 +496,8 @@ def run_lora_sft(
     model.train()
     bar = tqdm(total=total_steps, desc="lora sft", disable=not progress, file=sys.stderr)
     step = 0
+    tokens_trained = 0  # real (unpadded) tokens of the trained batches: the tokens/s of the report
+    loop_started = time.perf_counter()
     while step < total_steps:
         if not batches:
             batches = epoch_batches(train, config.batch_size, rng)
@@ -482,6 +510,7 @@ def run_lora_sft(
         scheduler.step()
         optimiser.zero_grad()
         step += 1
+        tokens_trained += sum(len(e.input_ids) for e in batch)
         train_losses.append(round(loss.item(), 4))
         bar.update(1)
         bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
@@ -504,6 +533,7 @@ def run_lora_sft(
         if out_of_time:
             break
     bar.close()
+    loop_s = time.perf_counter() - loop_started
     if held:
         model.load_state_dict(best_state, strict=False)  # the adapter with the best held-out verdict CE
     out.mkdir(parents=True, exist_ok=True)
@@ -528,6 +558,9 @@ def run_lora_sft(
         "held_out_queries": len({e.group for e in held}),
         "trainable_parameters": trainable,
         "steps": step,
+        "tokens_trained": tokens_trained,
+        "train_loop_s": round(loop_s, 2),  # the steps and held-out evaluations, not loading or saving
+        "base_parameters": base_parameters,
         "stop_reason": stop_reason,
         "best_step": best["step"] if held else None,  # None: no held-out queries, the last adapter is kept
         "eval_history": history,

@@ -47,6 +47,9 @@ class TransformersBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
         self.model.eval()
+        # Tokens through the model by verdict_batch (what the GPU run's tokens/s are computed from):
+        # real and padded positions of the verdict forwards, prompt and generated tokens of CoT generation.
+        self.batch_tokens_seen = {"verdict": 0, "verdict_padded": 0, "generation_prompt": 0, "generated": 0}
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
@@ -142,7 +145,7 @@ class TransformersBackend(Backend):
         cot = [i for i, r in enumerate(requests) if r.mode == "cot"]
         if cot:
             generated = self._generate_batch(
-                [self.tokenize(prompts[i] + texts[i]) for i in cot],
+                self._tokenize_many([prompts[i] + texts[i] for i in cot]),
                 [requests[i].max_tokens for i in cot],
                 batch_tokens,
             )
@@ -157,7 +160,7 @@ class TransformersBackend(Backend):
                         progress(1)
         todo = [i for i in range(len(requests)) if reached[i]]
         distributions = self._verdict_logits_batch(
-            [self.tokenize(prompts[i] + texts[i]) for i in todo], firsts, batch_tokens, progress
+            self._tokenize_many([prompts[i] + texts[i] for i in todo]), firsts, batch_tokens, progress
         )
         results = [VerdictResult(text=t, reached_verdict=False) for t in texts]
         for i, logits in zip(todo, distributions, strict=True):
@@ -169,6 +172,10 @@ class TransformersBackend(Backend):
                 text=texts[i] + grade + '"}', reached_verdict=True, distribution=distribution, source="logits"
             )
         return results
+
+    def _tokenize_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """``tokenize`` of each text, in one call (the fast tokenizer spreads a list over its threads)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
     def _batches(self, lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
         """Indices grouped by similar length, each group's rows × longest row ≤ batch_tokens (at least one row)."""
@@ -202,6 +209,8 @@ class TransformersBackend(Backend):
                 ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
                 mask[row, : len(sequences[i])] = 1
             last = torch.tensor([len(sequences[i]) - 1 for i in batch], device=self.device)
+            self.batch_tokens_seen["verdict"] += int(mask.sum())
+            self.batch_tokens_seen["verdict_padded"] += mask.numel()
             with self._lock, torch.inference_mode():
                 hidden = decoder(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
@@ -239,7 +248,9 @@ class TransformersBackend(Backend):
                     tokenizer=self.tokenizer,
                     pad_token_id=self.pad_id,
                 )[:, width:].cpu()
+            self.batch_tokens_seen["generation_prompt"] += int(mask.sum())
             for row, i in enumerate(batch):
                 tokens = generated[row, : max_tokens[i]].tolist()
                 out[i] = tokens  # pads after a row's stop are special tokens: decode skips them
+                self.batch_tokens_seen["generated"] += sum(t != self.pad_id for t in tokens)
         return out
