@@ -4,7 +4,7 @@ the teacher GPU run carries (payload.py), as parts a device call can carry (core
 1. the SFT records: the rule CoT of the train pairs, ending in the human grade (bootstrap-cot);
 2. the dev pairs, and the transfer set: the train pairs plus, per train query, ``--per-query``
    unjudged top-BM25 items and ``--random-per-query`` random ones (at the defaults, 16 and 4 on Home
-   Depot train: 147,540 unlabelled pairs beside the 45,854 labelled ones);
+   Depot train: 141,283 unlabelled pairs beside the 45,854 labelled ones, 187,137 in all);
 3. the embedded SmolLM2 GGUF, the base of the SFT;
 4. the wheels the GPU image lacks, for its python 3.12, at the versions installed here;
 5. one tar of it all, split into parts under the per-call limit, with a sha256 manifest.
