@@ -190,7 +190,11 @@ def stage_sft(payload: TeacherPayload, base: Path, work: Path, out: Path, plan: 
         tar.add(teacher / ADAPTER_DIR, arcname=ADAPTER_DIR)
         tar.add(teacher / LORA_REPORT, arcname=LORA_REPORT)
     # LoRA: a forward (2N) and the activations' gradients (2N) per token; the frozen weights get none.
-    flops = 4 * report["base_parameters"] * report["tokens_trained"]
+    # N leaves out the embedding table: a lookup, not a matmul (the tied output layer is applied to
+    # the answer positions only).
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    matmul_parameters = report["base_parameters"] - config["vocab_size"] * config["hidden_size"]
+    flops = 4 * matmul_parameters * report["tokens_trained"]
     loop_s = report["train_loop_s"]
     return teacher, {
         "records": len(records),
@@ -219,7 +223,10 @@ def label_set(
     summary = asyncio.run(annotate(teacher, pairs, jsonl, mode=mode, deadline=deadline, durable=False))  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     tokens = {k: v - seen[k] for k, v in teacher.backend.batch_tokens_seen.items()}
-    parameters = sum(p.numel() for p in teacher.backend.model.parameters())
+    model = teacher.backend.model
+    # 2N per token through the decoder, N without the embedding table (a lookup; the verdict applies
+    # the output layer to one position per row). Padded positions are computed too, so they count.
+    parameters = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     flops = 2 * parameters * (tokens["verdict_padded"] + tokens["generation_prompt"] + tokens["generated"])
     files = write_gzip_chunks(jsonl.open("rb"), out, name) if jsonl.is_file() else []
     spans, unverified = summary.evidence_spans, summary.unverified_evidence_spans
