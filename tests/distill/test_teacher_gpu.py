@@ -96,10 +96,12 @@ def test_the_dry_run_runs_every_stage_and_brings_back_records(dry_run) -> None:
     )
     assert all(r.query_id and r.label for r in dev)  # kept for the evaluation
     cot = report["stages"]["cot"]
-    assert (
-        cot["records"] == records["cot"]["records"] == DRY_RUN_PLAN.cot_train + DRY_RUN_PLAN.cot_dev
-        and cot["parse_rate"] is not None
-    )
+    for name, count in (("cot-dev", DRY_RUN_PLAN.cot_dev), ("cot-train", DRY_RUN_PLAN.cot_train)):
+        assert (
+            cot[name]["records"] == records[name]["records"] == count and cot[name]["parse_rate"] is not None
+        )
+    cot_dev, _ = read_records(Path(records["cot-dev"]["path"]))
+    assert {r.pair_id for r in cot_dev} <= {r.pair_id for r in dev} and all(r.mode == "cot" for r in cot_dev)
 
 
 def _with_their_dependencies(names: set[str]) -> set[str]:

@@ -15,8 +15,8 @@ Results folder ($OUT of the device call; at most 8 files of 16 MiB come back)::
 
     report.json                     stage wall times, tokens/s, share of the bf16 peak, counts, rates
     adapter.tar                     adapter/ (bf16 LoRA weights) and lora.json of the SFT
-    records-<set>-NN.jsonl.gz       CoT records (core/cot.py) of set dev, transfer or cot, in chunks
-                                    of at most CHUNK_BYTES compressed
+    records-<set>-NN.jsonl.gz       CoT records (core/cot.py) of each of RECORD_SETS, in chunks of
+                                    at most CHUNK_BYTES compressed
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ TRANSFER_PAIRS = "data/transfer.jsonl.gz"
 
 REPORT = "report.json"
 ADAPTER_TAR = "adapter.tar"
-RECORD_SETS = ("dev", "transfer", "cot")  # the order they are labelled in: dev first, for the metrics
+# In the order they are labelled: score mode for dev (first, for the metrics) and the transfer set,
+# then CoT mode for a dev sample (/explain's rates) and a train sample (the students' CoT loss).
+RECORD_SETS = ("dev", "transfer", "cot-dev", "cot-train")
 MAX_RESULT_FILES = 8
 CHUNK_BYTES = 15 << 20  # under the 16 MiB per file that comes back
 
