@@ -143,15 +143,15 @@ def prepare(
     log=print,
 ) -> carry.Manifest:
     payload = TeacherPayload(carry_dir / carry.PAYLOAD_DIR)
+    wanted = {"train": train, "dev": dev, "slice": slice_pairs,
+              "transfer_options": {"per_query": per_query, "random_per_query": random_per_query, "seed": 0}}  # fmt: skip
     try:
         payload.check()
-        same = {k: payload.info().get(k) for k in ("train", "dev", "slice")} == {
-            "train": train, "dev": dev, "slice": slice_pairs,
-        }  # fmt: skip
+        same = {k: payload.info().get(k) for k in wanted} == wanted
     except FileNotFoundError:
         same = False
     if same and not rebuild:
-        log(f"payload: keeping {payload.root} (built from the same data; --rebuild redoes it)")
+        log(f"payload: keeping {payload.root} (built from the same data and options; --rebuild redoes it)")
     else:
         build_payload(
             payload, train, dev, per_query=per_query, random_per_query=random_per_query,

@@ -225,10 +225,14 @@ def label_set(
     tokens = {k: v - seen[k] for k, v in teacher.backend.batch_tokens_seen.items()}
     model = teacher.backend.model
     # 2N per token through the decoder, N without the embedding table (a lookup; the verdict applies
-    # the output layer to one position per row). Padded positions are computed too, so they count.
+    # the output layer to one position per row). The verdicts' padded positions are computed too, so
+    # they count; a generation's left padding does not (an undercount).
     parameters = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     flops = 2 * parameters * (tokens["verdict_padded"] + tokens["generation_prompt"] + tokens["generated"])
-    files = write_gzip_chunks(jsonl.open("rb"), out, name) if jsonl.is_file() else []
+    files = []
+    if jsonl.is_file():
+        with jsonl.open("rb") as lines:
+            files = write_gzip_chunks(lines, out, name)
     spans, unverified = summary.evidence_spans, summary.unverified_evidence_spans
     return {
         "pairs": len(pairs),
