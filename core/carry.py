@@ -208,6 +208,56 @@ def install(payload: Path, target: Path, *, cross: bool = False) -> list[str]:
     return [w.name for w in wheels]
 
 
+def pinned(name: str) -> str:
+    """``NAME==VERSION`` of a distribution as installed here: the GPU machine gets the same version."""
+    from importlib import metadata
+
+    return f"{name}=={metadata.version(name)}"
+
+
+def download_wheels(dest: Path, specs: list[str], log=print) -> list[Path]:
+    """One wheel per ``NAME==VERSION`` spec for the GPU machine's python and platform (``pip download
+    --no-deps``) into ``dest``; a distribution with a wheel there already is not downloaded again."""
+    dest.mkdir(parents=True, exist_ok=True)
+    platforms = [a for p in GPU_PLATFORMS for a in ("--platform", p)]
+    for spec in specs:
+        name = spec.split("==")[0].replace("-", "_").lower()
+        if any(p.name.lower().startswith(name + "-") for p in dest.glob("*.whl")):
+            continue
+        log(f"wheels: downloading {spec}")
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+        command += ["--python-version", GPU_PYTHON_VERSION, "--implementation", "cp", *platforms]
+        subprocess.run([*command, "-d", str(dest), spec], check=True)
+    wheels = sorted(dest.glob("*.whl"))
+    names = [w.name.split("-")[0].lower() for w in wheels]
+    doubles = sorted({n for n in names if names.count(n) > 1})
+    if doubles:
+        raise CarryError(f"{dest}: more than one wheel of {', '.join(doubles)}; delete the old ones")
+    return wheels
+
+
+def pack(source_dir: Path, carry_dir: Path, device_command: str, log=print) -> Manifest:
+    """Tar ``source_dir``, split it into ``carry_dir`` with its manifest, and print what was packed
+    and the device calls to make, each running ``device_command``."""
+    carry_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = carry_dir / TAR_FILE
+    members = make_tar(source_dir, tar_path)
+    manifest = split(tar_path, carry_dir, members)
+    tar_path.unlink()
+    log(
+        f"carry: {manifest.whole['bytes'] / 2**20:.1f} MiB in {len(manifest.parts)} parts of ≤ {PART_MIB} MiB:"
+    )
+    for part in manifest.parts:
+        log(f"  {carry_dir / part['file']}  {part['bytes'] / 2**20:.1f} MiB  sha256 {part['sha256'][:16]}…")
+    for member in sorted(members):
+        log(f"  member {member}  {(source_dir / member).stat().st_size / 2**20:.2f} MiB")
+    log("device calls, consecutive (the machine keeps /tmp only while warm, 30 s between calls):")
+    for part in manifest.parts:
+        carried = f'["{carry_dir}/{MANIFEST_FILE}", "{carry_dir}/{part["file"]}"]'
+        log(f'  run(command="{device_command}", carry={carried}, timeout_s=600)')
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.carry", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

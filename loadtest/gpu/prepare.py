@@ -16,7 +16,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from core import carry
@@ -56,29 +55,9 @@ GPU_IMAGE_HAS += ("shellingham", "tokenizers", "typer", "pyyaml", "tqdm", "scipy
 OPTIONAL_IMPORTS = ("sniffio", "watchfiles", "websockets", "importlib-resources", "uvloop")
 
 
-def pinned(name: str) -> str:
-    return f"{name}=={metadata.version(name)}"
-
-
 def download_wheels(dest: Path, log=print) -> list[Path]:
-    """One wheel per carried distribution for cp312 manylinux x86-64 (pip download --no-deps)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    specs = [pinned(n) for n in CARRIED_DISTRIBUTIONS] + [ONNXRUNTIME_GPU]
-    platforms = [a for p in carry.GPU_PLATFORMS for a in ("--platform", p)]
-    for spec in specs:
-        name = spec.split("==")[0].replace("-", "_").lower()
-        if any(p.name.lower().startswith(name + "-") for p in dest.glob("*.whl")):
-            continue
-        log(f"wheels: downloading {spec}")
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        command += ["--python-version", carry.GPU_PYTHON_VERSION, "--implementation", "cp", *platforms]
-        subprocess.run([*command, "-d", str(dest), spec], check=True)
-    wheels = sorted(dest.glob("*.whl"))
-    names = [w.name.split("-")[0].lower() for w in wheels]
-    doubles = sorted({n for n in names if names.count(n) > 1})
-    if doubles:
-        raise SystemExit(f"{dest}: more than one wheel of {', '.join(doubles)}; delete the old ones")
-    return wheels
+    """The carried distributions at the versions installed here, and onnxruntime-gpu (core/carry.py)."""
+    return carry.download_wheels(dest, [*map(carry.pinned, CARRIED_DISTRIBUTIONS), ONNXRUNTIME_GPU], log)
 
 
 def train_cross(runs_dir: Path, log=print) -> Path:
@@ -113,22 +92,7 @@ def prepare(
         pairs = pairs[:dev_pairs] if dev_pairs else pairs
         build_models(payload, DEFAULT_BUNDLE, train_cross(work / "runs", log), pairs, DEV_DATA, work, log)
     download_wheels(payload.wheels, log)
-    tar_path = carry_dir / carry.TAR_FILE
-    members = carry.make_tar(payload.root, tar_path)
-    manifest = carry.split(tar_path, carry_dir, members)
-    tar_path.unlink()
-    log(
-        f"carry: {manifest.whole['bytes'] / 2**20:.1f} MiB in {len(manifest.parts)} parts of ≤ {carry.PART_MIB} MiB:"
-    )
-    for part in manifest.parts:
-        log(f"  {carry_dir / part['file']}  {part['bytes'] / 2**20:.1f} MiB  sha256 {part['sha256'][:16]}…")
-    for wheel in sorted(payload.wheels.glob("*.whl")):
-        log(f"  wheel {wheel.name}  {wheel.stat().st_size / 2**20:.1f} MiB")
-    log("device calls, consecutive (the machine keeps /tmp only while warm, 30 s between calls):")
-    for part in manifest.parts:
-        log(
-            f'  run(command="bash loadtest/gpu/on_device.sh", carry=["{carry_dir}/{carry.MANIFEST_FILE}", "{carry_dir}/{part["file"]}"], timeout_s=600)'
-        )
+    manifest = carry.pack(payload.root, carry_dir, "bash loadtest/gpu/on_device.sh", log)
     return manifest
 
 

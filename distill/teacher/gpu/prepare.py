@@ -19,9 +19,7 @@ import argparse
 import gzip
 import json
 import shutil
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from core import carry
@@ -52,25 +50,6 @@ GPU_IMAGE_HAS += ("sortedcontainers",)
 # Imported here only because installed (this venv has them for selenium), by importers that work without
 # them: not carried.
 OPTIONAL_IMPORTS = ("trio", "outcome")
-
-
-def _pinned(name: str) -> str:
-    return f"{name}=={metadata.version(name)}"
-
-
-def download_wheels(dest: Path, log=print) -> list[Path]:
-    """One wheel per carried distribution for cp312 manylinux x86-64 (pip download --no-deps)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    platforms = [a for p in carry.GPU_PLATFORMS for a in ("--platform", p)]
-    for spec in map(_pinned, CARRIED_DISTRIBUTIONS):
-        name = spec.split("==")[0].replace("-", "_").lower()
-        if any(p.name.lower().startswith(name + "-") for p in dest.glob("*.whl")):
-            continue
-        log(f"wheels: downloading {spec}")
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        command += ["--python-version", carry.GPU_PYTHON_VERSION, "--implementation", "cp", *platforms]
-        subprocess.run([*command, "-d", str(dest), spec], check=True)
-    return sorted(dest.glob("*.whl"))
 
 
 def _write_gz(path: Path, lines) -> int:
@@ -157,23 +136,9 @@ def prepare(
             payload, train, dev, per_query=per_query, random_per_query=random_per_query,
             slice_pairs=slice_pairs, work=carry_dir / "work", log=log,
         )  # fmt: skip
-    download_wheels(payload.wheels, log)
-    tar_path = carry_dir / carry.TAR_FILE
-    members = carry.make_tar(payload.root, tar_path)
-    manifest = carry.split(tar_path, carry_dir, members)
-    tar_path.unlink()
-    log(
-        f"carry: {manifest.whole['bytes'] / 2**20:.1f} MiB in {len(manifest.parts)} parts of ≤ {carry.PART_MIB} MiB:"
-    )
-    for member in sorted(members):
-        log(f"  {member}  {(payload.root / member).stat().st_size / 2**20:.2f} MiB")
-    log("device calls, consecutive (the machine keeps /tmp only while warm, 30 s between calls):")
+    carry.download_wheels(payload.wheels, [*map(carry.pinned, CARRIED_DISTRIBUTIONS)], log)
     env = "" if carry_dir == CARRY_DIR else f"CARRY_DIR={carry_dir} "
-    for part in manifest.parts:
-        log(
-            f'  run(command="{env}bash distill/teacher/gpu/on_device.sh", carry=["{carry_dir}/{carry.MANIFEST_FILE}", '
-            f'"{carry_dir}/{part["file"]}"], timeout_s=600)'
-        )
+    manifest = carry.pack(payload.root, carry_dir, f"{env}bash distill/teacher/gpu/on_device.sh", log)
     return manifest
 
 
