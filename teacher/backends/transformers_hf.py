@@ -177,6 +177,19 @@ class TransformersBackend(Backend):
         """``tokenize`` of each text, in one call (the fast tokenizer spreads a list over its threads)."""
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
+    def _padded(self, rows: Sequence[list[int]], *, left: bool) -> tuple[Any, Any]:
+        """(ids, attention mask) of ``rows`` padded to the longest: on the left for generation (every
+        row ends where it continues), on the right for the verdict forward (positions unchanged)."""
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for number, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[number, span] = torch.tensor(row)
+            mask[number, span] = 1
+        return ids, mask
+
     def _batches(self, lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
         """Indices grouped by similar length, each group's rows × longest row ≤ batch_tokens (at least one row)."""
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -202,12 +215,7 @@ class TransformersBackend(Backend):
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         columns = torch.tensor(list(firsts), device=self.device)
         for batch in self._batches([len(s) for s in sequences], batch_tokens):
-            width = max(len(sequences[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-                mask[row, : len(sequences[i])] = 1
+            ids, mask = self._padded([sequences[i] for i in batch], left=False)
             last = torch.tensor([len(sequences[i]) - 1 for i in batch], device=self.device)
             self.batch_tokens_seen["verdict"] += int(mask.sum())
             self.batch_tokens_seen["verdict_padded"] += mask.numel()
@@ -232,12 +240,8 @@ class TransformersBackend(Backend):
         out: list[list[int]] = [[] for _ in sequences]
         budget = max(max_tokens)
         for batch in self._batches([len(s) + budget for s in sequences], batch_tokens):
-            width = max(len(sequences[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, width - len(sequences[i]) :] = torch.tensor(sequences[i])
-                mask[row, width - len(sequences[i]) :] = 1
+            ids, mask = self._padded([sequences[i] for i in batch], left=True)
+            width = ids.shape[1]
             with self._lock, torch.inference_mode():
                 generated = self.model.generate(
                     ids.to(self.device),

@@ -140,26 +140,22 @@ def share_of_peak(flops: float, seconds: float, device: str) -> float | None:
     return round(flops / seconds / (H200_BF16_PEAK_TFLOPS * 1e12), 4)
 
 
-def read_gz_records(path: Path) -> list:
-    import gzip
-
-    from core.cot import CoTRecord
-
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [CoTRecord.model_validate_json(line) for line in f if line.strip()]
-
-
-def read_gz_pairs(path: Path, work: Path) -> list:
-    """Generic-JSONL pairs (payload.py) through the project's own loader, skipping nothing."""
+def gunzip(path: Path, work: Path) -> Path:
+    """``path`` decompressed into ``work`` (the project's readers take plain JSONL files)."""
     import gzip
     import shutil
-
-    from distill.data.datasets import load_dataset
 
     plain = work / path.name.removesuffix(".gz")
     with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    dataset = load_dataset(str(plain))
+    return plain
+
+
+def read_pairs(path: Path, work: Path) -> list:
+    """Generic-JSONL pairs (payload.py) through the project's own loader, skipping nothing."""
+    from distill.data.datasets import load_dataset
+
+    dataset = load_dataset(str(gunzip(path, work)))
     if dataset.skipped:
         raise ValueError(f"{path}: the loader skipped pairs ({dataset.skipped}); the payload is damaged")
     return dataset.pairs
@@ -174,9 +170,10 @@ def stage_convert(payload: TeacherPayload, work: Path) -> tuple[Path, dict[str, 
 
 
 def stage_sft(payload: TeacherPayload, base: Path, work: Path, out: Path, plan: Plan) -> tuple[Path, dict]:
+    from core.cot import read_records
     from distill.teacher.lora import ADAPTER_DIR, LORA_REPORT, LoRAConfig, Targets, run_lora_sft
 
-    records = read_gz_records(payload.path(SFT_RECORDS))
+    records, _ = read_records(gunzip(payload.path(SFT_RECORDS), work))
     config = LoRAConfig(
         targets=Targets.both, rank=plan.rank, alpha=plan.alpha, dropout=0.05, target_modules=PROJECTIONS,
         lr=plan.lr, batch_size=plan.batch_size, epochs=plan.epochs, max_steps=plan.max_steps,
@@ -280,8 +277,8 @@ def run(payload: TeacherPayload, out: Path, work: Path, plan: Plan, *, dry_run: 
     started = time.perf_counter()
     spec = f"hf:{checkpoint}?device={plan.device}&dtype={plan.dtype}&threads={plan.threads}"
     teacher = load_teacher(f"{spec}&batch_tokens={plan.batch_tokens}&max_tokens={plan.cot_max_tokens}")
-    dev = read_gz_pairs(payload.path(DEV_PAIRS), work)
-    transfer = read_gz_pairs(payload.path(TRANSFER_PAIRS), work)
+    dev = read_pairs(payload.path(DEV_PAIRS), work)
+    transfer = read_pairs(payload.path(TRANSFER_PAIRS), work)
     deadline = time.perf_counter() + 60 * plan.label_minutes
     labelled = {name: label_set(teacher, pairs, name, "score", work, out, deadline, plan)
                 for name, pairs in zip(RECORD_SETS[:2], (dev, transfer), strict=True)}  # fmt: skip
