@@ -37,6 +37,14 @@ def register(app: typer.Typer) -> None:
                 "bi-encoder from the zero-shot default's weights)"
             ),
         ] = ",".join(FAMILIES),
+        sweep: Annotated[
+            bool,
+            typer.Option(
+                "--sweep",
+                help="the KD weight/temperature sweep (full-MKD students of the first seed, one knob moved "
+                "at a time; hd.py: SWEEP) in place of the students and evaluations; writes sweep.md",
+            ),
+        ] = False,
         summary: Annotated[
             bool,
             typer.Option(
@@ -47,7 +55,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Home Depot distillation: transfer set, teacher rungs, label-only and MKD students, eval,
         experiment.json and summary.md (distill/experiments/hd.py). Steps whose output exists are skipped: rerun to resume."""
-        from distill.experiments.hd import Experiment, check_families, run_experiment, summarise
+        from distill.experiments.hd import (
+            Experiment,
+            check_families,
+            run_experiment,
+            summarise,
+            summarise_sweep,
+        )
 
         try:
             chosen = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -61,11 +75,11 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--students") from None
         try:
-            experiment = Experiment(root=root, budget=budget, seeds=chosen, families=families)
+            experiment = Experiment(root=root, budget=budget, seeds=chosen, families=families, sweep=sweep)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--seeds") from None
         if summary:
-            typer.echo(summarise(experiment))
+            typer.echo(summarise_sweep(experiment) if sweep else summarise(experiment))
             return
         try:
             run_experiment(experiment, echo=typer.echo)

@@ -25,7 +25,11 @@ skipped when its output is already there, so a killed or timed-out run resumes w
    teacher spec), then the best MKD student is exported to models/student through the promotion gate
    (full budget only; a refusal is reported, not an error)
 
-Not built yet (issue 12): the LLM rung (b), the KD weight/temperature sweep and the frontier table.
+``--sweep`` runs, in place of steps 7–10, the KD weight/temperature sweep: full-MKD students of the
+first seed with one knob moved at a time from the chain's defaults (``SWEEP``), next to the default
+MKD student, evaluated paired on the dev split (``eval-dev-sweep-FAMILY``).
+
+Not built yet (issue 12): the LLM rung (b) and the frontier table.
 ``--budget smoke`` runs the same chain on the bundled ESCI split with a few optimiser steps, so the
 recipe is exercised in CI; ``--budget full`` is the real run (not yet run end to end in one go here:
 see the sizing below).
@@ -108,6 +112,11 @@ class Plan:
 # top of the rest. The full chain with both families and 3 seeds is therefore two sessions' work here
 # (every step resumes): ``--students`` and ``--seeds`` choose what one session runs.
 STUDENT_STEPS = 2000
+# The chain's score-KD settings (weight 1, T = 2: the trainer's defaults, fixed before any Home Depot
+# number was seen) and the sweep around them, one knob at a time: T at half and twice, the weight at
+# about a third and three times (against the hard label's weight of 1 and the CoT term's 0.5).
+KD_DEFAULT = (1.0, 2.0)  # (--w-score-kd, --temperature)
+SWEEP: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 4.0), (0.3, 2.0), (3.0, 2.0))
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
 # on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
 EXPORT_CHECK_DATA = "bundled:dev"
@@ -145,6 +154,7 @@ class Experiment:
     budget: Budget
     seeds: tuple[int, ...] | None = None  # None: the plan's
     families: tuple[str, ...] = tuple(FAMILIES)  # student families, in training order
+    sweep: bool = False  # the KD weight/temperature sweep in place of the students and evaluations
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +196,13 @@ class Experiment:
         ablation = FAMILIES[family].warm_start and seed == self.plan.seeds[0]
         variants = ["label", "mkd", "score-kd"] + (["label-warm"] if ablation else [])
         return {v: f"{family}-{v}-s{seed}" for v in variants}
+
+    def sweep_names(self, family: str) -> dict[tuple[float, float], str]:
+        """Run names of the sweep's full-MKD students (first seed), by (weight, temperature); the
+        chain's own MKD student is the sweep's centre."""
+        seed = self.plan.seeds[0]
+        names = {KD_DEFAULT: self.student_names(seed, family)["mkd"]}
+        return names | {(w, t): f"{family}-mkd-w{w:g}-t{t:g}-s{seed}" for w, t in SWEEP}
 
     def eval_dir(self, label: str, family: str | None = None) -> Path:
         """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students."""
@@ -239,14 +256,21 @@ class Experiment:
         default = f"bundle:{DEFAULT_BUNDLE}"
         teachers = [default, "bm25", f"bundle:{teacher}", self.teacher_spec]
         teacher_compare = [(self.teacher_spec, f"bundle:{teacher}")]
-        for label, data in (("dev", p.dev), *p.transfer_checks):
-            steps.append(self._eval(self.eval_dir(label), data, teachers, teacher_compare))
+        if not self.sweep:
+            for label, data in (("dev", p.dev), *p.transfer_checks):
+                steps.append(self._eval(self.eval_dir(label), data, teachers, teacher_compare))
 
-        kd = ["--train", str(transfer), "--teacher-scores", str(records), "--w-score-kd", "1"]
+        def kd(weight: float = KD_DEFAULT[0], temperature: float = KD_DEFAULT[1]) -> list[str]:
+            return ["--train", str(transfer), "--teacher-scores", str(records),
+                    "--w-score-kd", f"{weight:g}", "--temperature", f"{temperature:g}"]  # fmt: skip
+
+        def mkd(weight: float = KD_DEFAULT[0], temperature: float = KD_DEFAULT[1]) -> list[str]:
+            return [*kd(weight, temperature), "--teacher-cot", str(cot), "--w-cot", "0.5"]
+
         options = {
             "label": ["--train", p.train],
-            "score-kd": kd,
-            "mkd": [*kd, "--teacher-cot", str(cot), "--w-cot", "0.5"],
+            "score-kd": kd(),
+            "mkd": mkd(),
             "label-warm": ["--train", p.train],
         }
         for name in self.families:
@@ -258,14 +282,27 @@ class Experiment:
             warm = ["--init-from", str(self.runs / "teacher-cross6")] if family.warm_start else []
 
             def train(
-                seed: int, variant: str, run: str, family: Family = family, warm: list[str] = warm
-            ) -> list[Step]:
+                seed: int, variant: str, run: str, family: Family = family, warm: list[str] = warm,
+                kd_options: list[str] | None = None,
+            ) -> list[Step]:  # fmt: skip
+                """kd_options: in place of the variant's own options (the sweep's settings)."""
                 common = ["--kind", family.kind, "--layers", str(p.student_layers or family.layers), "--lr", str(family.lr),
                           "--seed", str(seed), *(warm if variant != "label" else [])]  # fmt: skip
                 return self._train_and_export(
-                    run, self.bundle(run), p.student_max_steps, [*common, *options[variant]]
+                    run, self.bundle(run), p.student_max_steps, [*common, *(kd_options or options[variant])]
                 )
 
+            if self.sweep:
+                runs_by_setting = self.sweep_names(name)
+                for (weight, temperature), run in runs_by_setting.items():
+                    steps += train(p.seeds[0], "mkd", run, kd_options=mkd(weight, temperature))
+                centre = self.spec(runs_by_setting[KD_DEFAULT])
+                variants = [
+                    self.spec(run) for setting, run in runs_by_setting.items() if setting != KD_DEFAULT
+                ]
+                steps.append(self._eval(self.eval_dir("dev-sweep", name), p.dev, [default, "bm25", centre, *variants],
+                                        [(v, centre) for v in variants]))  # fmt: skip
+                continue
             # The main students and their evaluation first, the ablation after; full MKD before score KD
             # alone: a run cut short has the twin-against-MKD comparison the issue asks for first.
             main = [
@@ -379,8 +416,13 @@ def run_experiment(experiment: Experiment, *, echo=print) -> dict:
         if code != 0:
             raise RuntimeError(f"{head} failed (exit {code}); rerun to resume from this step")
         echo(f"{head}: done in {time.monotonic() - started:.0f} s")
-    manifest = experiment.manifest()
     experiment.report.mkdir(parents=True, exist_ok=True)
+    if experiment.sweep:  # the sweep trains no twin: experiment.json and the promotion are the chain's
+        path = experiment.report / "sweep.md"
+        path.write_text(summarise_sweep(experiment), encoding="utf-8")
+        echo(f"wrote {path}")
+        return {}
+    manifest = experiment.manifest()
     path = experiment.report / "experiment.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     echo(f"wrote {path}")
@@ -481,4 +523,35 @@ def summarise(experiment: Experiment) -> str:
                 gap = (mkd - twin) / (top - twin) if top != twin else float("nan")
                 out.append(f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap:.0%} |")
             out.append("")
+    return "\n".join(out) + "\n"
+
+
+def summarise_sweep(experiment: Experiment) -> str:
+    """The KD weight/temperature sweep in Markdown, from its eval reports: per family, each setting's
+    dev metrics and its paired difference with the chain's setting (the centre)."""
+    out = [
+        f"# {experiment.prefix}: the KD weight/temperature sweep (full MKD, seed {experiment.plan.seeds[0]})",
+        "",
+    ]
+    for family in experiment.families:
+        section = _section(experiment.eval_dir("dev-sweep", family) / "metrics.json")
+        if section is None:
+            out += [f"## {family}: not evaluated", ""]
+            continue
+        out += [f"## {family} ({section['pairs']} pairs, {section['queries']} queries)", "",
+                "| w score KD | T | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 | Δ AUC E-vs-rest vs centre "
+                "| Δ AUC EP-vs-I | Δ NDCG@10 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        names = experiment.sweep_names(family)
+        centre = experiment.spec(names[KD_DEFAULT])
+        for (weight, temperature), run in names.items():
+            spec = experiment.spec(run)
+            metrics = section["systems"].get(spec, {}).get("metrics")
+            if metrics is None:
+                out.append(f"| {weight:g} | {temperature:g} | not evaluated | | | | | |")
+                continue
+            values = [f"{metrics[m]['value']:.3f}" for m in SUMMARY_METRICS]
+            diffs = (["centre"] * 3 if spec == centre else
+                     [_diff(section, spec, centre, m) for m in SUMMARY_METRICS])  # fmt: skip
+            out.append(f"| {weight:g} | {temperature:g} | " + " | ".join(values + diffs) + " |")
+        out.append("")
     return "\n".join(out) + "\n"

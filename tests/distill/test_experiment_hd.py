@@ -13,7 +13,7 @@ import pytest
 from core.bundle import read_manifest
 from core.cot import grade_distribution, read_records
 from core.grades import GRADE_LEVELS
-from distill.experiments.hd import Budget, Experiment
+from distill.experiments.hd import KD_DEFAULT, Budget, Experiment
 from service.settings import DEFAULT_BUNDLE
 
 # Trains four students and scores them: not part of make test-fast.
@@ -90,3 +90,20 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
         and again.stdout.count("already there") == markers
         and "already built with these options" in again.stdout
     ), again.stdout
+
+    # The KD weight/temperature sweep on the same root: the prefix and the centre (the chain's own MKD
+    # student) are reused, the four other settings trained and evaluated against it.
+    sweep = subprocess.run([*command, "--sweep", "--students", "cross2"], capture_output=True, text=True,
+                           timeout=900)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    assert "train cross2-mkd-s0: already there" in sweep.stdout
+    experiment = Experiment(tmp_path, Budget.smoke, families=("cross2",), sweep=True)
+    settings = experiment.sweep_names("cross2")
+    assert len(settings) == 5 and settings[KD_DEFAULT] == "cross2-mkd-s0"
+    for (weight, temperature), run in settings.items():
+        config = json.loads((tmp_path / "runs" / "hd-smoke" / run / "config.json").read_text())
+        assert (config["weights"]["score_kd"], config["temperature"]) == (weight, temperature), run
+        assert config["weights"]["cot"] == 0.5 and config["teacher_cot"], run
+    table = (report / "sweep.md").read_text()
+    assert table.count("\n| ") == 6 and "not evaluated" not in table, table  # header + 5 settings
+    assert "| 3 | 2 | " in table and "| 1 | 2 | " in table and "centre" in table
