@@ -7,7 +7,9 @@
 3. Infinity side by side: same requests, same sweep, same run, both servers up and load levels
    alternating. Bi bundles: the same MiniLM weights through its embeddings endpoint. Cross
    bundles: the student's encoder (runs/<provenance.run>/, converted by loadtest/hf_cross.py, or
-   --infinity-rerank-model) through its rerank endpoint.
+   --infinity-rerank-model) through its rerank endpoint. Engine ``optimum`` (the default): those
+   weights as ONNX at the bundle's precision (loadtest/hf_onnx.py), so an int8 bundle meets an int8
+   peer; ``torch``: Infinity's fp32 PyTorch path.
 4. Efficiency: FLOPs per pair (loadtest/efficiency.py formula), the same requests through the raw
    ONNX session without HTTP, and both as a fraction of the matmul peak.
 Writes reports/bench-<date>/report.json and report.md, and returns the Markdown.
@@ -46,6 +48,7 @@ RUNS_DIR = Path(
     "runs"
 )  # student run folders (distill/students/run_folder.py), for the HF copy Infinity reranks with
 READY_PATH = "/readyz"
+INFINITY_ENGINES = ("optimum", "torch")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class BenchOptions:
     timeout_s: float = 60.0
     infinity: bool = True
     infinity_venv: Path = INFINITY_VENV
+    infinity_engine: str = "optimum"  # one of INFINITY_ENGINES
     infinity_rerank_model: Path | None = None
     efficiency: bool = True
     raw_onnx_seconds: float = 10.0
@@ -129,6 +133,22 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
         run_dir, out_dir / f"hf-{bundle.name}", max_length=manifest.max_pair_tokens
     )
     return "infinity-rerank", hf_dir
+
+
+def _infinity_folder(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -> tuple[str, Path] | str:
+    """What Infinity serves for ``bundle`` with ``opts.infinity_engine``: (API, model folder), or why not."""
+    chosen = _infinity_model(manifest, bundle, opts, out_dir)
+    if isinstance(chosen, str) or opts.infinity_engine == "torch":
+        return chosen
+    from loadtest.hf_onnx import onnx_model_folder
+
+    api, hf_dir = chosen
+    try:
+        return api, onnx_model_folder(
+            hf_dir, out_dir / f"onnx-{bundle.name}", api=api, precision=manifest.provenance.precision
+        )
+    except ValueError as exc:
+        return str(exc)
 
 
 def run_bench(opts: BenchOptions, log=print) -> tuple[dict[str, Any], str]:
@@ -211,7 +231,7 @@ def _serve_and_compare(
         our_target = Target(f"relevance {bundle.name}", ours.base_url)
         theirs, their_target = None, None
         if opts.infinity:
-            chosen = _infinity_model(manifest, bundle, opts, out_dir)
+            chosen = _infinity_folder(manifest, bundle, opts, out_dir)
             if isinstance(chosen, str):
                 log(f"  Infinity skipped: {chosen}")
                 entry["infinity"] = {"skipped": chosen}
@@ -219,14 +239,30 @@ def _serve_and_compare(
                 api, model_dir = chosen
                 port = free_port()
                 try:
+                    # The optimum engine (0.0.78) lists a local folder's ONNX files with the folder's
+                    # path in front and optimum then finds no file of that name: it only loads a
+                    # folder given as ".", so Infinity runs inside the model folder. It caches its
+                    # optimised graph under the hub cache keyed by that path: one cache per report
+                    # folder, so never a stale graph.
+                    optimum = opts.infinity_engine == "optimum"
                     theirs = stack.enter_context(
                         managed_server(
                             "infinity",
-                            infinity_command(model_dir, "bench-model", port, venv=opts.infinity_venv),
+                            infinity_command(
+                                Path(".") if optimum else model_dir,
+                                "bench-model",
+                                port,
+                                engine=opts.infinity_engine,
+                                venv=opts.infinity_venv.resolve(),
+                            ),
                             port=port,
                             ready_path="/health",
                             log_path=out_dir / f"infinity-{bundle.name}.log",
-                            env=INFINITY_ENV,
+                            env={
+                                **INFINITY_ENV,
+                                "HF_HUB_CACHE": str((out_dir / "infinity-hub-cache").resolve()),
+                            },
+                            cwd=model_dir if optimum else None,
                             startup_timeout_s=300,
                         )
                     )
@@ -241,7 +277,12 @@ def _serve_and_compare(
                         model="bench-model",
                         template=manifest.template,
                     )
-                    entry["infinity"] = {"api": api, "model_dir": str(model_dir), "sweep": []}
+                    entry["infinity"] = {
+                        "api": api,
+                        "engine": opts.infinity_engine,
+                        "model_dir": str(model_dir),
+                        "sweep": [],
+                    }
         entry["sweep"] = []
         for clients in opts.clients:
             entry["sweep"].append(measure_level(our_target, requests, clients, opts, ours.pid, log))
@@ -330,7 +371,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 out += [f"Not run: {inf['skipped']}", ""]
             else:
                 out += [
-                    f"Infinity {inf['api']} serving `{inf['model_dir']}`, same requests, same run.",
+                    f"Infinity {inf['api']} (engine {inf.get('engine', 'torch')}) serving "
+                    f"`{inf['model_dir']}`, same requests, same run.",
                     "",
                     report.sweep_table(inf["sweep"]),
                     "",

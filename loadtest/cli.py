@@ -54,6 +54,13 @@ def register(app: typer.Typer) -> None:
         infinity_venv: Annotated[Path, typer.Option(help="Virtualenv holding infinity_emb.")] = Path(
             ".venv-infinity"
         ),
+        infinity_engine: Annotated[
+            str,
+            typer.Option(
+                help="Infinity's engine: optimum (ONNX of the bundle's weights at the bundle's precision, "
+                "loadtest/hf_onnx.py) or torch (its fp32 PyTorch path)."
+            ),
+        ] = "optimum",
         infinity_rerank_model: Annotated[
             Path | None,
             typer.Option(
@@ -77,7 +84,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Benchmark the service (real uvicorn) against Infinity and the raw ONNX session; print Markdown."""
         from core.bundle import BundleError, read_manifest
-        from loadtest.bench import BenchOptions, run_bench
+        from loadtest.bench import INFINITY_ENGINES, BenchOptions, run_bench
         from loadtest.workload import SizeDistribution
 
         bundles = bundle or _default_bundles()
@@ -91,6 +98,11 @@ def register(app: typer.Typer) -> None:
                 read_manifest(path)
             except BundleError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--bundle") from None
+        if infinity_engine not in INFINITY_ENGINES:
+            raise typer.BadParameter(
+                f"one of {', '.join(INFINITY_ENGINES)}, got {infinity_engine!r}",
+                param_hint="--infinity-engine",
+            )
         try:
             SizeDistribution.parse(items)
         except ValueError as exc:
@@ -103,6 +115,7 @@ def register(app: typer.Typer) -> None:
             warmup_s=warmup,
             infinity=infinity,
             infinity_venv=infinity_venv,
+            infinity_engine=infinity_engine,
             infinity_rerank_model=infinity_rerank_model,
             efficiency=efficiency,
             raw_onnx_seconds=raw_seconds,

@@ -56,8 +56,10 @@ def managed_server(
     log_path: Path,
     env: dict[str, str] | None = None,
     startup_timeout_s: float = 180.0,
+    cwd: Path | None = None,
 ):
-    """Start ``command``, wait until GET ``ready_path`` answers 200, yield a RunningServer, then stop it."""
+    """Start ``command`` (in ``cwd``), wait until GET ``ready_path`` answers 200, yield a RunningServer,
+    then stop it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
@@ -67,6 +69,7 @@ def managed_server(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            cwd=cwd,
         )
     try:
         deadline = time.monotonic() + startup_timeout_s

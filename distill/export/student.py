@@ -17,7 +17,7 @@ from pathlib import Path
 from core.bundle import MODEL_FILE, TOKENIZER_FILE, BundleManifest, Provenance, read_manifest, write_manifest
 from distill.data.schema import LabelledPair
 from distill.export.checks import bundle_scores, check_fp32, check_reduced
-from distill.export.onnx_bert import export_bert_onnx
+from distill.export.onnx_bert import export_bert_onnx, quantize_int8
 
 
 class Precision(StrEnum):
@@ -49,9 +49,7 @@ def _provenance(model, config, precision: str, created_by: str) -> Provenance:
 
 def _reduce(precision: str, fp32_path: Path, out_path: Path) -> None:
     if precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(fp32_path, out_path, per_channel=True, weight_type=QuantType.QInt8)
+        quantize_int8(fp32_path, out_path)
     else:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -239,6 +239,42 @@ def export_command(
     )
 
 
+def reduce_command(
+    bundle: Annotated[Path, typer.Argument(help="fp32 bundle folder (e.g. models/minilm-zero-shot-bi)")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write (replaced only if every check passes)")],
+    precision: Annotated[
+        Precision, typer.Option(help="int8 or fp16, checked against the fp32 bundle")
+    ] = Precision.int8,
+    dev_data: Annotated[str, typer.Option("--dev", help=DATA_HELP)] = "bundled:dev",
+    dev_format: Annotated[str | None, typer.Option(help="loader format of --dev")] = None,
+) -> None:
+    """An int8/fp16 copy of an fp32 bundle that has no training run (the zero-shot default), through the
+    same parity gates as `student export`; refuses (exit 1) when one fails, and never writes the served
+    folder (promotion there goes through `student export --gate`)."""
+    from distill.data.reading import DataError
+    from distill.export.checks import ExportCheckError
+    from distill.export.promotion import is_served_folder
+    from distill.export.student import reduce_bundle
+
+    if is_served_folder(out):
+        _fail(f"--out {out} is the served folder; reduce into another folder")
+    try:
+        dev_pairs, _ = load_data(dev_data, dev_format)
+        manifest = reduce_bundle(
+            bundle, out, dev_pairs, precision=precision, created_by="relevance " + " ".join(sys.argv[1:])
+        )
+    except ExportCheckError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    dev = manifest.metrics["dev"]
+    typer.echo(
+        f"wrote {out} ({manifest.kind}, {precision}): dev ndcg@10 {dev['ndcg@10']:.4f} auc {dev['auc']:.4f}; "
+        f"checks {manifest.metrics['export_checks']}"
+    )
+
+
 def build_default_command(
     out: Path = typer.Option(
         Path("models") / DEFAULT_BUNDLE_NAME, help="Bundle folder to write (replaced if present)."
@@ -267,4 +303,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(student_app, name="student")
     student_app.command("train")(train_command)
     student_app.command("export")(export_command)
+    student_app.command("reduce")(reduce_command)
     student_app.command("build-default")(build_default_command)

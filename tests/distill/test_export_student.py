@@ -162,3 +162,31 @@ def test_exporting_to_the_served_folder_promotes_only_a_better_bundle(tmp_path, 
     # The same student again is not better than itself: refused, and the served one is kept.
     again = CliRunner().invoke(app, [*export, "--out", "models/student"])
     assert again.exit_code == 1 and "served models/student" in again.output
+
+
+def test_reduce_makes_a_checked_int8_copy_of_the_default_and_refuses_the_served_folder(tmp_path):
+    """`relevance student reduce`: the zero-shot default (no training run) in int8, through the same
+    parity gates as an export; the served folder and a non-fp32 source are refused by name."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from service.settings import DEFAULT_BUNDLE
+
+    if not (DEFAULT_BUNDLE / "bundle.json").is_file():
+        pytest.skip(f"{DEFAULT_BUNDLE} not built (make test builds it first)")
+    out = tmp_path / "default-int8"
+    done = CliRunner().invoke(app, ["student", "reduce", str(DEFAULT_BUNDLE), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    manifest, source = read_manifest(out), read_manifest(DEFAULT_BUNDLE)
+    assert manifest.provenance.precision == "int8" and manifest.kind == source.kind == "bi"
+    checks = manifest.metrics["export_checks"]
+    assert checks["int8_spearman_vs_fp32"] > 0.9 and "int8_ndcg@10_drop_vs_fp32" in checks
+    assert (out / "model.onnx").stat().st_size < (Path(DEFAULT_BUNDLE) / "model.onnx").stat().st_size / 2
+
+    again = CliRunner().invoke(app, ["student", "reduce", str(out), "--out", str(tmp_path / "twice")])
+    assert again.exit_code != 0 and "provenance.precision is 'int8'" in again.output
+    assert not (tmp_path / "twice").exists()
+    served = CliRunner().invoke(app, ["student", "reduce", str(DEFAULT_BUNDLE), "--out", "models/student"])
+    assert served.exit_code != 0 and "is the served folder" in served.output

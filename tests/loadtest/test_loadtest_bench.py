@@ -60,8 +60,8 @@ def test_bench_sweeps_the_real_service_and_writes_reports(bundle, tmp_path):
     assert (tmp_path / f"server-{bundle.name}.log").is_file()
 
 
-@pytest.mark.slow
-def test_infinity_side_by_side_serves_the_same_requests(bundle, tmp_path):
+@pytest.mark.parametrize("engine", ["optimum", "torch"])
+def test_infinity_side_by_side_serves_the_same_requests(bundle, tmp_path, engine):
     """Needs Infinity's own venv (make infinity-venv); the bench itself creates it via `make bench`."""
     if not (INFINITY_VENV / "bin" / "infinity_emb").exists():
         pytest.skip(f"{INFINITY_VENV} not created (make infinity-venv)")
@@ -74,13 +74,17 @@ def test_infinity_side_by_side_serves_the_same_requests(bundle, tmp_path):
         efficiency=False,
         prepared_requests=10,
         out_dir=tmp_path,
+        infinity_engine=engine,
     )
     results, markdown = run_bench(opts, log=lambda _: None)
     inf = results["bundles"][str(bundle)]["infinity"]
     assert "skipped" not in inf, inf.get("skipped")
-    assert inf["api"] == "infinity-embeddings"
+    assert (inf["api"], inf["engine"]) == ("infinity-embeddings", engine)
+    onnx = sorted(p.name for p in Path(inf["model_dir"]).glob("*.onnx"))
+    # optimum: the bundle's weights as one fp32 graph in the report folder; torch: the packaged model.
+    assert onnx == (["model.onnx"] if engine == "optimum" else [])
     (record,) = inf["sweep"]
     assert record["error_rate"] == 0.0 and record["ok"] > 0, record["status_counts"]
     (row,) = inf["comparison"]
     assert row["theirs_pairs_per_s"] == record["pairs_per_s"]
-    assert "Infinity side-by-side" in markdown
+    assert f"(engine {engine})" in markdown and "Infinity side-by-side" in markdown
