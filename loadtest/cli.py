@@ -129,6 +129,36 @@ def register(app: typer.Typer) -> None:
         typer.echo(markdown)
 
     @app.command()
+    def frontier(
+        eval_reports: Annotated[
+            list[Path],
+            typer.Option("--eval", help="metrics.json of `relevance eval run` (repeat; one data set)"),
+        ],
+        bench_reports: Annotated[
+            list[Path],
+            typer.Option("--bench", help="report.json of `relevance bench` (repeat; one machine)"),
+        ],
+        out: Annotated[Path, typer.Option(help="folder for frontier.md, frontier.json, frontier.png")] = Path(
+            "reports/frontier"
+        ),
+    ) -> None:
+        """Quality against served pairs/s: every bundle of the bench reports with its eval-report quality,
+        raw ONNX, HTTP and peer pairs/s; one table and one plot (loadtest/frontier.py)."""
+        from loadtest.frontier import FrontierError, write_frontier
+
+        try:
+            table, png = write_frontier(eval_reports, bench_reports, out)
+        except FrontierError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(table)
+        typer.echo(
+            f"wrote {out}/frontier.md, frontier.json"
+            + (f", {png.name}" if png else " (no plot: nothing evaluated)"),
+            err=True,
+        )
+
+    @app.command()
     def loadtest(
         url: Annotated[
             str, typer.Option(help="Base URL of a running service (loopback).")
