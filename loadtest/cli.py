@@ -61,6 +61,12 @@ def register(app: typer.Typer) -> None:
                 "loadtest/hf_onnx.py) or torch (its fp32 PyTorch path)."
             ),
         ] = "optimum",
+        runs_dir: Annotated[
+            Path,
+            typer.Option(
+                help="Folder of the cross bundles' training runs, for Infinity's copy of the weights."
+            ),
+        ] = Path("runs"),
         infinity_rerank_model: Annotated[
             Path | None,
             typer.Option(
@@ -117,6 +123,7 @@ def register(app: typer.Typer) -> None:
             infinity_venv=infinity_venv,
             infinity_engine=infinity_engine,
             infinity_rerank_model=infinity_rerank_model,
+            runs_dir=runs_dir,
             efficiency=efficiency,
             raw_onnx_seconds=raw_seconds,
             embedding_cache=embedding_cache,
