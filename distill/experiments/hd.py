@@ -29,7 +29,9 @@ skipped when its output is already there, so a killed or timed-out run resumes w
 first seed with one knob moved at a time from the chain's defaults (``SWEEP``), next to the default
 MKD student, evaluated paired on the dev split (``eval-dev-sweep-FAMILY``).
 
-Not built yet (issue 12): the LLM rung (b) and the frontier table.
+The frontier (quality against served pairs/s) is two other commands' join: ``relevance bench`` on the
+chain's bundles and their int8 copies, then ``relevance frontier`` (docs/RESULTS.md). Not built yet
+(issue 12): the LLM rung (b) (its GPU recipe is distill/teacher/gpu/).
 ``--budget smoke`` runs the same chain on the bundled ESCI split with a few optimiser steps, so the
 recipe is exercised in CI; ``--budget full`` is the real run (not yet run end to end in one go here:
 see the sizing below).
