@@ -544,9 +544,10 @@ def summarise_sweep(experiment: Experiment) -> str:
                 "| w score KD | T | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 | Δ AUC E-vs-rest vs centre "
                 "| Δ AUC EP-vs-I | Δ NDCG@10 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         names = experiment.sweep_names(family)
-        centre = experiment.spec(names[KD_DEFAULT])
+        # eval reports name a bundle by its folder: bundle:hd-cross2-mkd-s0
+        centre = f"bundle:{experiment.bundle(names[KD_DEFAULT]).name}"
         for (weight, temperature), run in names.items():
-            spec = experiment.spec(run)
+            spec = f"bundle:{experiment.bundle(run).name}"
             metrics = section["systems"].get(spec, {}).get("metrics")
             if metrics is None:
                 out.append(f"| {weight:g} | {temperature:g} | not evaluated | | | | | |")
