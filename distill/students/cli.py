@@ -182,6 +182,14 @@ def train_command(
     )
 
 
+def _echo_written(out: Path, manifest) -> None:
+    dev = manifest.metrics["dev"]
+    typer.echo(
+        f"wrote {out} ({manifest.kind}, {manifest.provenance.precision}): dev ndcg@10 {dev['ndcg@10']:.4f} "
+        f"auc {dev['auc']:.4f}; checks {manifest.metrics['export_checks']}"
+    )
+
+
 def export_command(
     run: Annotated[Path, typer.Argument(help="training run folder (runs/NAME)")],
     out: Annotated[Path, typer.Option(help="bundle folder to write (replaced only if every check passes)")],
@@ -232,11 +240,7 @@ def export_command(
         raise typer.Exit(1) from None
     except (DataError, ValueError) as exc:
         _fail(str(exc))
-    dev = manifest.metrics["dev"]
-    typer.echo(
-        f"wrote {out} ({manifest.kind}, {precision}): dev ndcg@10 {dev['ndcg@10']:.4f} auc {dev['auc']:.4f}; "
-        f"checks {manifest.metrics['export_checks']}"
-    )
+    _echo_written(out, manifest)
 
 
 def reduce_command(
@@ -268,11 +272,7 @@ def reduce_command(
         raise typer.Exit(1) from None
     except (DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    dev = manifest.metrics["dev"]
-    typer.echo(
-        f"wrote {out} ({manifest.kind}, {precision}): dev ndcg@10 {dev['ndcg@10']:.4f} auc {dev['auc']:.4f}; "
-        f"checks {manifest.metrics['export_checks']}"
-    )
+    _echo_written(out, manifest)
 
 
 def build_default_command(
