@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from core.cot import CoTRecord
 from core.datasets import unit_hash
-from teacher.backends.base import level_first_tokens
+from teacher.backends.base import hf_token_ids, level_first_tokens
 from teacher.prompt import GRADE_KEY_PREFIX, PROMPT_VERSION, Mode, build_messages, prefill
 
 DEFAULT_HF_BASE = Path("models/smollm2-135m-hf")
@@ -165,7 +165,7 @@ def assistant_turn(record: CoTRecord, mode: Mode) -> tuple[str, str]:
 
 def text_tokenizer(tokenizer: Any) -> Callable[[str], list[int]]:
     """text → ids without special tokens, as the backends tokenise (the chat template adds them)."""
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    return lambda text: hf_token_ids(tokenizer, [text])[0]
 
 
 @dataclass
@@ -191,7 +191,7 @@ def tokenize_examples(
     tokenizer spreads a list over its threads: on a 16-core GPU host, 92k examples in seconds)."""
 
     def tokenize_all(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return hf_token_ids(tokenizer, texts)
 
     tokenize = text_tokenizer(tokenizer)
     closing = tokenize('"}') + [tokenizer.eos_token_id]

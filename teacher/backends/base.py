@@ -98,6 +98,13 @@ def continuation_tokens(
     return tokenize_alone(level)
 
 
+def hf_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's token ids from a Hugging Face tokenizer, without special tokens (the chat template
+    adds them), in one call: the fast tokenizer spreads a list over its threads. The ``hf:`` backend
+    and the LoRA SFT tokenise through here, so training and labelling see the same ids."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
 def level_first_tokens(tokenize: Callable[[str], list[int]], levels: Sequence[str]) -> list[int]:
     """The first token of each level right after the verdict prefix ``"grade": "`` (in context, as
     ``continuation_tokens`` reads it). Batched verdicts and the LoRA SFT's verdict loss need them

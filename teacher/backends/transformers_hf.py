@@ -23,6 +23,7 @@ from teacher.backends.base import (
     VerdictResult,
     check_abort,
     continuation_tokens,
+    hf_token_ids,
     level_distribution,
     level_first_tokens,
     run_abortable,
@@ -60,7 +61,7 @@ class TransformersBackend(Backend):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return hf_token_ids(self.tokenizer, [text])[0]
 
     async def verdict(self, request: VerdictRequest) -> VerdictResult:
         return await run_abortable(self._verdict_blocking, request)
@@ -145,7 +146,7 @@ class TransformersBackend(Backend):
         cot = [i for i, r in enumerate(requests) if r.mode == "cot"]
         if cot:
             generated = self._generate_batch(
-                self._tokenize_many([prompts[i] + texts[i] for i in cot]),
+                hf_token_ids(self.tokenizer, [prompts[i] + texts[i] for i in cot]),
                 [requests[i].max_tokens for i in cot],
                 batch_tokens,
             )
@@ -160,7 +161,10 @@ class TransformersBackend(Backend):
                         progress(1)
         todo = [i for i in range(len(requests)) if reached[i]]
         distributions = self._verdict_logits_batch(
-            self._tokenize_many([prompts[i] + texts[i] for i in todo]), firsts, batch_tokens, progress
+            hf_token_ids(self.tokenizer, [prompts[i] + texts[i] for i in todo]),
+            firsts,
+            batch_tokens,
+            progress,
         )
         results = [VerdictResult(text=t, reached_verdict=False) for t in texts]
         for i, logits in zip(todo, distributions, strict=True):
@@ -172,10 +176,6 @@ class TransformersBackend(Backend):
                 text=texts[i] + grade + '"}', reached_verdict=True, distribution=distribution, source="logits"
             )
         return results
-
-    def _tokenize_many(self, texts: Sequence[str]) -> list[list[int]]:
-        """``tokenize`` of each text, in one call (the fast tokenizer spreads a list over its threads)."""
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
     def _padded(self, rows: Sequence[list[int]], *, left: bool) -> tuple[Any, Any]:
         """(ids, attention mask) of ``rows`` padded to the longest: on the left for generation (every
