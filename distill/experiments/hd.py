@@ -105,7 +105,8 @@ class Plan:
 # The full plan is sized for 3 hours on 2 CPU cores (AMD EPYC, batch 16): a 6-layer cross step took
 # 0.55–0.61 s, a 2-layer one ≈ 0.2 s. The teacher trains one epoch on four of five train folds
 # (2,295 steps, 1,839 s measured); the ensemble labels the 45,854 train + 71,102 transfer pairs
-# (8 BM25 + 2 random items per train query) at about 100 pairs/s (≈ 20 min: two 6-layer members);
+# (8 BM25 + 2 random items per train query) at 157 pairs/s with the batched path (749 s measured
+# 2026-12-03; two members, one 6-layer cross pass and one bi pass per pair);
 # every student gets the same 2,000 optimiser steps (32,000 examples, 0.7 of an epoch over the train
 # pairs; ≈ 7 min), so a KD student costs what its label-only twin costs and sees transfer pairs in
 # place of some train pairs; 3 seeds × 3 students + the ablation ≈ 75 min. A bi6 student's step costs
