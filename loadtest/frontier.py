@@ -81,6 +81,7 @@ def quality_by_bundle(eval_reports: list[Path]) -> tuple[dict[str, dict], str]:
                 f"{path}: no {SECTION!r} section with systems (not an eval run report?)"
             ) from None
         source = report.get("data")
+        source = source.get("name") if isinstance(source, dict) else source  # eval run: {"name": ...}
         if data is not None and source != data:
             raise FrontierError(f"{path}: evaluated on {source!r}, the other reports on {data!r}")
         data = source
