@@ -18,7 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-QUALITY = (("ndcg@10", "NDCG@10"), ("auc_exact", "AUC E-vs-rest"), ("auc_relevant", "AUC EP-vs-I"))
+from distill.eval.report import METRIC_TITLES
+
+# (metric key, title) of the quality columns, titled as the eval reports title them
+QUALITY = tuple((m, METRIC_TITLES[m]) for m in ("ndcg@10", "auc_exact", "auc_relevant"))
 SECTION = "All queries"
 
 
