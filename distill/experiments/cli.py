@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from distill.experiments.hd import FAMILIES, Budget
+from distill.experiments.hd import FAMILIES, KD_CHOSEN, Budget
 
 
 def register(app: typer.Typer) -> None:
@@ -42,9 +42,19 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--sweep",
                 help="the KD weight/temperature sweep (full-MKD students of the first seed, one knob moved "
-                "at a time; hd.py: SWEEP) in place of the students and evaluations; writes sweep.md",
+                "at a time around --kd-weight/--kd-temperature; hd.py: SWEEP_FACTORS) in place of the students and evaluations; writes sweep.md",
             ),
         ] = False,
+        kd_weight: Annotated[
+            float,
+            typer.Option(
+                help="weight of the KD students' score-KD term (chosen on Home Depot dev by the first "
+                "sweep; 1 is the trainer's default)"
+            ),
+        ] = KD_CHOSEN[0],
+        kd_temperature: Annotated[
+            float, typer.Option(help="temperature of the KD students' score-KD term")
+        ] = KD_CHOSEN[1],
         summary: Annotated[
             bool,
             typer.Option(
@@ -75,9 +85,13 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--students") from None
         try:
-            experiment = Experiment(root=root, budget=budget, seeds=chosen, families=families, sweep=sweep)
+            experiment = Experiment(
+                root=root, budget=budget, seeds=chosen, families=families, sweep=sweep,
+                kd=(kd_weight, kd_temperature),
+            )  # fmt: skip
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--seeds") from None
+            hint = "--kd-weight/--kd-temperature" if "score-KD" in str(exc) else "--seeds"
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
         if summary:
             typer.echo(summarise_sweep(experiment) if sweep else summarise(experiment))
             return

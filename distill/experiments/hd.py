@@ -26,8 +26,8 @@ skipped when its output is already there, so a killed or timed-out run resumes w
    (full budget only; a refusal is reported, not an error)
 
 ``--sweep`` runs, in place of steps 7–10, the KD weight/temperature sweep: full-MKD students of the
-first seed with one knob moved at a time from the chain's defaults (``SWEEP``), next to the default
-MKD student, evaluated paired on the dev split (``eval-dev-sweep-FAMILY``).
+first seed with one knob moved at a time from the chain's setting (``SWEEP_FACTORS``), next to the
+chain's MKD student, evaluated paired on the dev split (``eval-dev-sweep-FAMILY``).
 
 The frontier (quality against served pairs/s) is two other commands' join: ``relevance bench`` on the
 chain's bundles and their int8 copies, then ``relevance frontier`` (docs/RESULTS.md). Not built yet
@@ -115,11 +115,15 @@ class Plan:
 # top of the rest. The full chain with both families and 3 seeds is therefore two sessions' work here
 # (every step resumes): ``--students`` and ``--seeds`` choose what one session runs.
 STUDENT_STEPS = 2000
-# The chain's score-KD settings (weight 1, T = 2: the trainer's defaults, fixed before any Home Depot
-# number was seen) and the sweep around them, one knob at a time: T at half and twice, the weight at
-# about a third and three times (against the hard label's weight of 1 and the CoT term's 0.5).
-KD_DEFAULT = (1.0, 2.0)  # (--w-score-kd, --temperature)
-SWEEP: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 4.0), (0.3, 2.0), (3.0, 2.0))
+# The chain's score-KD setting, (--w-score-kd, --temperature): weight 3, T = 2, chosen on Home Depot
+# dev by the first sweep (2026-12-03, docs/RESULTS.md), which moved one knob at a time around the
+# trainer's defaults, weight 1 and T = 2 (``relevance experiment hd --kd-weight 1`` reruns that round).
+KD_CHOSEN = (3.0, 2.0)
+# The sweep around the chain's setting, one knob at a time, as factors of (weight, T): T at half and
+# twice, the weight at about a third and three times (against the hard label's weight of 1 and the
+# CoT term's 0.5).
+SWEEP_FACTORS: tuple[tuple[float, float], ...] = ((1.0, 0.5), (1.0, 2.0), (0.3, 1.0), (3.0, 1.0))
+KD_VARIANTS = ("score-kd", "mkd")  # the students whose run names carry their score-KD setting
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
 # on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
 EXPORT_CHECK_DATA = "bundled:dev"
@@ -158,6 +162,7 @@ class Experiment:
     seeds: tuple[int, ...] | None = None  # None: the plan's
     families: tuple[str, ...] = tuple(FAMILIES)  # student families, in training order
     sweep: bool = False  # the KD weight/temperature sweep in place of the students and evaluations
+    kd: tuple[float, float] = KD_CHOSEN  # (score-KD weight, temperature) of the KD students
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +172,8 @@ class Experiment:
                 raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
             self.plan = replace(self.plan, seeds=tuple(self.seeds))
         check_families(self.families)
+        if len(self.kd) != 2 or min(self.kd) <= 0:
+            raise ValueError(f"the score-KD weight and temperature must both be > 0, got {self.kd}")
         tag = "hd" if self.budget is Budget.full else "hd-smoke"
         self.runs = self.root / "runs" / tag
         self.models = self.root / "models" / "students"
@@ -195,17 +202,21 @@ class Experiment:
 
     def student_names(self, seed: int, family: str) -> dict[str, str]:
         """Run (and bundle) names of a seed's students of one family; the warm-started label-only
-        ablation is the first seed's only, and only where the KD students are warm-started."""
+        ablation is the first seed's only, and only where the KD students are warm-started. KD
+        students' names carry their setting (cross2-mkd-w3-t2-s0), so a rerun with another setting
+        trains new students instead of reusing these."""
         ablation = FAMILIES[family].warm_start and seed == self.plan.seeds[0]
         variants = ["label", "mkd", "score-kd"] + (["label-warm"] if ablation else [])
-        return {v: f"{family}-{v}-s{seed}" for v in variants}
+        return {v: _run_name(family, v, seed, self.kd if v in KD_VARIANTS else None) for v in variants}
 
     def sweep_names(self, family: str) -> dict[tuple[float, float], str]:
         """Run names of the sweep's full-MKD students (first seed), by (weight, temperature); the
         chain's own MKD student is the sweep's centre."""
-        seed = self.plan.seeds[0]
-        names = {KD_DEFAULT: self.student_names(seed, family)["mkd"]}
-        return names | {(w, t): f"{family}-mkd-w{w:g}-t{t:g}-s{seed}" for w, t in SWEEP}
+        seed, (weight, temperature) = self.plan.seeds[0], self.kd
+        settings = [self.kd] + [
+            (round(weight * fw, 6), round(temperature * ft, 6)) for fw, ft in SWEEP_FACTORS
+        ]
+        return {setting: _run_name(family, "mkd", seed, setting) for setting in settings}
 
     def eval_dir(self, label: str, family: str | None = None) -> Path:
         """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students."""
@@ -263,11 +274,11 @@ class Experiment:
             for label, data in (("dev", p.dev), *p.transfer_checks):
                 steps.append(self._eval(self.eval_dir(label), data, teachers, teacher_compare))
 
-        def kd(weight: float = KD_DEFAULT[0], temperature: float = KD_DEFAULT[1]) -> list[str]:
+        def kd(weight: float = self.kd[0], temperature: float = self.kd[1]) -> list[str]:
             return ["--train", str(transfer), "--teacher-scores", str(records),
                     "--w-score-kd", f"{weight:g}", "--temperature", f"{temperature:g}"]  # fmt: skip
 
-        def mkd(weight: float = KD_DEFAULT[0], temperature: float = KD_DEFAULT[1]) -> list[str]:
+        def mkd(weight: float = self.kd[0], temperature: float = self.kd[1]) -> list[str]:
             return [*kd(weight, temperature), "--teacher-cot", str(cot), "--w-cot", "0.5"]
 
         options = {
@@ -299,10 +310,8 @@ class Experiment:
                 runs_by_setting = self.sweep_names(name)
                 for (weight, temperature), run in runs_by_setting.items():
                     steps += train(p.seeds[0], "mkd", run, kd_options=mkd(weight, temperature))
-                centre = self.spec(runs_by_setting[KD_DEFAULT])
-                variants = [
-                    self.spec(run) for setting, run in runs_by_setting.items() if setting != KD_DEFAULT
-                ]
+                centre = self.spec(runs_by_setting[self.kd])
+                variants = [self.spec(run) for setting, run in runs_by_setting.items() if setting != self.kd]
                 steps.append(self._eval(self.eval_dir("dev-sweep", name), p.dev, [default, "bm25", centre, *variants],
                                         [(v, centre) for v in variants]))  # fmt: skip
                 continue
@@ -402,6 +411,11 @@ class Experiment:
         return {"budget": str(self.budget), "students": students, "ablations": ablations,
                 "teacher": {"spec": self.teacher_spec, "rungs": {"a": f"bundle:{self.rung_a}",
                                                                "c": self.teacher_spec}}}  # fmt: skip
+
+
+def _run_name(family: str, variant: str, seed: int, kd: tuple[float, float] | None) -> str:
+    setting = f"-w{kd[0]:g}-t{kd[1]:g}" if kd else ""
+    return f"{family}-{variant}{setting}-s{seed}"
 
 
 def run_experiment(experiment: Experiment, *, echo=print) -> dict:
@@ -545,8 +559,8 @@ def summarise_sweep(experiment: Experiment) -> str:
                 "| w score KD | T | AUC E-vs-rest | AUC EP-vs-I | NDCG@10 | Δ AUC E-vs-rest vs centre "
                 "| Δ AUC EP-vs-I | Δ NDCG@10 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         names = experiment.sweep_names(family)
-        # eval reports name a bundle by its folder: bundle:hd-cross2-mkd-s0
-        centre = f"bundle:{experiment.bundle(names[KD_DEFAULT]).name}"
+        # eval reports name a bundle by its folder: bundle:hd-cross2-mkd-w3-t2-s0
+        centre = f"bundle:{experiment.bundle(names[experiment.kd]).name}"
         for (weight, temperature), run in names.items():
             spec = f"bundle:{experiment.bundle(run).name}"
             metrics = section["systems"].get(spec, {}).get("metrics")

@@ -13,7 +13,7 @@ import pytest
 from core.bundle import read_manifest
 from core.cot import grade_distribution, read_records
 from core.grades import GRADE_LEVELS
-from distill.experiments.hd import KD_DEFAULT, Budget, Experiment
+from distill.experiments.hd import KD_CHOSEN, Budget, Experiment
 from service.settings import DEFAULT_BUNDLE
 
 # Trains four students and scores them: not part of make test-fast.
@@ -48,8 +48,8 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
     }
     # The cross KD students and the ablation start from the teacher's run; the twin from MiniLM. No bi
     # student is warm-started: all start from all-MiniLM-L6-v2, the zero-shot default's weights.
-    for name, warm in (("cross2-label-s0", False), ("cross2-mkd-s0", True), ("cross2-label-warm-s0", True),
-                       ("bi6-label-s0", False), ("bi6-mkd-s0", False)):  # fmt: skip
+    for name, warm in (("cross2-label-s0", False), ("cross2-mkd-w3-t2-s0", True), ("cross2-label-warm-s0", True),
+                       ("bi6-label-s0", False), ("bi6-mkd-w3-t2-s0", False)):  # fmt: skip
         config = json.loads((tmp_path / "runs" / "hd-smoke" / name / "config.json").read_text())
         assert (config["init_from"] == str(tmp_path / "runs" / "hd-smoke" / "teacher-cross6")) is warm, name
         assert config["kind"] == ("bi" if name.startswith("bi6") else "cross"), name
@@ -72,10 +72,10 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
         "ensemble:hd-smoke-ensemble",
     } <= set(systems)
     students = json.loads((report / "eval-dev-bi6" / "metrics.json").read_text())["sections"]["All queries"]
-    assert {"bundle:minilm-zero-shot-bi", "bundle:hd-smoke-bi6-mkd-s0"} <= set(students["systems"])
+    assert {"bundle:minilm-zero-shot-bi", "bundle:hd-smoke-bi6-mkd-w3-t2-s0"} <= set(students["systems"])
     summary = (report / "summary.md").read_text()
-    assert "| bundle:hd-smoke-cross2-mkd-s0 − bundle:hd-smoke-cross2-label-s0 | " in summary
-    assert "| bundle:hd-smoke-bi6-mkd-s0 − bundle:minilm-zero-shot-bi | " in summary
+    assert "| bundle:hd-smoke-cross2-mkd-w3-t2-s0 − bundle:hd-smoke-cross2-label-s0 | " in summary
+    assert "| bundle:hd-smoke-bi6-mkd-w3-t2-s0 − bundle:minilm-zero-shot-bi | " in summary
     # A gap table per family, on all dev queries and the long-tail slice.
     assert summary.count("gap closed by MKD") == 4 and "| 0 | not all evaluated" not in summary
     ablation = json.loads((report / "eval-dev-warm-start-cross2" / "metrics.json").read_text())
@@ -96,14 +96,14 @@ def test_the_smoke_chain_writes_bundles_records_a_report_and_experiment_json_and
     sweep = subprocess.run([*command, "--sweep", "--students", "cross2"], capture_output=True, text=True,
                            timeout=900)  # fmt: skip
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-    assert "train cross2-mkd-s0: already there" in sweep.stdout
+    assert "train cross2-mkd-w3-t2-s0: already there" in sweep.stdout
     experiment = Experiment(tmp_path, Budget.smoke, families=("cross2",), sweep=True)
     settings = experiment.sweep_names("cross2")
-    assert len(settings) == 5 and settings[KD_DEFAULT] == "cross2-mkd-s0"
+    assert len(settings) == 5 and settings[KD_CHOSEN] == "cross2-mkd-w3-t2-s0"
     for (weight, temperature), run in settings.items():
         config = json.loads((tmp_path / "runs" / "hd-smoke" / run / "config.json").read_text())
         assert (config["weights"]["score_kd"], config["temperature"]) == (weight, temperature), run
         assert config["weights"]["cot"] == 0.5 and config["teacher_cot"], run
     table = (report / "sweep.md").read_text()
     assert table.count("\n| ") == 6 and "not evaluated" not in table, table  # header + 5 settings
-    assert "| 3 | 2 | " in table and "| 1 | 2 | " in table and "centre" in table
+    assert "| 3 | 2 | " in table and "| 0.9 | 2 | " in table and "| 9 | 2 | " in table and "centre" in table

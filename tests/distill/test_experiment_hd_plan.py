@@ -1,0 +1,47 @@
+"""The Home Depot chain's plan, without running it: run names carry the score-KD setting, the sweep
+is laid out around the chain's setting, and a bad setting is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.experiments.hd import KD_CHOSEN, Budget, Experiment
+
+
+def test_kd_students_carry_their_setting_and_the_twin_does_not(tmp_path):
+    names = Experiment(tmp_path, Budget.full).student_names(0, "cross2")
+    w, t = KD_CHOSEN
+    assert names == {
+        "label": "cross2-label-s0",
+        "mkd": f"cross2-mkd-w{w:g}-t{t:g}-s0",
+        "score-kd": f"cross2-score-kd-w{w:g}-t{t:g}-s0",
+        "label-warm": "cross2-label-warm-s0",
+    }
+    other = Experiment(tmp_path, Budget.full, kd=(1.0, 2.0)).student_names(1, "bi6")
+    assert other == {"label": "bi6-label-s1", "mkd": "bi6-mkd-w1-t2-s1", "score-kd": "bi6-score-kd-w1-t2-s1"}
+
+
+def test_the_sweep_moves_one_knob_at_a_time_around_the_chains_setting(tmp_path):
+    # Around the trainer's defaults (1, 2) it is the first round's grid, as run on 2026-12-03.
+    first = Experiment(tmp_path, Budget.full, kd=(1.0, 2.0), sweep=True).sweep_names("cross2")
+    assert list(first) == [(1.0, 2.0), (1.0, 1.0), (1.0, 4.0), (0.3, 2.0), (3.0, 2.0)]
+    assert first[(3.0, 2.0)] == "cross2-mkd-w3-t2-s0"
+    second = Experiment(tmp_path, Budget.full, kd=(3.0, 2.0), sweep=True).sweep_names("cross2")
+    assert list(second) == [(3.0, 2.0), (3.0, 1.0), (3.0, 4.0), (0.9, 2.0), (9.0, 2.0)]
+    # The centre is the chain's own MKD student: the sweep reuses it.
+    assert second[(3.0, 2.0)] == Experiment(tmp_path, Budget.full).student_names(0, "cross2")["mkd"]
+
+
+def test_the_kd_setting_reaches_the_training_commands(tmp_path):
+    steps = Experiment(tmp_path, Budget.full, seeds=(0,), families=("cross2",), kd=(9.0, 4.0)).steps()
+    train = {s.name: s.argv for s in steps if s.name.startswith("train cross2-")}
+    for run in ("cross2-mkd-w9-t4-s0", "cross2-score-kd-w9-t4-s0"):
+        argv = train[f"train {run}"]
+        assert argv[argv.index("--w-score-kd") + 1] == "9" and argv[argv.index("--temperature") + 1] == "4"
+    assert "--w-score-kd" not in train["train cross2-label-s0"]
+
+
+@pytest.mark.parametrize("kd", [(0.0, 2.0), (3.0, -1.0)])
+def test_a_setting_that_is_not_positive_is_refused(tmp_path, kd):
+    with pytest.raises(ValueError, match="score-KD weight and temperature"):
+        Experiment(tmp_path, Budget.full, kd=kd)
