@@ -29,7 +29,7 @@ from typing import Any
 
 from loadtest import compare, report
 from loadtest.efficiency import ModelFlops, matmul_peak_flops, raw_onnx_throughput
-from loadtest.runner import LoadConfig, run_load
+from loadtest.runner import LoadConfig, best_level, run_load
 from loadtest.servers import (
     INFINITY_ENV,
     INFINITY_VENV,
@@ -298,9 +298,9 @@ def _serve_and_compare(
 def efficiency_summary(
     flops: ModelFlops, raw: dict[str, Any], sweep: list[dict[str, Any]], peak: float, rows_per_pair: float
 ) -> dict[str, Any]:
-    """FLOPs, the raw path's and the best HTTP level's share of ``peak`` (FLOP/s), HTTP over raw pairs/s,
+    """FLOPs, the raw path's and the best error-free HTTP level's share of ``peak`` (FLOP/s), HTTP over raw pairs/s,
     32-client over 1-client pairs/s and peak RSS, from a sweep of closed-loop records."""
-    best = max(sweep, key=lambda r: r["pairs_per_s"])
+    best = best_level(sweep) or {"load": "no error-free level", "pairs_per_s": math.nan}
     one = next((r for r in sweep if r["load"].startswith("closed loop, 1 ")), None)
     at32 = next((r for r in sweep if r["load"].startswith("closed loop, 32 ")), None)
     # The service batches across requests, so its padding differs from one-batch-per-request:

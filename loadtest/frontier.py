@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.eval.report import METRIC_TITLES
+from loadtest.runner import best_level
 
 # (metric key, title) of the quality columns, titled as the eval reports title them
 QUALITY = tuple((m, METRIC_TITLES[m]) for m in ("ndcg@10", "auc_exact", "auc_relevant"))
@@ -100,14 +101,6 @@ def quality_by_bundle(eval_reports: list[Path]) -> tuple[dict[str, dict], str]:
     return quality, str(data)
 
 
-def _best(sweep: list[dict]) -> tuple[float, str] | tuple[None, None]:
-    ok = [r for r in sweep if r.get("error_rate", 1.0) == 0.0 and r.get("pairs_per_s")]
-    if not ok:
-        return None, None
-    best = max(ok, key=lambda r: r["pairs_per_s"])
-    return best["pairs_per_s"], best["load"]
-
-
 def frontier_rows(eval_reports: list[Path], bench_reports: list[Path]) -> tuple[list[Row], dict]:
     quality, data = quality_by_bundle(eval_reports)
     rows, machine, dates = [], None, set()
@@ -120,7 +113,8 @@ def frontier_rows(eval_reports: list[Path], bench_reports: list[Path]) -> tuple[
         dates.add(str(bench["machine"].get("date_utc")))
         for bundle, entry in bench["bundles"].items():
             name = Path(bundle).name
-            http, load = _best(entry.get("sweep", []))
+            level = best_level(entry.get("sweep", []))
+            http, load = (level["pairs_per_s"], level["load"]) if level else (None, None)
             eff = entry.get("efficiency") or {}
             peer, peer_pairs = entry.get("infinity"), None
             if peer is None:
@@ -128,7 +122,7 @@ def frontier_rows(eval_reports: list[Path], bench_reports: list[Path]) -> tuple[
             elif "skipped" in peer:
                 peer_label = f"not run: {peer['skipped'].splitlines()[0][:120]}"
             else:
-                peer_pairs, _ = _best(peer["sweep"])
+                peer_pairs = (best_level(peer["sweep"]) or {}).get("pairs_per_s")
                 peer_label = f"Infinity {peer.get('engine', 'torch')}"
             rows.append(
                 Row(

@@ -363,3 +363,11 @@ async def _open_loop(run: _Run) -> tuple[float, float, Scrape | None, int]:
     if gauge_task is not None:
         await gauge_task
     return measure_from, stop_at, scrape_before, unfinished
+
+
+def best_level(records: list[dict]) -> dict | None:
+    """The level of a sweep (``summary()`` records) with the most pairs/s among those that served every
+    request: a level that refused or dropped some did not serve its load, so its pairs/s is no
+    capacity figure. None when no level was error-free."""
+    ok = [r for r in records if r.get("error_rate") == 0.0 and r.get("pairs_per_s")]
+    return max(ok, key=lambda r: r["pairs_per_s"]) if ok else None

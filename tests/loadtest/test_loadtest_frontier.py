@@ -4,6 +4,7 @@ mixed machines and data sets by name, leaves unevaluated cells empty, and draws 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,21 @@ def test_mixed_machines_data_sets_and_missing_files_are_refused_by_name(tmp_path
         frontier_rows([one, two], [a])
     result = CliRunner().invoke(app, ["frontier", "--eval", str(tmp_path / "none.json"), "--bench", str(a)])
     assert result.exit_code == 2 and "none.json: no such eval report" in result.output
+
+
+def test_the_bench_and_the_frontier_report_the_same_best_level():
+    from loadtest.bench import efficiency_summary
+    from loadtest.efficiency import ModelFlops
+
+    # The fastest level dropped requests: neither report may call it the service's capacity.
+    sweep = [
+        {**_level(200, "closed loop, 1 clients"), "peak_rss_mib": 300.0},
+        {**_level(350, "closed loop, 8 clients"), "peak_rss_mib": 310.0},
+        {**_level(500, "closed loop, 32 clients", error_rate=0.2), "peak_rss_mib": 320.0},
+    ]
+    raw = {"pairs_per_s": 300.0, "flops_per_pair": 1e9, "padded_flops_per_s": 3e11}
+    eff = efficiency_summary(ModelFlops(10**7, 6, 384), raw, sweep, 1e12, 1.0)
+    assert (eff["http_best_load"], eff["http_pairs_per_s"]) == ("closed loop, 8 clients", 350)
+    failing = [{**level, "error_rate": 0.5} for level in sweep]
+    eff = efficiency_summary(ModelFlops(10**7, 6, 384), raw, failing, 1e12, 1.0)
+    assert eff["http_best_load"] == "no error-free level" and math.isnan(eff["http_pairs_per_s"])
