@@ -120,9 +120,9 @@ STUDENT_STEPS = 2000
 # trainer's defaults, weight 1 and T = 2 (``relevance experiment hd --kd-weight 1`` reruns that round).
 KD_CHOSEN = (3.0, 2.0)
 # The sweep around the chain's setting, one knob at a time, as factors of (weight, T): the weight at
-# three times, T at twice and half, the weight at about a third (against the hard label's weight of 1 and the
-# CoT term's 0.5). In the order the first round ranked them (best first), so a round cut short has
-# trained the likeliest gains.
+# three times, T at twice and half, the weight at about a third (against the hard label's weight of 1
+# and the CoT term's 0.5). In the order the first round ranked them (best first), so a round cut
+# short has trained the likeliest gains.
 SWEEP_FACTORS: tuple[tuple[float, float], ...] = ((3.0, 1.0), (1.0, 2.0), (1.0, 0.5), (0.3, 1.0))
 KD_VARIANTS = ("score-kd", "mkd")  # the students whose run names carry their score-KD setting
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
