@@ -117,7 +117,8 @@ class Plan:
 STUDENT_STEPS = 2000
 # The chain's score-KD setting, (--w-score-kd, --temperature): weight 3, T = 2, chosen on Home Depot
 # dev by the first sweep (2026-12-03, docs/RESULTS.md), which moved one knob at a time around the
-# trainer's defaults, weight 1 and T = 2 (``relevance experiment hd --kd-weight 1`` reruns that round).
+# trainer's defaults, weight 1 and T = 2 (``relevance experiment hd --sweep --kd-weight 1``
+# reruns that round).
 KD_CHOSEN = (3.0, 2.0)
 # The sweep around the chain's setting, one knob at a time, as factors of (weight, T): the weight at
 # three times, T at twice and half, the weight at about a third (against the hard label's weight of 1
