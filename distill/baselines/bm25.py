@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from core.text_template import DEFAULT_TEMPLATE, TextTemplate
-from distill.data.schema import LabelledPair
+from distill.data.schema import LabelledPair, distinct_items
 
 _WORD = re.compile(r"\w+")
 K1, B = 1.5, 0.75
@@ -28,9 +28,7 @@ class BM25Scorer:
         import bm25s
 
         self.template = template
-        texts: dict[str, str] = {}
-        for pair in catalogue:
-            texts.setdefault(pair.item.id, template.item_text(pair.item.as_mapping()))
+        texts = {i: template.item_text(item.as_mapping()) for i, item in distinct_items(catalogue).items()}
         self.row = {item_id: n for n, item_id in enumerate(texts)}
         corpus = [tokens(t) or ["\u2205"] for t in texts.values()]  # bm25s rejects empty documents
         self.vocab = {w for doc in corpus for w in doc}

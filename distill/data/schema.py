@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.item import Item, pair_hash
 
-__all__ = ["LabelledPair"]
+__all__ = ["LabelledPair", "distinct_items"]
 
 
 class LabelledPair(BaseModel):
@@ -22,3 +24,14 @@ class LabelledPair(BaseModel):
     def pair_id(self) -> str:
         """Stable id of the (query, item content) pair."""
         return pair_hash(self.query, self.item.as_mapping())
+
+
+def distinct_items(pairs: Iterable[LabelledPair]) -> dict[str, Item]:
+    """A set's catalogue: item id → the first item seen with that id, in first-seen order. The one rule
+    for a source that repeats an id with another text (Home Depot train has 14 such product ids with
+    two titles): BM25's index, the transfer set, the ensemble's BM25 statistics and the eval slices
+    all keep the first."""
+    items: dict[str, Item] = {}
+    for pair in pairs:
+        items.setdefault(pair.item.id, pair.item)
+    return items

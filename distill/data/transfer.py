@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from core.datasets import unit_hash
-from distill.data.schema import LabelledPair
+from distill.data.schema import LabelledPair, distinct_items
 
 BM25_SOURCE, RANDOM_SOURCE = "transfer:bm25", "transfer:random"
 
@@ -44,7 +44,7 @@ def transfer_pairs(
     from distill.baselines.bm25 import BM25Scorer
 
     scorer = BM25Scorer(pairs)
-    items = list({p.item.id: p.item for p in pairs}.values())  # catalogue order = the index's rows
+    items = list(distinct_items(pairs).values())  # catalogue order = the index's rows
     judged: dict[str, set[str]] = {}
     queries: dict[str, str] = {}
     for p in pairs:

@@ -23,7 +23,7 @@ from enum import StrEnum
 import numpy as np
 
 from core.text_template import DEFAULT_TEMPLATE, TextTemplate
-from distill.data.schema import LabelledPair
+from distill.data.schema import LabelledPair, distinct_items
 from teacher.attributes import NEGATION_WORDS
 
 LONG_TAIL_QUANTILE = 0.75
@@ -38,10 +38,10 @@ def query_rarity(
     catalogue: Iterable[LabelledPair], template: TextTemplate = DEFAULT_TEMPLATE
 ) -> dict[str, float]:
     """Mean IDF of each query of ``catalogue`` (query_id → value) over the catalogue's distinct items."""
-    items: dict[str, str] = {}
+    catalogue = list(catalogue)
+    items = {i: template.item_text(item.as_mapping()) for i, item in distinct_items(catalogue).items()}
     queries: dict[str, str] = {}
     for pair in catalogue:
-        items.setdefault(pair.item.id, template.item_text(pair.item.as_mapping()))
         queries.setdefault(pair.query_id, pair.query)
     df: Counter[str] = Counter()
     for text in items.values():

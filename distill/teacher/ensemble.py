@@ -38,6 +38,7 @@ import numpy as np
 from core.cot import BOOTSTRAP_DIMENSIONS, DIMENSIONS, OVERLAP_DIMENSION, CoTRecord
 from core.grades import GRADE_LEVELS
 from core.text_template import DEFAULT_TEMPLATE
+from distill.data.schema import distinct_items
 from distill.teacher.bootstrap import rule_judgements
 from distill.teacher.bundle_teacher import SPEC_PREFIX as BUNDLE_PREFIX
 from distill.teacher.bundle_teacher import BundleScorer, score_record
@@ -229,7 +230,9 @@ def fit_ensemble(
     labelled = [p for p in fit_pairs if p.label in GRADE_LEVELS]
     if len({p.label for p in labelled}) < 2:
         raise EnsembleError(f"{data}: the head needs labelled pairs of at least two grades")
-    texts = {p.item.id: DEFAULT_TEMPLATE.item_text(p.item.as_mapping()) for p in catalogue}
+    texts = {
+        i: DEFAULT_TEMPLATE.item_text(item.as_mapping()) for i, item in distinct_items(catalogue).items()
+    }
     bm25 = FrozenBM25.from_texts(list(texts.values()))
     members = Members(cross, bi)
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from core.item import Item
 from distill.cli import app
 from distill.data.loaders import load_pairs
-from distill.data.schema import LabelledPair
+from distill.data.schema import LabelledPair, distinct_items
 from distill.data.transfer import transfer_pairs, write_generic_jsonl
 
 
@@ -31,6 +31,19 @@ def test_each_query_gets_its_best_unjudged_items_and_no_judged_or_unmatched_one(
     two = transfer_pairs(pairs, per_query=2)
     assert [(p.query_id, p.item.id) for p in two] == [("q1", "i3"), ("q1", "i4")]
     assert all(p.label is None for p in two)
+
+
+def test_an_id_repeated_with_another_text_keeps_its_first_text_in_the_index_and_the_pairs():
+    # Home Depot repeats some product ids with two titles: BM25 retrieves by the first, and the transfer
+    # pair must carry the text that was retrieved, not the later one.
+    pairs = [
+        _pair("q1", "red sofa", "i1", "Red sofa"),
+        _pair("q2", "desk lamp", "i2", "Desk lamp with red shade"),
+        _pair("q3", "desk lamp", "i2", "Desk lamp, chrome"),
+    ]
+    assert [i.title for i in distinct_items(pairs).values()] == ["Red sofa", "Desk lamp with red shade"]
+    (pair,) = transfer_pairs(pairs, per_query=1)
+    assert (pair.query_id, pair.item.id, pair.item.title) == ("q1", "i2", "Desk lamp with red shade")
 
 
 def test_written_file_reads_back_with_the_same_pair_ids_and_labels(tmp_path):
