@@ -528,8 +528,8 @@ def summarise(experiment: Experiment) -> str:
             for s in names.values():
                 out += _rows(section, [(s["mkd"], s["label"]), (s["score-kd"], s["label"]),
                                        (s["mkd"], s["score-kd"]), (s["mkd"], default)])  # fmt: skip
-            out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) |",
-                    "|---|---|---|---|---|---|"]  # fmt: skip
+            out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) "
+                    "| gap closed by score KD |", "|---|---|---|---|---|---|---|"]  # fmt: skip
             systems = section["systems"]
             for seed, s in names.items():
                 twin, kd, mkd = (
@@ -537,10 +537,12 @@ def summarise(experiment: Experiment) -> str:
                     for x in (s["label"], s["score-kd"], s["mkd"])
                 )
                 if None in (twin, kd, mkd, top):
-                    out.append(f"| {seed} | not all evaluated | | | | |")
+                    out.append(f"| {seed} | not all evaluated | | | | | |")
                     continue
-                gap = (mkd - twin) / (top - twin) if top != twin else float("nan")
-                out.append(f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap:.0%} |")
+                gap = {x: (x - twin) / (top - twin) if top != twin else float("nan") for x in (mkd, kd)}
+                out.append(
+                    f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap[mkd]:.0%} | {gap[kd]:.0%} |"
+                )
             out.append("")
     return "\n".join(out) + "\n"
 
