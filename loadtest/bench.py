@@ -298,8 +298,8 @@ def _serve_and_compare(
 def efficiency_summary(
     flops: ModelFlops, raw: dict[str, Any], sweep: list[dict[str, Any]], peak: float, rows_per_pair: float
 ) -> dict[str, Any]:
-    """FLOPs, the raw path's and the best error-free HTTP level's share of ``peak`` (FLOP/s), HTTP over raw pairs/s,
-    32-client over 1-client pairs/s and peak RSS, from a sweep of closed-loop records."""
+    """FLOPs, the raw path's and the best error-free HTTP level's share of ``peak`` (FLOP/s), HTTP over
+    raw pairs/s, 32-client over 1-client pairs/s and peak RSS, from a sweep of closed-loop records."""
     best = best_level(sweep) or {"load": "no error-free level", "pairs_per_s": math.nan}
     one = next((r for r in sweep if r["load"].startswith("closed loop, 1 ")), None)
     at32 = next((r for r in sweep if r["load"].startswith("closed loop, 32 ")), None)

@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--sweep",
                 help="the KD weight/temperature sweep (full-MKD students of the first seed, one knob moved "
-                "at a time around --kd-weight/--kd-temperature; hd.py: SWEEP_FACTORS) in place of the students and evaluations; writes sweep.md",
+                "at a time around --kd-weight/--kd-temperature; hd.py: SWEEP_FACTORS) in place of the "
+                "students and evaluations; writes sweep.md",
             ),
         ] = False,
         kd_weight: Annotated[
@@ -68,6 +69,7 @@ def register(app: typer.Typer) -> None:
         from distill.experiments.hd import (
             Experiment,
             check_families,
+            check_kd,
             run_experiment,
             summarise,
             summarise_sweep,
@@ -85,13 +87,16 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--students") from None
         try:
+            check_kd((kd_weight, kd_temperature))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--kd-weight/--kd-temperature") from None
+        try:
             experiment = Experiment(
                 root=root, budget=budget, seeds=chosen, families=families, sweep=sweep,
                 kd=(kd_weight, kd_temperature),
             )  # fmt: skip
         except ValueError as exc:
-            hint = "--kd-weight/--kd-temperature" if "score-KD" in str(exc) else "--seeds"
-            raise typer.BadParameter(str(exc), param_hint=hint) from None
+            raise typer.BadParameter(str(exc), param_hint="--seeds") from None
         if summary:
             typer.echo(summarise_sweep(experiment) if sweep else summarise(experiment))
             return

@@ -77,6 +77,12 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def check_kd(kd: tuple[float, float]) -> None:
+    """ValueError unless ``kd`` is a (score-KD weight, temperature) pair, both > 0."""
+    if len(kd) != 2 or min(kd) <= 0:
+        raise ValueError(f"the score-KD weight and temperature must both be > 0, got {kd}")
+
+
 def check_families(names: tuple[str, ...]) -> None:
     """ValueError unless ``names`` are distinct family names, at least one."""
     if not names or any(n not in FAMILIES for n in names) or len(set(names)) != len(names):
@@ -174,8 +180,7 @@ class Experiment:
                 raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
             self.plan = replace(self.plan, seeds=tuple(self.seeds))
         check_families(self.families)
-        if len(self.kd) != 2 or min(self.kd) <= 0:
-            raise ValueError(f"the score-KD weight and temperature must both be > 0, got {self.kd}")
+        check_kd(self.kd)
         tag = "hd" if self.budget is Budget.full else "hd-smoke"
         self.runs = self.root / "runs" / tag
         self.models = self.root / "models" / "students"
