@@ -46,10 +46,12 @@ def _log_stream() -> TextIO:
 
 
 def configure_logging(level: str) -> None:
-    """Route the service's and uvicorn's loggers to one JSON stream on stderr."""
+    """Route the service's and uvicorn's loggers, and Python warnings (a library's deprecation notice
+    would otherwise be a raw line on stderr that log shippers cannot parse), to one JSON stream."""
     handler = logging.StreamHandler(_log_stream())
     handler.setFormatter(JsonFormatter())
-    for name in ("service", "uvicorn", "uvicorn.error"):
+    logging.captureWarnings(True)
+    for name in ("service", "uvicorn", "uvicorn.error", "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

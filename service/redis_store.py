@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # the asyncio one: redis-py warns when given the sync class
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from service.auth import ANONYMOUS
 from service.explain.metrics import ExplainMetrics
