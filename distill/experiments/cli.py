@@ -56,6 +56,13 @@ def register(app: typer.Typer) -> None:
         kd_temperature: Annotated[
             float, typer.Option(help="temperature of the KD students' score-KD term")
         ] = KD_CHOSEN[1],
+        student_steps: Annotated[
+            int | None,
+            typer.Option(
+                help="optimiser steps of every student, twins included (default: the plan's, 2,000 in "
+                "full); other than the plan's, the run names carry it (cross2-label-n6000-s0)"
+            ),
+        ] = None,
         summary: Annotated[
             bool,
             typer.Option(
@@ -70,6 +77,7 @@ def register(app: typer.Typer) -> None:
             Experiment,
             check_families,
             check_kd,
+            check_student_steps,
             run_experiment,
             summarise,
             summarise_sweep,
@@ -91,9 +99,14 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--kd-weight/--kd-temperature") from None
         try:
+            if student_steps is not None:
+                check_student_steps(student_steps)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--student-steps") from None
+        try:
             experiment = Experiment(
                 root=root, budget=budget, seeds=chosen, families=families, sweep=sweep,
-                kd=(kd_weight, kd_temperature),
+                kd=(kd_weight, kd_temperature), student_steps=student_steps,
             )  # fmt: skip
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--seeds") from None

@@ -83,6 +83,12 @@ def check_kd(kd: tuple[float, float]) -> None:
         raise ValueError(f"the score-KD weight and temperature must both be > 0, got {kd}")
 
 
+def check_student_steps(steps: int) -> None:
+    """ValueError unless ``steps`` is a positive number of optimiser steps."""
+    if steps < 1:
+        raise ValueError(f"the students' optimiser steps must be at least 1, got {steps}")
+
+
 def check_families(names: tuple[str, ...]) -> None:
     """ValueError unless ``names`` are distinct family names, at least one."""
     if not names or any(n not in FAMILIES for n in names) or len(set(names)) != len(names):
@@ -171,6 +177,7 @@ class Experiment:
     families: tuple[str, ...] = tuple(FAMILIES)  # student families, in training order
     sweep: bool = False  # the KD weight/temperature sweep in place of the students and evaluations
     kd: tuple[float, float] = KD_CHOSEN  # (score-KD weight, temperature) of the KD students
+    student_steps: int | None = None  # optimiser steps of every student; None: the plan's
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +188,14 @@ class Experiment:
             self.plan = replace(self.plan, seeds=tuple(self.seeds))
         check_families(self.families)
         check_kd(self.kd)
+        # Students trained for other than the plan's steps carry them in their names (cross2-label-n6000-s0),
+        # twins included: a twin gets its KD students' steps, and a rerun never reuses the plan's bundles.
+        self.steps_tag = ""
+        if self.student_steps is not None:
+            check_student_steps(self.student_steps)
+            if self.student_steps != self.plan.student_max_steps:
+                self.plan = replace(self.plan, student_max_steps=self.student_steps)
+                self.steps_tag = f"-n{self.student_steps}"
         tag = "hd" if self.budget is Budget.full else "hd-smoke"
         self.runs = self.root / "runs" / tag
         self.models = self.root / "models" / "students"
@@ -214,7 +229,10 @@ class Experiment:
         trains new students instead of reusing these."""
         ablation = FAMILIES[family].warm_start and seed == self.plan.seeds[0]
         variants = ["label", "mkd", "score-kd"] + (["label-warm"] if ablation else [])
-        return {v: _run_name(family, v, seed, self.kd if v in KD_VARIANTS else None) for v in variants}
+        return {
+            v: _run_name(family, v, seed, self.kd if v in KD_VARIANTS else None, self.steps_tag)
+            for v in variants
+        }
 
     def sweep_names(self, family: str) -> dict[tuple[float, float], str]:
         """Run names of the sweep's full-MKD students (first seed), by (weight, temperature); the
@@ -223,7 +241,7 @@ class Experiment:
         settings = [self.kd] + [
             (round(weight * fw, 6), round(temperature * ft, 6)) for fw, ft in SWEEP_FACTORS
         ]
-        return {setting: _run_name(family, "mkd", seed, setting) for setting in settings}
+        return {setting: _run_name(family, "mkd", seed, setting, self.steps_tag) for setting in settings}
 
     def eval_dir(self, label: str, family: str | None = None) -> Path:
         """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students."""
@@ -420,9 +438,11 @@ class Experiment:
                                                                "c": self.teacher_spec}}}  # fmt: skip
 
 
-def _run_name(family: str, variant: str, seed: int, kd: tuple[float, float] | None) -> str:
+def _run_name(
+    family: str, variant: str, seed: int, kd: tuple[float, float] | None, steps_tag: str = ""
+) -> str:
     setting = f"-w{kd[0]:g}-t{kd[1]:g}" if kd else ""
-    return f"{family}-{variant}{setting}-s{seed}"
+    return f"{family}-{variant}{setting}{steps_tag}-s{seed}"
 
 
 def run_experiment(experiment: Experiment, *, echo=print) -> dict:

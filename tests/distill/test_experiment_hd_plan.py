@@ -45,3 +45,26 @@ def test_the_kd_setting_reaches_the_training_commands(tmp_path):
 def test_a_setting_that_is_not_positive_is_refused(tmp_path, kd):
     with pytest.raises(ValueError, match="score-KD weight and temperature"):
         Experiment(tmp_path, Budget.full, kd=kd)
+
+
+def test_other_student_steps_reach_every_student_and_its_name(tmp_path):
+    plan_steps = Experiment(tmp_path, Budget.full, student_steps=2000).student_names(0, "cross2")
+    assert plan_steps == Experiment(tmp_path, Budget.full).student_names(0, "cross2")  # the plan's: reused
+    longer = Experiment(
+        tmp_path, Budget.full, seeds=(0,), families=("cross2",), kd=(9.0, 2.0), student_steps=6000
+    )
+    assert longer.student_names(0, "cross2") == {
+        "label": "cross2-label-n6000-s0",
+        "mkd": "cross2-mkd-w9-t2-n6000-s0",
+        "score-kd": "cross2-score-kd-w9-t2-n6000-s0",
+        "label-warm": "cross2-label-warm-n6000-s0",
+    }
+    train = {s.name: s.argv for s in longer.steps() if s.name.startswith("train ")}
+    for name, argv in train.items():
+        expected = "6000" if name.startswith("train cross2-") else None  # the teacher keeps its epoch
+        assert (argv[argv.index("--max-steps") + 1] if "--max-steps" in argv else None) == expected, name
+
+
+def test_no_student_steps_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="optimiser steps must be at least 1"):
+        Experiment(tmp_path, Budget.full, student_steps=0)
