@@ -40,6 +40,7 @@ see the sizing below).
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from core.bundle import MANIFEST_FILE
+from distill.students.config import TrainConfig
 from distill.teacher.ensemble import ENSEMBLE_FILE
 from service.settings import DEFAULT_BUNDLE
 
@@ -112,6 +114,17 @@ class Plan:
         tuple[str, str], ...
     ]  # (label, dataset): other sources the same bundles are evaluated on
     student_layers: int | None = None  # None: each family's own depth; smoke: fewer, for time
+    train_pairs: int = 45_854  # labelled pairs of ``train``: the twin's epoch, the shortest of a seed's
+
+    def student_epochs(self) -> int:
+        """Epochs a student's ``--max-steps`` needs. The trainer stops at whichever of --epochs and
+        --max-steps comes first, and a twin's epoch (train pairs only) is the shortest of a seed's
+        students, so a twin given more steps than one epoch holds gets the epochs they need; the KD
+        students, with the transfer pairs as well, stop at the same step count within their first epoch."""
+        if self.student_max_steps is None:
+            return self.epochs
+        batch = TrainConfig.model_fields["batch_size"].default  # the chain passes no --batch-size
+        return max(self.epochs, math.ceil(self.student_max_steps * batch / self.train_pairs))
 
 
 # The full plan is sized for 3 hours on 2 CPU cores (AMD EPYC, batch 16): a 6-layer cross step took
@@ -157,7 +170,20 @@ PLANS: dict[Budget, Plan] = {
         (("crowdflower-dev", "crowdflower:dev"), ("bundled-dev", "bundled:dev")),
     ),
     Budget.smoke: Plan(
-        "bundled:train", "bundled:dev", 2, 1, 2, 1e-4, 1, 3, 3, (0,), False, (), student_layers=2
+        "bundled:train",
+        "bundled:dev",
+        2,
+        1,
+        2,
+        1e-4,
+        1,
+        3,
+        3,
+        (0,),
+        False,
+        (),
+        student_layers=2,
+        train_pairs=854,
     ),
 }
 
@@ -328,7 +354,11 @@ class Experiment:
                 common = ["--kind", family.kind, "--layers", str(p.student_layers or family.layers), "--lr", str(family.lr),
                           "--seed", str(seed), *(warm if variant != "label" else [])]  # fmt: skip
                 return self._train_and_export(
-                    run, self.bundle(run), p.student_max_steps, [*common, *(kd_options or options[variant])]
+                    run,
+                    self.bundle(run),
+                    p.student_max_steps,
+                    [*common, *(kd_options or options[variant])],
+                    epochs=p.student_epochs(),
                 )
 
             if self.sweep:
@@ -378,10 +408,12 @@ class Experiment:
             *(a for s in systems for a in ("--system", s)), *(a for c in compare for a in ("--compare", ",".join(c)))])  # fmt: skip
 
     def _train_and_export(
-        self, name: str, bundle: Path, max_steps: int | None, options: list[str]
+        self, name: str, bundle: Path, max_steps: int | None, options: list[str], epochs: int | None = None
     ) -> list[Step]:
         p, run = self.plan, self.runs / name
-        limits = ["--epochs", str(p.epochs)] + (["--max-steps", str(max_steps)] if max_steps else [])
+        limits = ["--epochs", str(epochs or p.epochs)] + (
+            ["--max-steps", str(max_steps)] if max_steps else []
+        )
         return [
             Step(
                 f"train {name}",

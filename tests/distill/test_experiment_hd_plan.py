@@ -61,8 +61,16 @@ def test_other_student_steps_reach_every_student_and_its_name(tmp_path):
     }
     train = {s.name: s.argv for s in longer.steps() if s.name.startswith("train ")}
     for name, argv in train.items():
-        expected = "6000" if name.startswith("train cross2-") else None  # the teacher keeps its epoch
-        assert (argv[argv.index("--max-steps") + 1] if "--max-steps" in argv else None) == expected, name
+        student = name.startswith("train cross2-")  # the teacher keeps its one epoch
+        assert (argv[argv.index("--max-steps") + 1] if "--max-steps" in argv else None) == (
+            "6000" if student else None
+        )
+        # 6,000 steps of 16 pairs are 2.1 epochs of the 45,854 train pairs: the twin needs 3 to get them all.
+        assert argv[argv.index("--epochs") + 1] == ("3" if student else "1"), name
+    default = {
+        s.name: s.argv for s in Experiment(tmp_path, Budget.full).steps() if s.name.startswith("train ")
+    }
+    assert all(argv[argv.index("--epochs") + 1] == "1" for argv in default.values())
 
 
 def test_no_student_steps_is_refused(tmp_path):
