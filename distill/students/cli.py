@@ -295,6 +295,48 @@ def build_default_command(
     )
 
 
+def gradients_command(
+    run: Annotated[
+        Path, typer.Argument(help="finished training run folder (runs/NAME) with two loss terms or more")
+    ],
+    at: Annotated[
+        list[str] | None,
+        typer.Option(help="start (the run's --init-from or MiniLM weights) and/or trained; repeatable"),
+    ] = None,
+    batches: Annotated[int, typer.Option(min=2, help="batches of the run's own training data")] = 64,
+    seed: Annotated[int, typer.Option(help="which batches are drawn, and the bootstrap's seed")] = 0,
+    out: Annotated[Path | None, typer.Option(help="also write the reports here as JSON")] = None,
+) -> None:
+    """Do the run's loss terms pull together? Per pair of terms, the cosine of their weighted gradients
+    on the shared backbone, per batch (mean, bootstrap 95% CI), at the run's start and trained weights
+    (distill/students/gradients.py)."""
+    import json
+
+    from core.cot import CoTFileError, read_records
+    from distill.data.reading import DataError
+    from distill.students.data import TeacherSource
+    from distill.students.gradients import AT, format_report, read_config, term_gradients
+
+    wanted = at or list(AT)
+    for where in wanted:
+        if where not in AT:
+            raise typer.BadParameter(f"one of {', '.join(AT)}, got {where!r}", param_hint="--at")
+    try:
+        config = read_config(run)
+        pairs, _ = load_data(config.train_data, None)
+        sources = [TeacherSource(path, use, read_records(path)[0]) for path, use in config.teacher_files()]
+        reports = [
+            term_gradients(run, pairs, sources, at=where, batches=batches, seed=seed) for where in wanted
+        ]
+    except (DataError, CoTFileError, ValueError) as exc:
+        _fail(str(exc))
+    for report in reports:
+        typer.echo(format_report(report) + "\n")
+    if out:
+        out.write_text(json.dumps([r.as_dict() for r in reports], indent=1) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     student_app = typer.Typer(
         help="Students: train one, export it to a checked bundle; build the default bundle.",
@@ -305,3 +347,4 @@ def register(app: typer.Typer) -> None:
     student_app.command("export")(export_command)
     student_app.command("reduce")(reduce_command)
     student_app.command("build-default")(build_default_command)
+    student_app.command("gradients")(gradients_command)

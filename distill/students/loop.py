@@ -23,7 +23,27 @@ from distill.students.predict import predict_scores, ranking_metrics, student_ma
 from distill.students.run_folder import init_from_run, save_run, write_metrics
 
 
-def _loss_terms(model, batch: dict, config: TrainConfig, losses: dict) -> dict:
+def make_losses(config: TrainConfig) -> dict:
+    """The loss modules the terms are computed with, by name (one place: training and diagnostics)."""
+    from distill.losses import (
+        AttentionKDLoss,
+        HardLabelLoss,
+        PoolingKDLoss,
+        ScoreDistributionKDLoss,
+        VerdictAuxLoss,
+    )
+
+    return {
+        "hard": HardLabelLoss(),
+        "score_kd": ScoreDistributionKDLoss(config.temperature),
+        "attention": AttentionKDLoss(),
+        "pooling": PoolingKDLoss(),
+        "verdict": VerdictAuxLoss(),
+    }
+
+
+def loss_terms(model, batch: dict, config: TrainConfig, losses: dict) -> dict:
+    """Each switched-on term's (unweighted) value on a batch, by the name of its weight."""
     w = config.weights
     logits, terms = config.student_kind.loss_terms(model, batch, w, losses)
     if w.hard:
@@ -83,13 +103,6 @@ def train(
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from distill.losses import (
-        AttentionKDLoss,
-        HardLabelLoss,
-        PoolingKDLoss,
-        ScoreDistributionKDLoss,
-        VerdictAuxLoss,
-    )
     from distill.students.backbone import tokenizer_file as backbone_tokenizer
     from distill.students.data import TeacherReport, build_examples, collate, merge_teacher
 
@@ -138,13 +151,7 @@ def train(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total_steps), max(total_steps, 1)
     )
-    losses = {
-        "hard": HardLabelLoss(),
-        "score_kd": ScoreDistributionKDLoss(config.temperature),
-        "attention": AttentionKDLoss(),
-        "pooling": PoolingKDLoss(),
-        "verdict": VerdictAuxLoss(),
-    }
+    losses = make_losses(config)
     weights = config.weights.model_dump()
 
     history: list[dict[str, Any]] = []
@@ -162,7 +169,7 @@ def train(
             disable=not accelerator.is_local_main_process,
         )
         for batch in bar:
-            terms = _loss_terms(model, batch, config, losses)
+            terms = loss_terms(model, batch, config, losses)
             loss = sum(weights[name] * value for name, value in terms.items())
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
