@@ -17,6 +17,9 @@ from service import logs
 def captured(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(logs, "_stream", stream)
+    # An earlier test in this process may have left logging "capturing" while pytest has since put its
+    # own showwarning back; captureWarnings(True) is a no-op then, so start from not capturing.
+    logging.captureWarnings(False)
     # configure_logging rewires these loggers for the process; put them back so later tests' caplog works
     names = ("service", "uvicorn", "uvicorn.error", "py.warnings")
     saved = {
