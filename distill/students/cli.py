@@ -13,6 +13,7 @@ from core.datasets import SPEC_HELP
 from distill.export.default_bundle import NAME as DEFAULT_BUNDLE_NAME
 from distill.export.student import Precision
 from distill.students.config import Kind, LossWeights, SelectMetric, TrainConfig
+from distill.students.gradients import At
 
 # Flag defaults are the config's defaults (one definition).
 _D = {name: field.default for name, field in TrainConfig.model_fields.items()}
@@ -300,7 +301,7 @@ def gradients_command(
         Path, typer.Argument(help="finished training run folder (runs/NAME) with two loss terms or more")
     ],
     at: Annotated[
-        list[str] | None,
+        list[At] | None,
         typer.Option(help="start (the run's --init-from or MiniLM weights) and/or trained; repeatable"),
     ] = None,
     batches: Annotated[int, typer.Option(min=2, help="batches of the run's own training data")] = 64,
@@ -315,12 +316,9 @@ def gradients_command(
     from core.cot import CoTFileError, read_records
     from distill.data.reading import DataError
     from distill.students.data import TeacherSource
-    from distill.students.gradients import AT, format_report, read_config, term_gradients
+    from distill.students.gradients import format_report, read_config, term_gradients
 
-    wanted = at or list(AT)
-    for where in wanted:
-        if where not in AT:
-            raise typer.BadParameter(f"one of {', '.join(AT)}, got {where!r}", param_hint="--at")
+    wanted = at or list(At)
     try:
         config = read_config(run)
         pairs, _ = load_data(config.train_data, None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from core.grades import GRADE_LEVELS
 from distill.students.config import TrainConfig, make_tokenizer
 from distill.students.run_folder import CONFIG_FILE, TOKENIZER_FILE, init_from_run, load_run
 
-AT = ("start", "trained")  # where the gradients are taken: the run's start weights, its trained weights
+
+class At(StrEnum):
+    """Where the gradients are taken: the run's start weights (its --init-from run, or MiniLM), its trained ones."""
+
+    start = "start"
+    trained = "trained"
+
+
 RESAMPLES = 1000
 
 
@@ -80,8 +88,8 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def _model_at(run_dir: Path, config: TrainConfig, at: str):
-    if at == "trained":
+def _model_at(run_dir: Path, config: TrainConfig, at: At):
+    if at is At.trained:
         return load_run(run_dir)[0]
     model = config.student_kind.build(config.layers)
     if config.init_from:
@@ -96,7 +104,7 @@ def _mean_ci(values: np.ndarray, seed: int) -> tuple[float, tuple[float, float]]
 
 
 def term_gradients(
-    run_dir: str | Path, train_pairs, teacher_sources, *, at: str, batches: int, seed: int = 0
+    run_dir: str | Path, train_pairs, teacher_sources, *, at: At | str, batches: int, seed: int = 0
 ) -> GradientReport:
     """The report for ``run_dir`` on ``batches`` batches of ``train_pairs`` drawn with ``seed``."""
     import torch
@@ -104,8 +112,7 @@ def term_gradients(
     from distill.students.data import TeacherReport, build_examples, collate, merge_teacher
     from distill.students.loop import loss_terms, make_losses
 
-    if at not in AT:
-        raise ValueError(f"at must be one of {', '.join(AT)}, got {at!r}")
+    at = At(at)
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     kind = config.student_kind
@@ -155,7 +162,7 @@ def term_gradients(
                 cosines[(a, b)].append(float(flat[a] @ flat[b]) / (norms[a][-1] * norms[b][-1]))
         n += 1
     result = GradientReport(
-        run=str(run_dir), at=at, batches=n, batch_size=config.batch_size, weights=weights,
+        run=str(run_dir), at=str(at), batches=n, batch_size=config.batch_size, weights=weights,
         norms={name: float(np.mean(v)) if v else float("nan") for name, v in norms.items()}, empty=empty,
     )  # fmt: skip
     for pair, values in cosines.items():
