@@ -193,6 +193,23 @@ class Step:
     name: str
     done: Path | None  # skipped when this file exists; None: always run (the command skips its own work)
     argv: list[str]
+    # An eval step's systems (specs): its report counts as done only if it scored every one of them, so
+    # a rerun with more seeds re-evaluates instead of keeping a report that lacks them.
+    systems: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """What keeps the step from counting as done: its output file, or systems its report lacks."""
+        if self.done is None or not self.done.exists():
+            return [str(self.done)] if self.done is not None else ["(always runs)"]
+        if not self.systems:
+            return []
+        sections = json.loads(self.done.read_text(encoding="utf-8")).get("sections", {})
+        scored = {
+            s.get("info", {}).get("spec")
+            for section in sections.values()
+            for s in section["systems"].values()
+        }
+        return [spec for spec in self.systems if spec not in scored]
 
 
 @dataclass
@@ -270,8 +287,13 @@ class Experiment:
         return {setting: _run_name(family, "mkd", seed, setting, self.steps_tag) for setting in settings}
 
     def eval_dir(self, label: str, family: str | None = None) -> Path:
-        """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students."""
-        return self.report / (f"eval-{label}-{family}" if family else f"eval-{label}")
+        """eval-LABEL: the baselines and teachers; eval-LABEL-FAMILY: a family's students, and with the
+        KD setting and student steps where they are not the chain's defaults (eval-dev-cross2-w9-t2-n6000),
+        so a round with other settings writes its own reports beside the earlier round's."""
+        if family is None:
+            return self.report / f"eval-{label}"
+        setting = "" if self.kd == KD_CHOSEN else f"-w{self.kd[0]:g}-t{self.kd[1]:g}"
+        return self.report / f"eval-{label}-{family}{setting}{self.steps_tag}"
 
     def steps(self) -> list[Step]:
         p, runs = self.plan, self.runs
@@ -403,7 +425,7 @@ class Experiment:
         return steps
 
     def _eval(self, eval_dir: Path, data: str, systems: list[str], compare: list[tuple[str, str]]) -> Step:
-        return Step(f"eval on {data} ({eval_dir.name})", eval_dir / "metrics.json", [
+        return Step(f"eval on {data} ({eval_dir.name})", eval_dir / "metrics.json", systems=tuple(systems), argv=[
             "eval", "run", "--data", data, "--out", str(eval_dir), "--slice", "long-tail",
             *(a for s in systems for a in ("--system", s)), *(a for c in compare for a in ("--compare", ",".join(c)))])  # fmt: skip
 
@@ -483,9 +505,12 @@ def run_experiment(experiment: Experiment, *, echo=print) -> dict:
     steps = experiment.steps()
     for n, step in enumerate(steps, start=1):
         head = f"[{n}/{len(steps)}] {step.name}"
-        if step.done is not None and step.done.exists():
+        missing = step.missing()
+        if not missing:
             echo(f"{head}: already there ({step.done}), skipped")
             continue
+        if step.done is not None and step.done.exists():
+            echo(f"{head}: {step.done} lacks {', '.join(missing)}: rerunning")
         echo(f"{head}: relevance {shlex.join(step.argv)}")
         started = time.monotonic()
         code = subprocess.run([relevance, *step.argv], check=False).returncode

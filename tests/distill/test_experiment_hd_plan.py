@@ -3,6 +3,8 @@ is laid out around the chain's setting, and a bad setting is refused."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from distill.experiments.hd import KD_CHOSEN, Budget, Experiment
@@ -76,3 +78,26 @@ def test_other_student_steps_reach_every_student_and_its_name(tmp_path):
 def test_no_student_steps_is_refused(tmp_path):
     with pytest.raises(ValueError, match="optimiser steps must be at least 1"):
         Experiment(tmp_path, Budget.full, student_steps=0)
+
+
+def test_a_round_with_other_settings_writes_its_own_student_reports(tmp_path):
+    assert Experiment(tmp_path, Budget.full).eval_dir("dev", "cross2").name == "eval-dev-cross2"
+    other = Experiment(tmp_path, Budget.full, kd=(9.0, 2.0), student_steps=6000)
+    assert other.eval_dir("dev", "cross2").name == "eval-dev-cross2-w9-t2-n6000"
+    assert other.eval_dir("dev").name == "eval-dev"  # the baselines and teachers do not depend on them
+
+
+def test_an_eval_report_counts_as_done_only_with_every_system_scored(tmp_path):
+    one_seed = Experiment(tmp_path, Budget.full, seeds=(0,), families=("cross2",))
+    three = Experiment(tmp_path, Budget.full, seeds=(0, 1, 2), families=("cross2",))
+    [step] = [s for s in three.steps() if s.name.endswith("(eval-dev-cross2)")]
+    assert step.missing() == [str(step.done)]
+    # The report a one-seed round wrote: the same folder, fewer systems.
+    [first] = [s for s in one_seed.steps() if s.name.endswith("(eval-dev-cross2)")]
+    assert first.done == step.done
+    step.done.parent.mkdir(parents=True)
+    scored = {f"s{i}": {"info": {"spec": spec}} for i, spec in enumerate(first.systems)}
+    step.done.write_text(json.dumps({"sections": {"All queries": {"systems": scored}}}))
+    assert first.missing() == []
+    assert step.missing() == [s for s in step.systems if s not in first.systems]
+    assert any("-s1" in spec for spec in step.missing())
