@@ -1,7 +1,8 @@
 """``relevance experiment hd``: the Home Depot distillation chain, from ../shared/data to bundles.
 
 Each step is one ``relevance`` command run as its own process (its progress bar shows), and is
-skipped when its output is already there, so a killed or timed-out run resumes where it stopped:
+skipped when its output is already there (an evaluation's: a report that scored every system asked
+for), so a killed or timed-out run resumes where it stopped:
 
 1. transfer set: the train pairs plus, per train query, unjudged top-BM25 and random items
 2. the rule CoT (per-dimension verdicts and evidence) for the train pairs: the CoT KD targets
