@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from distill.experiments.hd import FAMILIES, KD_CHOSEN, Budget
+from distill.experiments.hd import FAMILIES, KD_CHOSEN, VARIANTS, Budget
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +63,13 @@ def register(app: typer.Typer) -> None:
                 "full); other than the plan's, the run names carry it (cross2-label-n6000-s0)"
             ),
         ] = None,
+        variants: Annotated[
+            str,
+            typer.Option(
+                help="the students each seed gets: label (the twin, always), mkd, score-kd, label-warm "
+                "(first seed: the warm-start ablation); e.g. label,mkd for a round of twins and full MKD only"
+            ),
+        ] = ",".join(VARIANTS),
         summary: Annotated[
             bool,
             typer.Option(
@@ -78,6 +85,7 @@ def register(app: typer.Typer) -> None:
             check_families,
             check_kd,
             check_student_steps,
+            check_variants,
             run_experiment,
             summarise,
             summarise_sweep,
@@ -98,6 +106,11 @@ def register(app: typer.Typer) -> None:
             check_kd((kd_weight, kd_temperature))
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--kd-weight/--kd-temperature") from None
+        chosen_variants = tuple(v.strip() for v in variants.split(","))
+        try:
+            check_variants(chosen_variants)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--variants") from None
         try:
             if student_steps is not None:
                 check_student_steps(student_steps)
@@ -106,7 +119,7 @@ def register(app: typer.Typer) -> None:
         try:
             experiment = Experiment(
                 root=root, budget=budget, seeds=chosen, families=families, sweep=sweep,
-                kd=(kd_weight, kd_temperature), student_steps=student_steps,
+                kd=(kd_weight, kd_temperature), student_steps=student_steps, variants=chosen_variants,
             )  # fmt: skip
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--seeds") from None

@@ -86,6 +86,18 @@ def check_kd(kd: tuple[float, float]) -> None:
         raise ValueError(f"the score-KD weight and temperature must both be > 0, got {kd}")
 
 
+def check_variants(variants: tuple[str, ...]) -> None:
+    """ValueError unless ``variants`` are distinct names from VARIANTS, the twin ("label") among them."""
+    if (
+        any(v not in VARIANTS for v in variants)
+        or len(set(variants)) != len(variants)
+        or "label" not in variants
+    ):
+        raise ValueError(
+            f"distinct names from {', '.join(VARIANTS)}, label among them; got {','.join(variants)}"
+        )
+
+
 def check_student_steps(steps: int) -> None:
     """ValueError unless ``steps`` is a positive number of optimiser steps."""
     if steps < 1:
@@ -152,6 +164,10 @@ KD_CHOSEN = (3.0, 2.0)
 # short has trained the likeliest gains.
 SWEEP_FACTORS: tuple[tuple[float, float], ...] = ((3.0, 1.0), (1.0, 2.0), (1.0, 0.5), (0.3, 1.0))
 KD_VARIANTS = ("score-kd", "mkd")  # the students whose run names carry their score-KD setting
+# Every student a seed can have: the label-only twin, full MKD, score KD alone, and (first seed,
+# warm-started families) the label-only student with the warm start. ``--variants`` picks some; the
+# twin is always among them, since every KD student is measured against it.
+VARIANTS = ("label", "mkd", "score-kd", "label-warm")
 # The export's parity gates (ONNX vs PyTorch) run on the bundled dev split: a 6-layer export checked
 # on all 12,408 Home Depot dev pairs took 148 s, and the eval steps score every bundle there anyway.
 EXPORT_CHECK_DATA = "bundled:dev"
@@ -222,6 +238,7 @@ class Experiment:
     sweep: bool = False  # the KD weight/temperature sweep in place of the students and evaluations
     kd: tuple[float, float] = KD_CHOSEN  # (score-KD weight, temperature) of the KD students
     student_steps: int | None = None  # optimiser steps of every student; None: the plan's
+    variants: tuple[str, ...] = VARIANTS  # which students each seed gets (the twin always)
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -232,6 +249,7 @@ class Experiment:
             self.plan = replace(self.plan, seeds=tuple(self.seeds))
         check_families(self.families)
         check_kd(self.kd)
+        check_variants(self.variants)
         # Students trained for other than the plan's steps carry them in their names (cross2-label-n6000-s0),
         # twins included: a twin gets its KD students' steps, and a rerun never reuses the plan's bundles.
         self.steps_tag = ""
@@ -272,7 +290,7 @@ class Experiment:
         students' names carry their setting (cross2-mkd-w3-t2-s0), so a rerun with another setting
         trains new students instead of reusing these."""
         ablation = FAMILIES[family].warm_start and seed == self.plan.seeds[0]
-        variants = ["label", "mkd", "score-kd"] + (["label-warm"] if ablation else [])
+        variants = [v for v in VARIANTS if v in self.variants and (v != "label-warm" or ablation)]
         return {
             v: _run_name(family, v, seed, self.kd if v in KD_VARIANTS else None, self.steps_tag)
             for v in variants
@@ -410,19 +428,19 @@ class Experiment:
             for seed in p.seeds:
                 spec = {v: self.spec(n) for v, n in self.student_names(seed, name).items()}
                 compare += [
-                    (spec["mkd"], spec["label"]),
-                    (spec["score-kd"], spec["label"]),
-                    (spec["mkd"], spec["score-kd"]),
+                    (spec[a], spec[b])
+                    for a, b in (("mkd", "label"), ("score-kd", "label"), ("mkd", "score-kd"))
+                    if a in spec and b in spec
                 ]
             for label, data in (("dev", p.dev), *p.transfer_checks):
                 steps.append(self._eval(self.eval_dir(label, name), data, systems, compare))
-            if family.warm_start:
-                ablation = {v: self.spec(n) for v, n in self.student_names(p.seeds[0], name).items()}
+            ablation = {v: self.spec(n) for v, n in self.student_names(p.seeds[0], name).items()}
+            if "label-warm" in ablation:
                 steps += train(p.seeds[0], "label-warm", self.student_names(p.seeds[0], name)["label-warm"])
+                kd = [v for v in ("score-kd", "mkd") if v in ablation]
                 steps.append(self._eval(self.eval_dir("dev-warm-start", name), p.dev,
-                                        [ablation[v] for v in ("label", "label-warm", "score-kd", "mkd")],
-                                        [(ablation["score-kd"], ablation["label-warm"]),
-                                         (ablation["mkd"], ablation["label-warm"])]))  # fmt: skip
+                                        [ablation[v] for v in ("label", "label-warm", *kd)],
+                                        [(ablation[v], ablation["label-warm"]) for v in kd]))  # fmt: skip
         return steps
 
     def _eval(self, eval_dir: Path, data: str, systems: list[str], compare: list[tuple[str, str]]) -> Step:
@@ -484,8 +502,9 @@ class Experiment:
                 students.append(
                     {"path": twin, "kind": kind, "role": "label-only", "seed": seed, "twin": None}
                 )
-                students.append({"path": str(self.bundle(names["mkd"])), "kind": kind, "role": "mkd",
-                                 "seed": seed, "twin": twin})  # fmt: skip
+                if "mkd" in names:
+                    students.append({"path": str(self.bundle(names["mkd"])), "kind": kind, "role": "mkd",
+                                     "seed": seed, "twin": twin})  # fmt: skip
                 ablations += [{"path": str(self.bundle(run)), "kind": kind, "role": variant, "seed": seed,
                                "twin": twin} for variant, run in names.items() if variant in ("score-kd", "label-warm")]  # fmt: skip
         return {"budget": str(self.budget), "students": students, "ablations": ablations,
@@ -545,6 +564,9 @@ def _promote_best(experiment: Experiment, manifest: dict, relevance: str, echo) 
             name: s["metrics"]["auc_exact"]["value"] for name, s in (section or {}).get("systems", {}).items()
         }
     mkd = [s["path"] for s in manifest["students"] if s["role"] == "mkd"]
+    if not mkd:
+        echo("no MKD student in this round (--variants): nothing to promote")
+        return
     best = max(mkd, key=lambda path: auc.get(f"bundle:{Path(path).name}", float("-inf")))
     run = experiment.runs / Path(best).name.removeprefix(f"{experiment.prefix}-")
     argv = ["student", "export", str(run), "--out", "models/student", "--precision", "fp32",
@@ -580,6 +602,22 @@ def _rows(section: dict, pairs: list[tuple[str, str]]) -> list[str]:
     ]
 
 
+def _gap_row(seed: int, auc: dict[str, float | None], top: float | None) -> str:
+    """One seed's row of the gap table from dev AUC E-vs-rest by variant (None: not trained or scored)."""
+    twin = auc["label"]
+    if twin is None or top is None or all(auc[v] is None for v in ("score-kd", "mkd")):
+        return f"| {seed} | not all evaluated | | | | | |"
+    value = {v: "not trained" if x is None else f"{x:.3f}" for v, x in auc.items()}
+    closed = {
+        v: "—" if x is None else (f"{(x - twin) / (top - twin):.0%}" if top != twin else "n/a")
+        for v, x in auc.items()
+    }
+    return (
+        f"| {seed} | {twin:.3f} | {value['score-kd']} | {value['mkd']} | {top:.3f} | "
+        f"{closed['mkd']} | {closed['score-kd']} |"
+    )
+
+
 def summarise(experiment: Experiment) -> str:
     """The issue's checks in Markdown, computed from the eval reports that exist: the shipped teacher
     against rung (a) and the zero-shot default; per family and seed, the share of the twin-to-teacher
@@ -609,23 +647,18 @@ def summarise(experiment: Experiment) -> str:
                      for seed in experiment.plan.seeds}  # fmt: skip
             out += [f"### {family} students", "", *SUMMARY_HEADER]
             for s in names.values():
-                out += _rows(section, [(s["mkd"], s["label"]), (s["score-kd"], s["label"]),
-                                       (s["mkd"], s["score-kd"]), (s["mkd"], default)])  # fmt: skip
+                out += _rows(section, [(s[a], s[b] if b != "default" else default) for a, b in
+                                       (("mkd", "label"), ("score-kd", "label"), ("mkd", "score-kd"), ("mkd", "default"))
+                                       if a in s and (b in s or b == "default")])  # fmt: skip
             out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) "
                     "| gap closed by score KD |", "|---|---|---|---|---|---|---|"]  # fmt: skip
             systems = section["systems"]
             for seed, s in names.items():
-                twin, kd, mkd = (
-                    systems[x]["metrics"]["auc_exact"]["value"] if x in systems else None
-                    for x in (s["label"], s["score-kd"], s["mkd"])
-                )
-                if None in (twin, kd, mkd, top):
-                    out.append(f"| {seed} | not all evaluated | | | | | |")
-                    continue
-                gap = {x: (x - twin) / (top - twin) if top != twin else float("nan") for x in (mkd, kd)}
-                out.append(
-                    f"| {seed} | {twin:.3f} | {kd:.3f} | {mkd:.3f} | {top:.3f} | {gap[mkd]:.0%} | {gap[kd]:.0%} |"
-                )
+                auc = {
+                    v: systems[s[v]]["metrics"]["auc_exact"]["value"] if s.get(v) in systems else None
+                    for v in ("label", "score-kd", "mkd")
+                }
+                out.append(_gap_row(seed, auc, top))
             out.append("")
     return "\n".join(out) + "\n"
 

@@ -101,3 +101,34 @@ def test_an_eval_report_counts_as_done_only_with_every_system_scored(tmp_path):
     assert first.missing() == []
     assert step.missing() == [s for s in step.systems if s not in first.systems]
     assert any("-s1" in spec for spec in step.missing())
+
+
+def test_a_round_of_twins_and_full_mkd_trains_and_compares_only_those(tmp_path):
+    exp = Experiment(
+        tmp_path, Budget.full, seeds=(1, 2), families=("cross2",), kd=(9.0, 2.0), variants=("label", "mkd")
+    )
+    assert exp.student_names(1, "cross2") == {"label": "cross2-label-s1", "mkd": "cross2-mkd-w9-t2-s1"}
+    steps = exp.steps()
+    trained = [s.name for s in steps if s.name.startswith("train cross2-")]
+    assert trained == [f"train cross2-{v}-s{seed}" for seed in (1, 2) for v in ("label", "mkd-w9-t2")]
+    [dev] = [s for s in steps if s.name.endswith("(eval-dev-cross2-w9-t2)")]
+    compared = [dev.argv[i + 1] for i, a in enumerate(dev.argv) if a == "--compare"]
+    assert compared == [
+        f"{exp.spec(f'cross2-mkd-w9-t2-s{s}')},{exp.spec(f'cross2-label-s{s}')}" for s in (1, 2)
+    ]
+    assert not any("warm-start" in s.name for s in steps)
+    assert [s["role"] for s in exp.manifest()["students"]] == ["label-only", "mkd"] * 2
+
+
+@pytest.mark.parametrize("variants", [("mkd",), ("label", "label"), ("label", "kd")])
+def test_variants_without_the_twin_or_unknown_are_refused(tmp_path, variants):
+    with pytest.raises(ValueError, match="label among them"):
+        Experiment(tmp_path, Budget.full, variants=variants)
+
+
+def test_the_gap_row_of_a_round_without_score_kd(tmp_path):
+    from distill.experiments.hd import _gap_row
+
+    row = _gap_row(0, {"label": 0.6, "score-kd": None, "mkd": 0.72}, 0.75)
+    assert row == "| 0 | 0.600 | not trained | 0.720 | 0.750 | 80% | — |"
+    assert "not all evaluated" in _gap_row(0, {"label": None, "score-kd": 0.7, "mkd": 0.72}, 0.75)
