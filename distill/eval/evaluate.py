@@ -237,7 +237,8 @@ def evaluate(
     unknown = sorted({n for pair in compare for n in pair} - set(names))
     if unknown:
         raise ValueError(f"--compare names {unknown}: not among the systems {names}")
-    for a, b in [(other, names[0]) for other in names[1:]] + list(compare):
+    # dict.fromkeys: a --compare pair that is also a later-vs-first pair is reported once
+    for a, b in dict.fromkeys([(other, names[0]) for other in names[1:]] + list(compare)):
         diff = boot[a] - boot[b]
         result["comparisons"].append(
             {

@@ -313,7 +313,10 @@ def test_compare_adds_paired_differences_between_any_two_systems(tmp_path):
         str(tmp_path / "r"),
     ]
     args += ["--system", "bm25", "--system", f"annotations:{a}", "--system", f"annotations:{b}"]
-    result = CliRunner().invoke(app, [*args, "--compare", f"annotations:{b},annotations:{a}"])
+    # The second --compare is also a later-vs-first pair: reported once.
+    result = CliRunner().invoke(
+        app, [*args, "--compare", f"annotations:{b},annotations:{a}", "--compare", f"annotations:{a},bm25"]
+    )
     assert result.exit_code == 0, result.output
     comparisons = json.loads((tmp_path / "r" / "metrics.json").read_text())["sections"]["All queries"][
         "comparisons"
