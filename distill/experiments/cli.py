@@ -98,24 +98,19 @@ def register(app: typer.Typer) -> None:
                 f"comma-separated integers, got {seeds!r}", param_hint="--seeds"
             ) from None
         families = tuple(f.strip() for f in students.split(","))
-        try:
-            check_families(families)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--students") from None
-        try:
-            check_kd((kd_weight, kd_temperature))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--kd-weight/--kd-temperature") from None
         chosen_variants = tuple(v.strip() for v in variants.split(","))
-        try:
-            check_variants(chosen_variants)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--variants") from None
-        try:
-            if student_steps is not None:
-                check_student_steps(student_steps)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--student-steps") from None
+        # Experiment runs the same checks; run here first, each error names the option it is about.
+        for check, value, hint in (
+            (check_families, families, "--students"),
+            (check_kd, (kd_weight, kd_temperature), "--kd-weight/--kd-temperature"),
+            (check_variants, chosen_variants, "--variants"),
+            (check_student_steps, student_steps, "--student-steps"),
+        ):
+            try:
+                if value is not None:
+                    check(value)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint=hint) from None
         try:
             experiment = Experiment(
                 root=root, budget=budget, seeds=chosen, families=families, sweep=sweep,

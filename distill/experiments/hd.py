@@ -434,9 +434,10 @@ class Experiment:
                 ]
             for label, data in (("dev", p.dev), *p.transfer_checks):
                 steps.append(self._eval(self.eval_dir(label, name), data, systems, compare))
-            ablation = {v: self.spec(n) for v, n in self.student_names(p.seeds[0], name).items()}
+            first = self.student_names(p.seeds[0], name)
+            ablation = {v: self.spec(n) for v, n in first.items()}
             if "label-warm" in ablation:
-                steps += train(p.seeds[0], "label-warm", self.student_names(p.seeds[0], name)["label-warm"])
+                steps += train(p.seeds[0], "label-warm", first["label-warm"])
                 kd = [v for v in ("score-kd", "mkd") if v in ablation]
                 steps.append(self._eval(self.eval_dir("dev-warm-start", name), p.dev,
                                         [ablation[v] for v in ("label", "label-warm", *kd)],
@@ -647,9 +648,10 @@ def summarise(experiment: Experiment) -> str:
                      for seed in experiment.plan.seeds}  # fmt: skip
             out += [f"### {family} students", "", *SUMMARY_HEADER]
             for s in names.values():
-                out += _rows(section, [(s[a], s[b] if b != "default" else default) for a, b in
+                spec = {**s, "default": default}
+                out += _rows(section, [(spec[a], spec[b]) for a, b in
                                        (("mkd", "label"), ("score-kd", "label"), ("mkd", "score-kd"), ("mkd", "default"))
-                                       if a in s and (b in s or b == "default")])  # fmt: skip
+                                       if a in spec and b in spec])  # fmt: skip
             out += ["", "| seed | twin | score KD | full MKD | teacher (c) | gap closed by MKD (AUC E-vs-rest) "
                     "| gap closed by score KD |", "|---|---|---|---|---|---|---|"]  # fmt: skip
             systems = section["systems"]

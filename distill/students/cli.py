@@ -316,7 +316,8 @@ def gradients_command(
     from core.cot import CoTFileError, read_records
     from distill.data.reading import DataError
     from distill.students.data import TeacherSource
-    from distill.students.gradients import format_report, read_config, term_gradients
+    from distill.students.gradients import format_report, term_gradients
+    from distill.students.run_folder import read_config
 
     wanted = at or list(At)
     try:

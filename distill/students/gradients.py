@@ -18,7 +18,7 @@ that term's pairs, and the report counts it.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from core.grades import GRADE_LEVELS
 from distill.students.config import TrainConfig, make_tokenizer
-from distill.students.run_folder import CONFIG_FILE, TOKENIZER_FILE, init_from_run, load_run
+from distill.students.run_folder import TOKENIZER_FILE, init_from_run, load_run, read_config
 
 
 class At(StrEnum):
@@ -60,32 +60,7 @@ class GradientReport:
     empty: dict[str, int] = field(default_factory=dict)  # batches where the term had no gradient
 
     def as_dict(self) -> dict:
-        return {
-            "run": self.run,
-            "at": self.at,
-            "batches": self.batches,
-            "batch_size": self.batch_size,
-            "weights": self.weights,
-            "norms": self.norms,
-            "empty": self.empty,
-            "cosines": [
-                {
-                    "terms": list(c.terms),
-                    "mean": c.mean,
-                    "ci": list(c.ci),
-                    "batches": c.batches,
-                    "negative_share": c.negative_share,
-                }
-                for c in self.cosines
-            ],  # fmt: skip
-        }
-
-
-def read_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{run_dir} is not a training run: {CONFIG_FILE} is missing")
-    return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        return asdict(self)
 
 
 def _model_at(run_dir: Path, config: TrainConfig, at: At):

@@ -83,13 +83,21 @@ def init_from_run(model, run_dir: str | Path, kind: str) -> None:
         raise ValueError(f"--init-from {run_dir}: {exc}") from None
 
 
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """A run folder's TrainConfig; ValueError when config.json is missing."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a training run: {CONFIG_FILE} is missing")
+    return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
+
+
 def load_run(run_dir: str | Path):
     """(model in eval mode, TrainConfig) from a training run folder; ValueError naming what is missing."""
     run_dir = Path(run_dir)
     for name in (CHECKPOINT_FILE, CONFIG_FILE, TOKENIZER_FILE):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir} is not a training run: {name} is missing")
-    config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_config(run_dir)
     checkpoint = read_checkpoint(run_dir)
     model = STUDENT_KINDS[checkpoint.kind].build(None, bert_config=checkpoint.bert_config)
     model.load_state_dict(checkpoint.state_dict)
